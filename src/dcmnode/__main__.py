@@ -1,0 +1,3 @@
+from dcmnode.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""Composition root: builds the store and services, the DIMSE SCP and the ASGI app. Imports: everything.
+
+The domain-error → HTTP table lives here, once (Microsoft's ExceptionHandlingMiddleware idea).
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from pathlib import Path
+
+from pynetdicom.transport import ThreadedAssociationServer
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+
+from dcmnode import api
+from dcmnode.config import Settings
+from dcmnode.core.ingest import Ingest
+from dcmnode.dicomweb import routes as dicomweb_routes
+from dcmnode.dicomweb.stow import StowLimits
+from dcmnode.dimse import scp
+from dcmnode.errors import (
+    Conflict,
+    DcmnodeError,
+    DuplicateInstance,
+    InvalidInstance,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    StorageFull,
+    UnsupportedMediaType,
+)
+from dcmnode.store import Store
+
+log = logging.getLogger(__name__)
+
+DICOMWEB_PREFIX = "/dicom-web"
+MIB = 1024 * 1024
+
+HTTP_STATUS: dict[type[DcmnodeError], int] = {
+    InvalidInstance: 400,
+    InvalidRequest: 400,
+    NotFound: 404,
+    Conflict: 409,
+    DuplicateInstance: 409,
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    StorageFull: 507,
+}
+
+
+def http_status(err: DcmnodeError) -> int:
+    for cls in type(err).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    return 500
+
+
+class Node:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = Store.open(settings.data_dir, fsync=settings.store.fsync)
+        self.ingest = Ingest(self.store, settings.store.on_duplicate)
+        self.scp: ThreadedAssociationServer | None = None
+
+    @property
+    def dimse_port(self) -> int:
+        return int(self.scp.server_address[1]) if self.scp else 0
+
+    def start_dimse(self) -> ThreadedAssociationServer:
+        self.scp = scp.start(self.settings, self.ingest)
+        return self.scp
+
+    def asgi(self) -> Starlette:
+        app = Starlette(
+            routes=[
+                Mount(DICOMWEB_PREFIX, routes=dicomweb_routes.routes()),
+                Mount("/api", routes=api.routes()),
+                Mount("/", app=StaticFiles(directory=web_root(), html=True)),
+            ],
+            exception_handlers={DcmnodeError: handle_error, HTTPException: handle_http_exception},
+        )
+        app.state.settings = self.settings
+        app.state.ingest = self.ingest
+        app.state.dicomweb_prefix = DICOMWEB_PREFIX
+        app.state.dimse_port = self.dimse_port
+        http = self.settings.http
+        app.state.stow_limits = StowLimits(http.max_request_mb * MIB, http.max_part_mb * MIB, self.settings.store.fsync)
+        return app
+
+    def close(self) -> None:
+        if self.scp is not None:
+            self.scp.shutdown()
+            self.scp = None
+        self.store.close()
+
+
+def web_root() -> Path:
+    """The viewer: packaged as dcmnode/_web in a wheel, or the repository's web/ in an editable install."""
+    packaged = Path(str(resources.files("dcmnode"))) / "_web"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "web"
+
+
+async def handle_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DcmnodeError)
+    code = http_status(exc)
+    log.warning("%s %s -> %d: %s", request.method, request.url.path, code, exc.reason)
+    return JSONResponse({"error": exc.reason, "status": code}, status_code=code)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail, "status": exc.status_code}, status_code=exc.status_code,
+                        headers=exc.headers)

@@ -1,0 +1,166 @@
+"""Command line: serve | import | status | reindex. Imports: everything (entry point)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from dcmnode import __version__, config
+from dcmnode.errors import DcmnodeError
+
+log = logging.getLogger("dcmnode")
+
+DEFAULT_CONFIG = Path("config/dcmnode.toml")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = _settings(args)
+        _logging(settings.node.log_level)
+        return int(args.func(args, settings))
+    except DcmnodeError as err:
+        print(f"dcmnode: {err.reason}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="TOML settings file (default: $DCMNODE_CONFIG, else "
+                        "config/dcmnode.toml when present); it may hold only some settings")
+    common.add_argument("--data", help="data folder: index.sqlite + dicom/ (setting node.data_dir)")
+
+    parser = argparse.ArgumentParser(prog="dcmnode", description="DICOM node: DIMSE + DICOMweb over an indexed store")
+    parser.add_argument("--version", action="version", version=f"dcmnode {__version__}")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", parents=[common], help="run the DIMSE SCP and the HTTP server",
+                           description="Run the node: DIMSE SCP and HTTP (DICOMweb under /dicom-web, viewer at /).")
+    serve.add_argument("--host", help="address both servers bind (settings dimse.host and http.host)")
+    serve.add_argument("--http-port", type=int, help="HTTP port (http.port, default 8080)")
+    serve.add_argument("--dimse-port", type=int, help="DIMSE port (dimse.port, default 11112)")
+    serve.add_argument("--ae-title", help="this node's AE title (node.ae_title, default DCMNODE)")
+    serve.set_defaults(func=cmd_serve)
+
+    imp = sub.add_parser("import", parents=[common], help="store DICOM files and folders (recursive)",
+                         description="Store files and folders (recursive) through the same checks as C-STORE.")
+    imp.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    imp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    imp.set_defaults(func=cmd_import)
+
+    status = sub.add_parser("status", parents=[common], help="counts of patients, studies, series, instances",
+                            description="Print counts of patients, studies, series, instances and bytes stored.")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=cmd_status)
+
+    reindex = sub.add_parser("reindex", parents=[common], help="rebuild the index from the stored files",
+                             description="Rebuild index.sqlite from the files (the node must be stopped).")
+    reindex.set_defaults(func=cmd_reindex)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> config.Settings:
+    path = args.config or (Path(os.environ["DCMNODE_CONFIG"]) if os.environ.get("DCMNODE_CONFIG") else None)
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    host = getattr(args, "host", None)
+    overrides: dict[str, dict[str, Any]] = {
+        "node": {"data_dir": args.data, "ae_title": getattr(args, "ae_title", None)},
+        "dimse": {"port": getattr(args, "dimse_port", None), "host": host},
+        "http": {"port": getattr(args, "http_port", None), "host": host},
+    }
+    return config.load(path, os.environ, overrides)
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING if level.upper() != "DEBUG" else logging.DEBUG)
+
+
+def cmd_serve(args: argparse.Namespace, settings: config.Settings) -> int:
+    import uvicorn
+
+    from dcmnode.app import Node
+
+    node = Node(settings)
+    try:
+        http = settings.http
+        sock = socket.socket(socket.AF_INET6 if ":" in http.host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((http.host, http.port))
+        sock.listen(2048)
+        node.start_dimse()
+        http_port = sock.getsockname()[1]
+        dimse = settings.dimse
+        print(f"dcmnode {__version__} ready: DIMSE {settings.node.ae_title}@{dimse.host}:{node.dimse_port}  "
+              f"HTTP http://{http.host}:{http_port}/  DICOMweb http://{http.host}:{http_port}/dicom-web  "
+              f"data {settings.data_dir.resolve()}", flush=True)
+        server = uvicorn.Server(uvicorn.Config(node.asgi(), log_config=None, access_log=False,
+                                               timeout_graceful_shutdown=10))
+        server.run(sockets=[sock])
+    finally:
+        node.close()
+    return 0
+
+
+def cmd_import(args: argparse.Namespace, settings: config.Settings) -> int:
+    from tqdm import tqdm
+
+    from dcmnode.core.importer import import_files, iter_files
+    from dcmnode.core.ingest import Ingest
+    from dcmnode.store import Store
+
+    logging.getLogger("dcmnode.core.ingest").setLevel(logging.WARNING)  # the bar and summary say it all
+    files = list(iter_files(args.paths))
+    store = Store.open(settings.data_dir, fsync=settings.store.fsync)
+    try:
+        ingest = Ingest(store, settings.store.on_duplicate)
+        with tqdm(total=len(files), unit="file", disable=args.no_progress, file=sys.stderr) as bar:
+            def progress(path: Path, report: Any) -> None:
+                bar.update(1)
+                bar.set_postfix(stored=report.stored, duplicate=report.duplicate, failed=len(report.failed))
+
+            report = import_files(ingest, files, progress)
+    finally:
+        store.close()
+    print(f"imported {len(files)} file(s): {report.stored} stored ({report.bytes / 1e6:.1f} MB, "
+          f"{len(report.studies)} studies), {report.duplicate} duplicate, {len(report.failed)} failed")
+    for path, reason in report.failed:
+        print(f"  failed: {path}: {reason}")
+    return 1 if report.failed and not (report.stored or report.duplicate) else 0
+
+
+def cmd_status(args: argparse.Namespace, settings: config.Settings) -> int:
+    from dcmnode.store import Store
+
+    store = Store.open(settings.data_dir, fsync=settings.store.fsync)
+    try:
+        counts = store.index.counts()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps({"data_dir": str(settings.data_dir.resolve()), **counts}))
+    else:
+        print(f"data folder {settings.data_dir.resolve()}")
+        for key in ("patients", "studies", "series", "instances", "bytes"):
+            print(f"{key:>10}: {counts[key]}")
+    return 0
+
+
+def cmd_reindex(args: argparse.Namespace, settings: config.Settings) -> int:
+    from dcmnode.core.reindex import reindex
+
+    report = reindex(settings.data_dir)
+    print(f"reindexed {report.indexed} instance(s); {len(report.failed)} file(s) could not be indexed")
+    for path, reason in report.failed:
+        print(f"  failed: {path}: {reason}")
+    return 0

@@ -1,0 +1,218 @@
+"""Settings: frozen dataclasses loaded once from defaults < TOML file < DCMNODE_* env < CLI flags.
+
+Imports: stdlib only. ``config/dcmnode.toml`` documents every field below with its default; a test keeps the
+two in step. Environment variables are ``DCMNODE_<SECTION>_<KEY>`` (section names have no underscore, so
+``DCMNODE_DIMSE_MAX_ASSOCIATIONS`` is section ``dimse``, key ``max_associations``). Peers are declared only in
+the file, one table per AE title: ``[peers.PACS1]`` with ``host`` and ``port``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dcmnode.errors import ConfigError
+
+AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash, no control chars
+DUPLICATE_POLICIES = ("keep", "replace", "reject")
+
+
+def _default(value: Any, text: str) -> Any:
+    if isinstance(value, list):
+        return field(default_factory=lambda: list(value), metadata={"help": text})
+    return field(default=value, metadata={"help": text})
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    ae_title: str = _default("DCMNODE", "this node's AE title (DIMSE called AE, source of derived data)")
+    data_dir: str = _default("data", "folder holding the index (index.sqlite) and the files (dicom/, tmp/)")
+    log_level: str = _default("INFO", "DEBUG, INFO, WARNING or ERROR")
+
+
+@dataclass(frozen=True, slots=True)
+class DimseSettings:
+    host: str = _default("127.0.0.1", "address the DIMSE SCP binds; 0.0.0.0 to accept modalities on the network")
+    port: int = _default(11112, "DIMSE port")
+    max_associations: int = _default(32, "concurrent associations accepted")
+    max_pdu: int = _default(0, "maximum PDU length we receive; 0 = unlimited (fewest PDUs, fastest)")
+    acse_timeout: float = _default(30.0, "seconds to wait for association messages")
+    dimse_timeout: float = _default(60.0, "seconds to wait for DIMSE messages")
+    network_timeout: float = _default(60.0, "seconds of network silence before an association is aborted")
+    allowed_callers: list[str] = _default([], "calling AE titles allowed to associate; empty = any")
+    require_known_callers: bool = _default(False, "only AE titles declared under [peers] may associate")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    host: str = _default("127.0.0.1", "address the HTTP server binds")
+    port: int = _default(8080, "HTTP port; DICOMweb lives under /dicom-web, the viewer at /")
+    max_request_mb: int = _default(4096, "largest STOW-RS request body in MiB (413 beyond)")
+    max_part_mb: int = _default(2048, "largest single instance in a STOW-RS request in MiB (413 beyond)")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    on_duplicate: str = _default("keep", "an already-stored SOP Instance UID: keep (report success), replace, reject")
+    fsync: bool = _default(True, "fsync each file and its folder before acknowledging (durable across power loss)")
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    ae_title: str
+    host: str
+    port: int
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    node: NodeSettings = field(default_factory=NodeSettings)
+    dimse: DimseSettings = field(default_factory=DimseSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    peers: dict[str, Peer] = field(default_factory=dict)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.node.data_dir)
+
+
+SECTIONS: dict[str, type[Any]] = {
+    "node": NodeSettings,
+    "dimse": DimseSettings,
+    "http": HttpSettings,
+    "store": StoreSettings,
+}
+PEER_KEYS = {"host", "port", "description", "ae_title"}
+
+
+def load(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Build the effective settings. ``overrides`` is ``{section: {key: value}}`` from CLI flags."""
+    raw: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    peers: dict[str, Any] = {}
+    if path is not None:
+        peers = _merge_file(raw, path)
+    _merge_env(raw, env or {})
+    for section, values in (overrides or {}).items():
+        raw[section].update({k: v for k, v in values.items() if v is not None})
+    sections = {name: _build(cls, raw[name], name) for name, cls in SECTIONS.items()}
+    settings = Settings(**sections, peers=_build_peers(peers))
+    _validate(settings)
+    return settings
+
+
+def _merge_file(raw: dict[str, dict[str, Any]], path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    peers = data.pop("peers", {})
+    for section, values in data.items():
+        if section not in raw or not isinstance(values, dict):
+            raise ConfigError(f"{path}: unknown section [{section}]")
+        raw[section].update(values)
+    if not isinstance(peers, dict):
+        raise ConfigError(f"{path}: [peers] must hold one table per AE title")
+    return peers
+
+
+def _merge_env(raw: dict[str, dict[str, Any]], env: Mapping[str, str]) -> None:
+    for name, value in env.items():
+        if not name.startswith("DCMNODE_") or name == "DCMNODE_CONFIG":
+            continue
+        section, _, key = name[len("DCMNODE_") :].lower().partition("_")
+        if section not in SECTIONS:
+            continue
+        fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
+        if key not in fields:
+            raise ConfigError(f"{name}: unknown setting {section}.{key}")
+        raw[section][key] = _from_text(value, SECTIONS[section]().__getattribute__(key), name)
+
+
+def _from_text(text: str, default: Any, name: str) -> Any:
+    """Convert an environment string to the type of the field's default."""
+    try:
+        if isinstance(default, bool):
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+        if isinstance(default, list):
+            return [item.strip() for item in text.split(",") if item.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"{name}: cannot use {text!r} here") from exc
+    return text
+
+
+def _build(cls: type[Any], values: dict[str, Any], section: str) -> Any:
+    defaults = cls()
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if not hasattr(defaults, key):
+            raise ConfigError(f"unknown setting {section}.{key}")
+        expected = type(getattr(defaults, key))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(f"{section}.{key} must be {expected.__name__}, not {value!r}")
+        out[key] = value
+    return cls(**out)
+
+
+def _build_peers(tables: dict[str, Any]) -> dict[str, Peer]:
+    peers: dict[str, Peer] = {}
+    for ae_title, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"[peers.{ae_title}] must be a table with host and port")
+        unknown = set(table) - PEER_KEYS
+        if unknown:
+            raise ConfigError(f"[peers.{ae_title}]: unknown keys {sorted(unknown)}")
+        if "host" not in table or "port" not in table:
+            raise ConfigError(f"[peers.{ae_title}] needs host and port")
+        title = str(table.get("ae_title", ae_title))
+        peers[title] = Peer(title, str(table["host"]), int(table["port"]), str(table.get("description", "")))
+    return peers
+
+
+def _validate(settings: Settings) -> None:
+    titles = [settings.node.ae_title, *settings.peers, *settings.dimse.allowed_callers]
+    for title in titles:
+        if not AE_TITLE.match(title) or not title.strip():
+            raise ConfigError(f"invalid AE title {title!r}: 1-16 characters, no backslash")
+    for name, port in (("dimse.port", settings.dimse.port), ("http.port", settings.http.port)):
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{name} must be 0-65535, not {port}")
+    for peer in settings.peers.values():
+        if not 1 <= peer.port <= 65535:
+            raise ConfigError(f"peer {peer.ae_title}: port must be 1-65535, not {peer.port}")
+    if settings.store.on_duplicate not in DUPLICATE_POLICIES:
+        raise ConfigError(f"store.on_duplicate must be one of {DUPLICATE_POLICIES}")
+    if settings.node.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"node.log_level must be DEBUG, INFO, WARNING or ERROR, not {settings.node.log_level}")
+
+
+def describe() -> list[tuple[str, str, Any, str]]:
+    """(section, key, default, help) for every setting: used by docs tests and ``dcmnode config``."""
+    rows = []
+    for section, cls in SECTIONS.items():
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            rows.append((section, f.name, getattr(defaults, f.name), f.metadata.get("help", "")))
+    return rows

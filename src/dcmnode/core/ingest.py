@@ -1,0 +1,135 @@
+"""The one ingest path: every instance (C-STORE, STOW-RS, import, later archives and SR output) enters here.
+
+Imports: stdlib, errors, model, store, core.parse.
+
+Order of work, so that an acknowledged instance is durable and a failed one leaves nothing behind:
+1. parse and check the bytes (``core.parse``): nothing is written for bad input;
+2. write a temp file and fsync it (outside the index lock, so writers overlap);
+3. one index transaction: duplicate policy, upsert rows, ``os.replace`` the temp file into place, COMMIT;
+4. fsync the folder, then answer success. Any failure removes the temp file (and a newly placed file).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from dcmnode.core.parse import Expected, Parsed, parse_bytes, parse_file
+from dcmnode.errors import DcmnodeError, DuplicateInstance
+from dcmnode.model import Outcome, Source, StoredInstance
+from dcmnode.store import Store
+from dcmnode.store.index import now
+
+log = logging.getLogger(__name__)
+
+StoredHook = Callable[[StoredInstance, Source], None]
+
+
+class Ingest:
+    def __init__(self, store: Store, on_duplicate: str = "keep") -> None:
+        self.store = store
+        self.on_duplicate = on_duplicate
+        self.hooks: list[StoredHook] = []
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Where transports spool incoming data, on the store's file system (so installing is a rename)."""
+        return self.store.files.tmp_dir
+
+    def discard_temp(self, path: Path) -> None:
+        self.store.files.discard(path)
+
+    def store_bytes(self, raw: bytes | memoryview, source: Source, expected: Expected | None = None) -> StoredInstance:
+        """A complete Part 10 byte string (pynetdicom's ``event.encoded_dataset()``)."""
+        parsed = parse_bytes(raw, expected)
+        kept = self._kept_duplicate(parsed, source)
+        if kept is not None:
+            return kept
+        temp = self.store.files.write_temp(raw)
+        return self._commit(temp, parsed, source)
+
+    def store_temp(self, temp: Path, source: Source, expected: Expected | None = None) -> StoredInstance:
+        """A complete Part 10 file already spooled into the store's tmp folder (STOW parts). Takes ownership."""
+        try:
+            parsed = parse_file(temp, expected)
+        except BaseException:
+            self.store.files.discard(temp)
+            raise
+        return self._commit(temp, parsed, source)
+
+    def store_path(self, path: Path, source: Source) -> StoredInstance:
+        """A file outside the store (``dcmnode import``): checked in place, then copied in."""
+        parsed = parse_file(path)
+        kept = self._kept_duplicate(parsed, source)
+        if kept is not None:
+            return kept
+        with self.store.files.temp() as (temp, out), open(path, "rb") as src:
+            shutil.copyfileobj(src, out, 1024 * 1024)
+        return self._commit(temp, parsed, source)
+
+    def _undo(self, temp: Path, final: Path, remove_final: bool) -> None:
+        self.store.files.discard(temp)
+        if remove_final:
+            self.store.files.remove(final)  # COMMIT failed after the rename: never a file without a row
+
+    def _kept_duplicate(self, parsed: Parsed, source: Source) -> StoredInstance | None:
+        """Cheap early answer for on_duplicate=keep, so a re-sent instance is not even written to tmp."""
+        if self.on_duplicate == "keep" and self.store.index.instance(parsed.key.sop) is not None:
+            return self._duplicate(parsed, source)
+        return None
+
+    def _duplicate(self, parsed: Parsed, source: Source) -> StoredInstance:
+        log.info("duplicate sop=%s from=%s: kept the stored copy", parsed.key.sop, source)
+        return StoredInstance(parsed.key, parsed.sop_class, parsed.transfer_syntax, parsed.size, Outcome.DUPLICATE)
+
+    def _commit(self, temp: Path, parsed: Parsed, source: Source) -> StoredInstance:
+        files, index = self.store.files, self.store.index
+        final = files.path_for(parsed.key)
+        existing = None
+        placed = False
+        try:
+            with index.write() as conn:
+                existing = index.instance(parsed.key.sop, conn)
+                if existing is not None:
+                    if self.on_duplicate == "keep":
+                        files.discard(temp)
+                        return self._duplicate(parsed, source)
+                    if self.on_duplicate == "reject":
+                        raise DuplicateInstance(f"SOP Instance {parsed.key.sop} is already stored",
+                                                parsed.sop_class, parsed.key.sop)
+                    index.delete_instance(conn, parsed.key.sop)
+                record = parsed.record
+                record.instance.update(
+                    path=files.relative(final),
+                    size=parsed.size,
+                    source=str(source.kind),
+                    source_ae=source.ae_title,
+                    source_address=source.address,
+                    received_at=now(),
+                )
+                record.series["source_ae"] = source.ae_title
+                index.upsert_instance(conn, record)
+                files.install(temp, parsed.key)
+                placed = True
+        except DcmnodeError as err:
+            err.sop_class, err.sop_instance = parsed.sop_class, parsed.key.sop
+            self._undo(temp, final, placed and existing is None)
+            raise
+        except BaseException:
+            self._undo(temp, final, placed and existing is None)
+            raise
+        files.sync_dir(final)
+        if existing is not None and files.absolute(existing["path"]) != final:
+            files.remove(files.absolute(existing["path"]))
+        outcome = Outcome.REPLACED if existing is not None else Outcome.STORED
+        stored = StoredInstance(parsed.key, parsed.sop_class, parsed.transfer_syntax, parsed.size, outcome)
+        log.info("%s sop=%s series=%s from=%s bytes=%d", outcome, parsed.key.sop, parsed.key.series, source,
+                 parsed.size)
+        for hook in self.hooks:
+            try:
+                hook(stored, source)
+            except Exception:
+                log.exception("stored-instance hook %r failed", hook)
+        return stored

@@ -1,0 +1,172 @@
+"""Read and check a Part 10 instance before anything is written. Imports: stdlib, pydicom, errors, model, store.
+
+Strict where it protects the store (complete file, required UIDs that are safe as paths, SOP Class consistent
+with the file meta and the presentation context), tolerant otherwise (highdicom's "tolerant on decoding").
+pydicom quietly accepts a truncated file, so the file object is wrapped to notice short reads.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+
+from dcmnode.errors import Conflict, DcmnodeError, InvalidInstance, SopClassMismatch
+from dcmnode.model import InstanceKey, check_uid
+from dcmnode.store.index import InstanceRecord
+from dcmnode.store.schema import INSTANCE_COLUMNS, INTEGER_COLUMNS, PATIENT_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS
+
+DEFER_SIZE = 16 * 1024  # values larger than this are skipped (seeked over), not read into memory
+_TAG_HEADER = 8  # pydicom reads an element's tag + VR/length 8 bytes at a time
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """What the transport says the instance must be (C-STORE request, STOW path)."""
+
+    sop_class: str | None = None
+    sop_instance: str | None = None
+    study: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    key: InstanceKey
+    sop_class: str
+    transfer_syntax: str
+    size: int
+    record: InstanceRecord
+
+
+class _TruncationGuard:
+    """A read-only file wrapper that records whether the parser ever ran out of bytes."""
+
+    def __init__(self, fp: BinaryIO, size: int) -> None:
+        self._fp = fp
+        self._size = size
+        self.truncated = False
+        self._eof_reads = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._fp.read(n)
+        if n is not None and n > 0 and len(data) < n:
+            if len(data) == 0 and n == _TAG_HEADER:
+                # A clean end of data set. A second one means a nested sequence ended early.
+                self._eof_reads += 1
+                self.truncated |= self._eof_reads > 1
+            else:
+                self.truncated = True
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        pos = self._fp.seek(offset, whence)
+        if pos > self._size:
+            self.truncated = True
+        return pos
+
+    def tell(self) -> int:
+        return self._fp.tell()
+
+
+def parse_bytes(raw: bytes | memoryview, expected: Expected | None = None) -> Parsed:
+    return _parse(io.BytesIO(raw), len(raw), expected)
+
+
+def parse_file(path: Path, expected: Expected | None = None) -> Parsed:
+    with open(path, "rb") as fp:
+        return _parse(fp, os.fstat(fp.fileno()).st_size, expected)
+
+
+def has_dicm_prefix(path: Path) -> bool:
+    with open(path, "rb") as fp:
+        head = fp.read(132)
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def _parse(fp: BinaryIO, size: int, expected: Expected | None) -> Parsed:
+    guard = _TruncationGuard(fp, size)
+    try:
+        ds = pydicom.dcmread(guard, defer_size=DEFER_SIZE)  # type: ignore[arg-type]
+    except InvalidDicomError as exc:
+        raise InvalidInstance("not a DICOM Part 10 file (no DICM prefix or File Meta Information)") from exc
+    except Exception as exc:  # pydicom raises many types on corrupt input: all mean "cannot understand"
+        raise InvalidInstance(f"cannot parse the data set: {exc}") from exc
+    if guard.truncated:
+        raise InvalidInstance("the file is truncated: the data set ends inside an element")
+    return _check(ds, size, expected or Expected())
+
+
+def _check(ds: Dataset, size: int, expected: Expected) -> Parsed:
+    meta = ds.file_meta
+    transfer_syntax = check_uid(meta.get("TransferSyntaxUID"), "TransferSyntaxUID (file meta)")
+    try:
+        key = InstanceKey.checked(ds.get("StudyInstanceUID"), ds.get("SeriesInstanceUID"), ds.get("SOPInstanceUID"))
+        sop_class = check_uid(ds.get("SOPClassUID"), "SOPClassUID")
+    except Exception as exc:
+        if isinstance(exc, InvalidInstance):
+            raise
+        raise InvalidInstance(f"cannot read the instance UIDs: {exc}") from exc
+    try:
+        _check_expected(meta.get("MediaStorageSOPClassUID"), sop_class, key, expected)
+        return Parsed(key, sop_class, transfer_syntax, size, _record(ds, transfer_syntax))
+    except DcmnodeError as err:
+        err.sop_class, err.sop_instance = sop_class, key.sop
+        raise
+
+
+def _check_expected(meta_class: object, sop_class: str, key: InstanceKey, expected: Expected) -> None:
+    if meta_class and str(meta_class) != sop_class:
+        raise SopClassMismatch(f"file meta SOP Class {meta_class} differs from the data set's {sop_class}")
+    if expected.sop_class and expected.sop_class != sop_class:
+        raise SopClassMismatch(f"data set SOP Class {sop_class} does not match the request's {expected.sop_class}")
+    if expected.sop_instance and expected.sop_instance != key.sop:
+        raise InvalidInstance(f"data set SOP Instance UID {key.sop} differs from the request's {expected.sop_instance}")
+    if expected.study and expected.study != key.study:
+        raise Conflict(f"StudyInstanceUID {key.study} differs from the study in the request URL {expected.study}")
+
+
+def _record(ds: Dataset, transfer_syntax: str) -> InstanceRecord:
+    try:
+        patient = {c: _value(ds, c) for c in PATIENT_COLUMNS}
+        patient["PatientID"] = patient["PatientID"] or ""
+        patient["IssuerOfPatientID"] = patient["IssuerOfPatientID"] or ""
+        study = {c: _value(ds, c) for c in STUDY_COLUMNS}
+        series = {c: _value(ds, c) for c in SERIES_COLUMNS}
+        request = ds.get("RequestAttributesSequence")
+        if request:
+            series["ScheduledProcedureStepID"] = _value(request[0], "ScheduledProcedureStepID")
+            series["RequestedProcedureID"] = _value(request[0], "RequestedProcedureID")
+        instance = {c: _value(ds, c) for c in INSTANCE_COLUMNS}
+    except Exception as exc:  # a value pydicom cannot convert (bad charset, bad IS/DS text)
+        raise InvalidInstance(f"cannot read an indexed attribute: {exc}") from exc
+    instance["TransferSyntaxUID"] = transfer_syntax
+    return InstanceRecord(patient=patient, study=study, series=series, instance=instance)
+
+
+def _value(ds: Dataset, keyword: str) -> Any:
+    """An attribute as the index stores it: text (multi-values joined by backslash), int, or None."""
+    if keyword not in ds:
+        return None
+    value = ds[keyword].value
+    if value is None or value == "":
+        return None
+    if isinstance(value, (list, MultiValue)):
+        if keyword in INTEGER_COLUMNS:
+            value = value[0] if len(value) else None
+        else:
+            return "\\".join(str(v) for v in value)
+    if keyword in INTEGER_COLUMNS:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return None
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace").strip("\x00 ")
+    return str(value)

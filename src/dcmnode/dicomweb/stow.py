@@ -1,0 +1,175 @@
+"""STOW-RS (PS3.18 §10.5): POST /studies and /studies/{study}, multipart/related; type="application/dicom".
+
+Imports: stdlib, anyio, starlette, errors, model, core. The body is streamed to temp files part by part (a 2 GB
+request never sits in memory); once the closing boundary is in, each part goes through ``core.ingest`` and its
+outcome lands in ReferencedSOPSequence or FailedSOPSequence (FailureReason = the PS3.4 status of the failure).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import anyio.to_thread
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+
+from dcmnode.core.ingest import Ingest
+from dcmnode.core.parse import Expected
+from dcmnode.dicomweb.multipart import Part, PartSpooler, parse_media_type
+from dcmnode.errors import DcmnodeError, InvalidInstance, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from dcmnode.model import Source, SourceKind, StoredInstance, check_uid
+
+log = logging.getLogger(__name__)
+
+DICOM = "application/dicom"
+DICOM_JSON = "application/dicom+json"
+CANNOT_UNDERSTAND = 0xC000
+
+
+@dataclass(frozen=True, slots=True)
+class StowLimits:
+    max_request_bytes: int
+    max_part_bytes: int
+    fsync: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    status: int
+    reason: str
+    sop_class: str | None = None
+    sop_instance: str | None = None
+
+
+async def store(request: Request) -> Response:
+    ingest: Ingest = request.app.state.ingest
+    limits: StowLimits = request.app.state.stow_limits
+    study = request.path_params.get("study")
+    if study is not None:
+        study = _path_uid(study)
+    boundary = _check_content_type(request.headers.get("content-type"))
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limits.max_request_bytes:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limits.max_request_bytes}")
+    parts = await _spool(request, boundary, ingest, limits)
+    if not parts:
+        raise InvalidRequest("the multipart body holds no parts")
+    stored, failed = await run_in_threadpool(_ingest_parts, ingest, parts, study, _source(request))
+    base = str(request.base_url).rstrip("/") + request.app.state.dicomweb_prefix
+    return JSONResponse(_response_body(stored, failed, study, base), status_code=_http_status(stored, failed),
+                        media_type=DICOM_JSON)
+
+
+def _path_uid(value: str) -> str:
+    try:
+        return check_uid(value, "StudyInstanceUID in the URL")
+    except InvalidInstance as exc:
+        raise InvalidRequest(exc.reason) from exc
+
+
+def _check_content_type(header: str | None) -> str:
+    media = parse_media_type(header)
+    if media.type != "multipart/related":
+        raise UnsupportedMediaType(f"STOW-RS needs multipart/related; type=\"{DICOM}\", not {header or 'nothing'}")
+    part_type = media.params.get("type")
+    if part_type is not None and part_type.lower() != DICOM:
+        raise UnsupportedMediaType(f"only {DICOM} parts are supported (type={part_type})")
+    boundary = media.params.get("boundary")
+    if not boundary:
+        raise InvalidRequest("multipart/related Content-Type without a boundary parameter")
+    return boundary
+
+
+async def _spool(request: Request, boundary: str, ingest: Ingest, limits: StowLimits) -> list[Part]:
+    spooler = PartSpooler(boundary, ingest.tmp_dir, limits.max_part_bytes, limits.fsync)
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limits.max_request_bytes:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limits.max_request_bytes} bytes")
+            if chunk:
+                await anyio.to_thread.run_sync(spooler.write, chunk)
+        return await anyio.to_thread.run_sync(spooler.finish)
+    except ClientDisconnect:
+        await anyio.to_thread.run_sync(spooler.discard)
+        log.warning("STOW-RS client went away after %d bytes: nothing stored", received)
+        raise
+    except BaseException:
+        await anyio.to_thread.run_sync(spooler.discard)
+        raise
+
+
+def _source(request: Request) -> Source:
+    host = request.client.host if request.client else ""
+    return Source(SourceKind.STOW, address=host)
+
+
+def _ingest_parts(
+    ingest: Ingest, parts: list[Part], study: str | None, source: Source
+) -> tuple[list[StoredInstance], list[Failure]]:
+    stored: list[StoredInstance] = []
+    failed: list[Failure] = []
+    expected = Expected(study=study)
+    for number, part in enumerate(parts, start=1):
+        if part.content_type not in (None, DICOM):
+            ingest.discard_temp(part.path)
+            failed.append(Failure(CANNOT_UNDERSTAND, f"Content-Type {part.content_type} is not {DICOM}"))
+            continue
+        try:
+            stored.append(ingest.store_temp(part.path, source, expected))
+        except DcmnodeError as err:
+            log.warning("STOW-RS part %d refused 0x%04X: %s", number, err.status, err.reason)
+            failed.append(Failure(err.status, err.reason, err.sop_class, err.sop_instance))
+        except Exception:
+            log.exception("STOW-RS part %d failed", number)
+            failed.append(Failure(0x0110, "internal error; see the node's log"))
+    return stored, failed
+
+
+def _http_status(stored: list[StoredInstance], failed: list[Failure]) -> int:
+    """PS3.18 §10.5.3 Table 10.5.3-1."""
+    if not failed:
+        return 200
+    if stored:
+        return 202  # some stored, some failed
+    if all(f.status == CANNOT_UNDERSTAND for f in failed):
+        return 400  # none stored because of bad syntax
+    return 409  # none stored: a conflict (study mismatch, duplicate, SOP class) or a mixture of reasons
+
+
+def _response_body(
+    stored: list[StoredInstance], failed: list[Failure], study: str | None, base: str
+) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    studies = {s.key.study for s in stored}
+    if study or len(studies) == 1:
+        body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{study or studies.pop()}"]}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": [_failed_item(f) for f in failed]}
+    if stored:
+        body["00081199"] = {"vr": "SQ", "Value": [_referenced_item(s, base) for s in stored]}
+    return body
+
+
+def _referenced_item(s: StoredInstance, base: str) -> dict[str, Any]:
+    url = f"{base}/studies/{s.key.study}/series/{s.key.series}/instances/{s.key.sop}"
+    return {
+        "00081150": {"vr": "UI", "Value": [s.sop_class]},
+        "00081155": {"vr": "UI", "Value": [s.key.sop]},
+        "00081190": {"vr": "UR", "Value": [url]},
+    }
+
+
+def _failed_item(f: Failure) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "00081150": {"vr": "UI", "Value": [f.sop_class]} if f.sop_class else {"vr": "UI"},
+        "00081155": {"vr": "UI", "Value": [f.sop_instance]} if f.sop_instance else {"vr": "UI"},
+        "00081197": {"vr": "US", "Value": [f.status]},
+        # Error Comment (0000,0902) carries the reason in words, as a C-STORE response would.
+        "00000902": {"vr": "LO", "Value": [f.reason[:64]]},
+    }
+    return item

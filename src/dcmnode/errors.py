@@ -1,0 +1,71 @@
+"""Domain errors. Each carries the DICOM status an adapter answers with.
+
+Imports: stdlib only. Adapters map these in exactly one place each:
+DIMSE statuses in ``dimse/scp.py`` (``err.status``), HTTP codes in ``app.py`` (``HTTP_STATUS``).
+
+    DcmnodeError                 0x0110 Processing failure (PS3.4 Annex B)
+    ├── InvalidInstance          0xC000 Cannot understand (not DICOM, truncated, missing/invalid UIDs)
+    │   └── SopClassMismatch     0xA900 Data Set does not match SOP Class
+    ├── DuplicateInstance        0x0111 Duplicate SOP Instance (PS3.7 C.4), on_duplicate = "reject"
+    ├── Conflict                 0x0110 e.g. STOW study UID differs from the request path
+    ├── StorageFull              0xA700 Refused: Out of resources
+    ├── NotFound
+    ├── InvalidRequest           bad HTTP request syntax (400)
+    ├── UnsupportedMediaType     (415)
+    ├── PayloadTooLarge          (413)
+    └── ConfigError              invalid settings (startup only)
+"""
+
+from __future__ import annotations
+
+
+class DcmnodeError(Exception):
+    """Base class; ``status`` is the DICOM status for this failure."""
+
+    status: int = 0x0110
+
+    def __init__(self, reason: str, sop_class: str | None = None, sop_instance: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.sop_class = sop_class  # the instance concerned, where known (STOW FailedSOPSequence)
+        self.sop_instance = sop_instance
+
+
+class InvalidInstance(DcmnodeError):
+    status = 0xC000
+
+
+class SopClassMismatch(InvalidInstance):
+    status = 0xA900
+
+
+class DuplicateInstance(DcmnodeError):
+    status = 0x0111
+
+
+class Conflict(DcmnodeError):
+    status = 0x0110
+
+
+class StorageFull(DcmnodeError):
+    status = 0xA700
+
+
+class NotFound(DcmnodeError):
+    pass
+
+
+class InvalidRequest(DcmnodeError):
+    pass
+
+
+class UnsupportedMediaType(DcmnodeError):
+    pass
+
+
+class PayloadTooLarge(DcmnodeError):
+    pass
+
+
+class ConfigError(DcmnodeError):
+    pass

@@ -1,0 +1,148 @@
+"""The files: the store's source of truth. Imports: stdlib, errors, model.
+
+Layout under the data folder::
+
+    dicom/{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm   stored as received
+    tmp/{pid}/                                                            temp files of one live process
+
+A file enters ``dicom/`` only by ``os.replace`` of a complete, fsynced temp file, so a reader or a crash
+never sees half a file. UIDs are validated (``model.check_uid``) before any path is built from them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from dcmnode.errors import StorageFull
+from dcmnode.model import InstanceKey
+
+log = logging.getLogger(__name__)
+
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+@contextlib.contextmanager
+def disk_errors() -> Iterator[None]:
+    """Turn 'no space' OS errors into StorageFull (0xA700); leave other errors alone."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            raise StorageFull(f"out of disk space: {exc.strerror}") from exc
+        raise
+
+
+class Files:
+    def __init__(self, root: Path, fsync: bool = True) -> None:
+        self.root = root
+        self.dicom_dir = root / "dicom"
+        self.tmp_root = root / "tmp"
+        self.tmp_dir = self.tmp_root / str(os.getpid())  # per process: see clean_temp
+        self.fsync = fsync
+        self.dicom_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, key: InstanceKey) -> Path:
+        return self.dicom_dir / key.study / key.series / f"{key.sop}.dcm"
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def absolute(self, relative: str) -> Path:
+        return self.root / relative
+
+    @contextlib.contextmanager
+    def temp(self, suffix: str = ".part") -> Iterator[tuple[Path, BinaryIO]]:
+        """A new temp file open for writing; removed if the block raises."""
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir, suffix=suffix)
+        path = Path(name)
+        try:
+            with disk_errors(), os.fdopen(fd, "wb") as fp:
+                yield path, fp
+                fp.flush()
+                if self.fsync:
+                    os.fsync(fp.fileno())
+        except BaseException:
+            self.discard(path)
+            raise
+
+    def write_temp(self, data: bytes | memoryview) -> Path:
+        with self.temp() as (path, fp):
+            fp.write(data)
+        return path
+
+    def install(self, temp: Path, key: InstanceKey) -> Path:
+        """Atomically move a complete temp file to the instance's place (replacing any older copy)."""
+        final = self.path_for(key)
+        with disk_errors():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temp, final)
+        return final
+
+    def sync_dir(self, path: Path) -> None:
+        """Make a rename durable: fsync the folder that holds ``path``."""
+        if not self.fsync:
+            return
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def discard(self, path: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+    def remove(self, path: Path) -> None:
+        """Remove a stored file and prune the series/study folders it leaves empty."""
+        self.discard(path)
+        for folder in (path.parent, path.parent.parent):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+    def clean_temp(self) -> int:
+        """Remove temp files left by processes that died (kill -9, power loss); a live process's stay."""
+        count = 0
+        for folder in self.tmp_root.iterdir():
+            if folder == self.tmp_dir or (folder.name.isdigit() and _alive(int(folder.name))):
+                continue
+            if folder.is_dir():
+                count += sum(1 for _ in folder.iterdir())
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                self.discard(folder)
+                count += 1
+        if count:
+            log.warning("removed %d unfinished temp file(s) left by an earlier run", count)
+        return count
+
+    def close(self) -> None:
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+    def walk(self) -> Iterator[Path]:
+        """Every stored file (for reindex), in a stable order."""
+        for dirpath, dirnames, filenames in os.walk(self.dicom_dir):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if name.endswith(".dcm"):
+                    yield Path(dirpath) / name
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,168 @@
+"""The SQLite index: one connection per thread, one writer at a time. Imports: stdlib, sqlite_utils, store.schema.
+
+WAL mode lets readers run beside the writer. In-process writers take ``_write_lock`` and ``BEGIN IMMEDIATE``;
+another process (``dcmnode import`` beside a running node) waits on ``busy_timeout``. The index can always be
+rebuilt from the files (``dcmnode reindex``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from dcmnode.errors import Conflict
+from dcmnode.store.schema import PATIENT_COLUMNS, migrations
+
+
+@dataclass(slots=True)
+class InstanceRecord:
+    """Column values for one instance at each level (keys are schema column names)."""
+
+    patient: dict[str, Any]
+    study: dict[str, Any]
+    series: dict[str, Any]
+    instance: dict[str, Any] = field(default_factory=dict)
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class Index:
+    def __init__(self, path: Path, busy_timeout_ms: int = 30000) -> None:
+        self.path = path
+        self._busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+
+    # -- connections ---------------------------------------------------------------------------------------
+    def connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def migrate(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._write_lock:
+            migrations.apply(Database(self.connection()))
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """The only way to write: one writer at a time, one transaction, committed or rolled back."""
+        conn = self.connection()
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # -- instances -----------------------------------------------------------------------------------------
+    def instance(self, sop_uid: str, conn: sqlite3.Connection | None = None) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = (conn or self.connection()).execute(
+            "SELECT * FROM instances WHERE SOPInstanceUID = ?", (sop_uid,)
+        ).fetchone()
+        return row
+
+    def upsert_instance(self, conn: sqlite3.Connection, record: InstanceRecord) -> None:
+        """Insert or update the patient, study, series and instance rows of one instance (inside ``write()``)."""
+        stamp = now()
+        patient_id = self._upsert_patient(conn, record.patient, stamp)
+        study = {**record.study, "patient_id": patient_id}
+        self._upsert(conn, "studies", "StudyInstanceUID", study, stamp)
+        series_uid = record.series["SeriesInstanceUID"]
+        owner = conn.execute(
+            "SELECT StudyInstanceUID FROM series WHERE SeriesInstanceUID = ?", (series_uid,)
+        ).fetchone()
+        if owner is not None and owner[0] != record.series["StudyInstanceUID"]:
+            raise Conflict(f"series {series_uid} already belongs to study {owner[0]}")
+        self._upsert(conn, "series", "SeriesInstanceUID", record.series, stamp)
+        columns = list(record.instance)
+        conn.execute(
+            f"INSERT OR REPLACE INTO instances ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+            [record.instance[c] for c in columns],
+        )
+
+    def _upsert_patient(self, conn: sqlite3.Connection, values: Mapping[str, Any], stamp: str) -> int:
+        cols = [c for c in PATIENT_COLUMNS if c in values]
+        updates = ", ".join(f"{c} = COALESCE(excluded.{c}, {c})" for c in cols if c not in ("PatientID",
+                                                                                             "IssuerOfPatientID"))
+        row = conn.execute(
+            f"INSERT INTO patients ({', '.join(cols)}, created_at, updated_at) "
+            f"VALUES ({', '.join('?' * len(cols))}, ?, ?) "
+            f"ON CONFLICT (PatientID, IssuerOfPatientID) DO UPDATE SET {updates}, updated_at = excluded.updated_at "
+            "RETURNING id",
+            [values[c] for c in cols] + [stamp, stamp],
+        ).fetchone()
+        return int(row[0])
+
+    def _upsert(self, conn: sqlite3.Connection, table: str, pk: str, values: Mapping[str, Any], stamp: str) -> None:
+        cols = list(values)
+        updates = ", ".join(f"{c} = COALESCE(excluded.{c}, {c})" for c in cols if c != pk)
+        conn.execute(
+            f"INSERT INTO {table} ({', '.join(cols)}, created_at, updated_at) "
+            f"VALUES ({', '.join('?' * len(cols))}, ?, ?) "
+            f"ON CONFLICT ({pk}) DO UPDATE SET {updates}, updated_at = excluded.updated_at",
+            [values[c] for c in cols] + [stamp, stamp],
+        )
+
+    def delete_instance(self, conn: sqlite3.Connection, sop_uid: str) -> None:
+        """Remove an instance row and any series, study and patient rows it leaves empty (inside ``write()``)."""
+        row = self.instance(sop_uid, conn)
+        if row is None:
+            return
+        conn.execute("DELETE FROM instances WHERE SOPInstanceUID = ?", (sop_uid,))
+        conn.execute(
+            "DELETE FROM series WHERE SeriesInstanceUID = ? AND NOT EXISTS "
+            "(SELECT 1 FROM instances WHERE SeriesInstanceUID = ?)",
+            (row["SeriesInstanceUID"], row["SeriesInstanceUID"]),
+        )
+        study = conn.execute(
+            "SELECT patient_id FROM studies WHERE StudyInstanceUID = ? AND NOT EXISTS "
+            "(SELECT 1 FROM series WHERE StudyInstanceUID = ?)",
+            (row["StudyInstanceUID"], row["StudyInstanceUID"]),
+        ).fetchone()
+        if study is not None:
+            conn.execute("DELETE FROM studies WHERE StudyInstanceUID = ?", (row["StudyInstanceUID"],))
+            conn.execute(
+                "DELETE FROM patients WHERE id = ? AND NOT EXISTS (SELECT 1 FROM studies WHERE patient_id = ?)",
+                (study[0], study[0]),
+            )
+
+    # -- statistics ----------------------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        conn = self.connection()
+        out = {}
+        for table in ("patients", "studies", "series", "instances"):
+            out[table] = int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+        out["bytes"] = int(conn.execute("SELECT COALESCE(SUM(size), 0) FROM instances").fetchone()[0])
+        return out
+
+    def paths(self) -> Iterator[str]:
+        for row in self.connection().execute("SELECT path FROM instances ORDER BY path"):
+            yield str(row[0])
+

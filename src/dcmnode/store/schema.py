@@ -1,0 +1,148 @@
+"""The index schema and its history (sqlite-utils migrations). Imports: stdlib, sqlite_utils.
+
+Columns named as DICOM keywords hold the attributes QIDO-RS (PS3.18 §10.6.1.2, Tables 10.6.3-3..5) and C-FIND
+(PS3.4 C.6.1.1/C.6.2.1, patient and study root) match on or return. Internal columns are lower_snake.
+Person names are ``COLLATE NOCASE`` so case-insensitive PN matching (PS3.4 C.2.2.2.1) stays on an index.
+Empty strings, not NULL, stand for "absent" in identity columns so UNIQUE constraints hold.
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+PATIENT_COLUMNS = (
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientSex",
+    "OtherPatientIDs",
+    "EthnicGroup",
+    "PatientComments",
+)
+STUDY_COLUMNS = (
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDescription",
+    "ReferringPhysicianName",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "SpecificCharacterSet",
+    "TimezoneOffsetFromUTC",
+    "InstitutionName",
+)
+SERIES_COLUMNS = (
+    "SeriesInstanceUID",
+    "StudyInstanceUID",
+    "Modality",
+    "SeriesNumber",
+    "SeriesDescription",
+    "SeriesDate",
+    "SeriesTime",
+    "BodyPartExamined",
+    "Laterality",
+    "PerformedProcedureStepStartDate",
+    "PerformedProcedureStepStartTime",
+    "ScheduledProcedureStepID",
+    "RequestedProcedureID",
+    "Manufacturer",
+    "StationName",
+    "OperatorsName",
+)
+INSTANCE_COLUMNS = (
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "StudyInstanceUID",
+    "SOPClassUID",
+    "InstanceNumber",
+    "ContentDate",
+    "ContentTime",
+    "AcquisitionNumber",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "NumberOfFrames",
+    "ImageType",
+    "TransferSyntaxUID",
+)
+INTEGER_COLUMNS = {"SeriesNumber", "InstanceNumber", "AcquisitionNumber", "Rows", "Columns", "BitsAllocated",
+                   "NumberOfFrames"}
+PN_COLUMNS = {"PatientName", "ReferringPhysicianName", "OperatorsName"}
+
+migrations = Migrations("dcmnode")
+
+
+def _columns(names: tuple[str, ...], skip: set[str]) -> str:
+    parts = []
+    for name in names:
+        if name in skip:
+            continue
+        kind = "INTEGER" if name in INTEGER_COLUMNS else "TEXT"
+        collate = " COLLATE NOCASE" if name in PN_COLUMNS else ""
+        parts.append(f"{name} {kind}{collate}")
+    return ",\n  ".join(parts)
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    ident = {"PatientID", "IssuerOfPatientID"}
+    db.execute(f"""
+CREATE TABLE patients (
+  id INTEGER PRIMARY KEY,
+  PatientID TEXT NOT NULL DEFAULT '',
+  IssuerOfPatientID TEXT NOT NULL DEFAULT '',
+  {_columns(PATIENT_COLUMNS, ident)},
+  created_at TEXT NOT NULL,
+  updated_at TEXT NOT NULL,
+  UNIQUE (PatientID, IssuerOfPatientID)
+)""")
+    db.execute(f"""
+CREATE TABLE studies (
+  StudyInstanceUID TEXT PRIMARY KEY,
+  patient_id INTEGER NOT NULL REFERENCES patients(id),
+  {_columns(STUDY_COLUMNS, {"StudyInstanceUID"})},
+  created_at TEXT NOT NULL,
+  updated_at TEXT NOT NULL
+)""")
+    db.execute(f"""
+CREATE TABLE series (
+  SeriesInstanceUID TEXT PRIMARY KEY,
+  StudyInstanceUID TEXT NOT NULL REFERENCES studies(StudyInstanceUID),
+  {_columns(SERIES_COLUMNS, {"SeriesInstanceUID", "StudyInstanceUID"})},
+  source_ae TEXT NOT NULL DEFAULT '',
+  created_at TEXT NOT NULL,
+  updated_at TEXT NOT NULL
+)""")
+    db.execute(f"""
+CREATE TABLE instances (
+  SOPInstanceUID TEXT PRIMARY KEY,
+  SeriesInstanceUID TEXT NOT NULL REFERENCES series(SeriesInstanceUID),
+  StudyInstanceUID TEXT NOT NULL REFERENCES studies(StudyInstanceUID),
+  {_columns(INSTANCE_COLUMNS, {"SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"})},
+  path TEXT NOT NULL,
+  size INTEGER NOT NULL,
+  source TEXT NOT NULL,
+  source_ae TEXT NOT NULL DEFAULT '',
+  source_address TEXT NOT NULL DEFAULT '',
+  received_at TEXT NOT NULL
+)""")
+    indexes = {
+        "patients": ["PatientID", "PatientName", "PatientBirthDate"],
+        "studies": ["patient_id", "StudyDate", "StudyTime", "AccessionNumber", "StudyID",
+                    "ReferringPhysicianName", "updated_at"],
+        "series": ["StudyInstanceUID, Modality", "Modality", "SeriesNumber", "PerformedProcedureStepStartDate",
+                   "PerformedProcedureStepStartTime", "ScheduledProcedureStepID", "RequestedProcedureID",
+                   "updated_at"],
+        "instances": ["SeriesInstanceUID, InstanceNumber", "StudyInstanceUID", "SOPClassUID", "InstanceNumber",
+                      "received_at"],
+    }
+    for table, columns in indexes.items():
+        for cols in columns:
+            name = f"ix_{table}_" + cols.replace(", ", "_")
+            db.execute(f"CREATE INDEX {name} ON {table} ({cols})")
