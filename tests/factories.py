@@ -1,0 +1,143 @@
+"""Real DICOM inputs for tests: pydicom's bundled files, deid-data's files, and generated CT series."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import deid_data
+import numpy as np
+import pydicom
+import pydicom.data
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"
+DEID_FILES = Path(deid_data.__file__).parent / "data"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+
+# (file, storescu option proposing its transfer syntax): one per transfer syntax the node must accept.
+TRANSFER_SYNTAX_FILES = [
+    ("CT_small.dcm", "-xe"),  # explicit VR little endian
+    ("MR_small_implicit.dcm", "-xi"),  # implicit VR little endian
+    ("MR_small_bigendian.dcm", "-xb"),  # explicit VR big endian
+    ("image_dfl.dcm", "-xd"),  # deflated explicit VR little endian
+    ("SC_rgb_dcmtk_+eb+cr.dcm", "-xy"),  # JPEG baseline
+    ("JPEG-lossy.dcm", "-xx"),  # JPEG extended
+    ("SC_rgb_jpeg_gdcm.dcm", "-xs"),  # JPEG lossless SV1
+    ("MR_small_jpeg_ls_lossless.dcm", "-xt"),  # JPEG-LS lossless
+    ("MR_small_jp2klossless.dcm", "-xv"),  # JPEG 2000 lossless
+    ("JPEG2000.dcm", "-xw"),  # JPEG 2000
+    ("MR_small_RLE.dcm", "-xr"),  # RLE lossless
+]
+
+
+def bundled(name: str) -> Path:
+    path = TEST_FILES / name
+    assert path.is_file(), f"pydicom test file {name} is not bundled"
+    return path
+
+
+def deid_files() -> list[Path]:
+    return sorted(p for p in DEID_FILES.rglob("*.dcm"))
+
+
+def ct_series(
+    n: int,
+    rows: int = 64,
+    cols: int = 64,
+    study: str | None = None,
+    patient_id: str = "GEN-0001",
+    patient_name: str = "Generated^Patient",
+    seed: int = 0,
+) -> list[Dataset]:
+    """A CT series of n slices with real geometry, signed 16-bit HU pixels and fresh UIDs."""
+    rng = np.random.default_rng(seed)
+    study = study or generate_uid()
+    series = generate_uid()
+    frame_of_reference = generate_uid()
+    out = []
+    for i in range(n):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+        sop = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = sop
+        ds.SOPClassUID = CT_IMAGE_STORAGE
+        ds.SOPInstanceUID = sop
+        ds.StudyInstanceUID = study
+        ds.SeriesInstanceUID = series
+        ds.FrameOfReferenceUID = frame_of_reference
+        ds.PatientName = patient_name
+        ds.PatientID = patient_id
+        ds.PatientBirthDate = "19700101"
+        ds.PatientSex = "O"
+        ds.StudyDate = "20240305"
+        ds.StudyTime = "101500"
+        ds.AccessionNumber = "ACC" + patient_id[-4:]
+        ds.StudyID = "1"
+        ds.StudyDescription = "Generated CT"
+        ds.ReferringPhysicianName = "Ref^Doctor"
+        ds.Modality = "CT"
+        ds.SeriesNumber = 1
+        ds.SeriesDescription = "Axial"
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = [-100.0, -100.0, float(i * 2.5)]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing = [0.7, 0.7]
+        ds.SliceThickness = 2.5
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows, ds.Columns = rows, cols
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.WindowCenter, ds.WindowWidth = 40, 400
+        pixels = rng.integers(0, 2000, size=(rows, cols), dtype=np.int16)
+        ds.PixelData = pixels.tobytes()
+        out.append(ds)
+    return out
+
+
+def part10(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def part10_as_is(ds: Dataset) -> bytes:
+    """Part 10 bytes with the File Meta Information exactly as set (pydicom would otherwise correct it)."""
+    ds.preamble = b"\0" * 128
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=False)
+    return buffer.getvalue()
+
+
+def sop_class_mismatch() -> bytes:
+    """File meta says CT Image Storage, the data set says MR Image Storage."""
+    ds = ct_series(1)[0]
+    ds.SOPClassUID = MR_IMAGE_STORAGE
+    return part10_as_is(ds)
+
+
+def write_series(folder: Path, datasets: list[Dataset]) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, ds in enumerate(datasets):
+        path = folder / f"IM{i:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def dataset_bytes(path: Path) -> tuple[str, bytes]:
+    """(transfer syntax, the bytes after the File Meta Information): what 'stored as received' preserves."""
+    raw = path.read_bytes()
+    meta = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True).file_meta
+    end = 132 + 12 + int(meta.FileMetaInformationGroupLength)
+    return str(meta.TransferSyntaxUID), raw[end:]
+
+
+def read_back(path: Path) -> Dataset:
+    return pydicom.dcmread(path)
