@@ -132,7 +132,7 @@ class CliServer:
         self.ae_title, self.dimse_port, self.http_port = match[1], int(match[2]), int(match[3])
 
     def kill9(self) -> None:
-        self.proc.kill()
+        self.proc.kill()  # SIGKILL: no handler runs, nothing is flushed or cleaned up
         self.proc.wait(10)
 
     def stop(self) -> int:
@@ -143,6 +143,8 @@ class CliServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         self._log_fp.close()
         return self.proc.returncode
 

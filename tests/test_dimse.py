@@ -24,7 +24,11 @@ from tests.factories import (
     sop_class_mismatch,
 )
 
-needs_dcmtk = pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed (apt-get install dcmtk)")
+
+@pytest.fixture
+def dcmtk() -> None:
+    assert shutil.which("storescu"), "dcmtk is required: apt-get install dcmtk (the README's test command does this)"
+
 
 
 @pytest.fixture
@@ -40,13 +44,13 @@ def instances(node: Node) -> int:
     return node.store.index.counts()["instances"]
 
 
-@needs_dcmtk
+@pytest.mark.usefixtures("dcmtk")
 def test_echoscu(node: Node) -> None:
     result = subprocess.run(["echoscu", "-aec", "DCMNODE", HOST, str(node.dimse_port)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
 
-@needs_dcmtk
+@pytest.mark.usefixtures("dcmtk")
 @pytest.mark.parametrize(("name", "option"), TRANSFER_SYNTAX_FILES)
 def test_storescu_stores_every_transfer_syntax_as_received(node: Node, name: str, option: str) -> None:
     source = bundled(name)

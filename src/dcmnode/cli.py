@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -106,7 +107,12 @@ def cmd_serve(args: argparse.Namespace, settings: config.Settings) -> int:
               f"data {settings.data_dir.resolve()}", flush=True)
         server = uvicorn.Server(uvicorn.Config(node.asgi(), log_config=None, access_log=False,
                                                timeout_graceful_shutdown=10))
+        # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler that was
+        # there before it: make that a no-op, so a clean stop exits 0 after the SCP is shut down too.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: None)
         server.run(sockets=[sock])
+        log.info("stopping")
     finally:
         node.close()
     return 0

@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from dcmnode.core.parse import Expected, Parsed, parse_bytes, parse_file
+from dcmnode.core.parse import PREAMBLE, Expected, Parsed, lacks_preamble, parse_bytes, parse_file
 from dcmnode.errors import DcmnodeError, DuplicateInstance
 from dcmnode.model import Outcome, Source, StoredInstance
 from dcmnode.store import Store
@@ -53,6 +53,8 @@ class Ingest:
     def store_temp(self, temp: Path, source: Source, expected: Expected | None = None) -> StoredInstance:
         """A complete Part 10 file already spooled into the store's tmp folder (STOW parts). Takes ownership."""
         try:
+            if lacks_preamble(temp):
+                temp = self._add_preamble(temp)
             parsed = parse_file(temp, expected)
         except BaseException:
             self.store.files.discard(temp)
@@ -73,6 +75,13 @@ class Ingest:
         self.store.files.discard(temp)
         if remove_final:
             self.store.files.remove(final)  # COMMIT failed after the rename: never a file without a row
+
+    def _add_preamble(self, temp: Path) -> Path:
+        with self.store.files.temp() as (fixed, out), open(temp, "rb") as src:
+            out.write(PREAMBLE)
+            shutil.copyfileobj(src, out, 1024 * 1024)
+        self.store.files.discard(temp)
+        return fixed
 
     def _kept_duplicate(self, parsed: Parsed, source: Source) -> StoredInstance | None:
         """Cheap early answer for on_duplicate=keep, so a re-sent instance is not even written to tmp."""

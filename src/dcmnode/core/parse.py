@@ -84,10 +84,21 @@ def parse_file(path: Path, expected: Expected | None = None) -> Parsed:
         return _parse(fp, os.fstat(fp.fileno()).st_size, expected)
 
 
+PREAMBLE = b"\0" * 128 + b"DICM"
+
+
 def has_dicm_prefix(path: Path) -> bool:
     with open(path, "rb") as fp:
         head = fp.read(132)
     return len(head) == 132 and head[128:] == b"DICM"
+
+
+def lacks_preamble(path: Path) -> bool:
+    """File Meta Information with no preamble and DICM prefix: what pydicom's dcmwrite() gives for a data set
+    without ``preamble`` (dicomweb-client sends this). Tolerated: the store adds the preamble."""
+    with open(path, "rb") as fp:
+        head = fp.read(132)
+    return head[:2] == b"\x02\x00" and head[128:] != b"DICM"
 
 
 def _parse(fp: BinaryIO, size: int, expected: Expected | None) -> Parsed:
