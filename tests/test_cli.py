@@ -91,6 +91,7 @@ def test_acknowledged_instances_survive_kill_9(tmp_path: Path, cli_server_factor
 
     def send() -> None:
         assoc = associate(server.dimse_port, contexts=[build_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)])
+        raw_socket = assoc.dul.socket.socket  # pynetdicom does not close it when the peer vanishes mid-DIMSE
         for ds in series:
             try:
                 status = assoc.send_c_store(ds)
@@ -104,6 +105,8 @@ def test_acknowledged_instances_survive_kill_9(tmp_path: Path, cli_server_factor
                     server.kill9()  # mid-stream, with instances in flight
                     killed.set()
         assoc.abort()
+        assoc.join(10)
+        raw_socket.close()
 
     sender = threading.Thread(target=send)
     sender.start()

@@ -18,12 +18,13 @@ ALLOWED: dict[str, set[str]] = {
     "dicomweb": {"errors", "model", "config", "core"},
     "api": {"errors", "model", "config", "core"},
     "app": {"errors", "model", "config", "store", "core", "dimse", "dicomweb", "api"},
-    "cli": {"errors", "model", "config", "store", "core", "app", "__version__"},
+    "cli": {"errors", "model", "config", "store", "core", "app", "server", "__version__"},
+    "server": {"errors", "model", "config", "store", "core", "dimse", "app", "__version__"},
     "__main__": {"cli"},
     "__init__": set(),
 }
 # Third-party packages confined to the layer that adapts them.
-CONFINED = {"pynetdicom": {"dimse", "app"}, "starlette": {"dicomweb", "api", "app"}, "uvicorn": {"cli"},
+CONFINED = {"pynetdicom": {"dimse", "app"}, "starlette": {"dicomweb", "api", "app"}, "uvicorn": {"server"},
             "torch": {"sr"}}
 
 

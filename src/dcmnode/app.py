@@ -6,10 +6,10 @@ The domain-error → HTTP table lives here, once (Microsoft's ExceptionHandlingM
 from __future__ import annotations
 
 import logging
+import socket
 from importlib import resources
 from pathlib import Path
 
-from pynetdicom.transport import ThreadedAssociationServer
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -65,14 +65,14 @@ class Node:
         self.settings = settings
         self.store = Store.open(settings.data_dir, fsync=settings.store.fsync)
         self.ingest = Ingest(self.store, settings.store.on_duplicate)
-        self.scp: ThreadedAssociationServer | None = None
+        self.scp: scp.Scp | None = None
+        self.dimse_port = 0  # where DIMSE listens, in this process or in the DIMSE processes
 
-    @property
-    def dimse_port(self) -> int:
-        return int(self.scp.server_address[1]) if self.scp else 0
-
-    def start_dimse(self) -> ThreadedAssociationServer:
-        self.scp = scp.start(self.settings, self.ingest)
+    def start_dimse(self, sock: socket.socket | None = None) -> scp.Scp:
+        """Serve DIMSE in this process (threads), on ``sock`` or a new socket from the settings."""
+        sock = sock or scp.listen(self.settings.dimse.host, self.settings.dimse.port)
+        self.scp = scp.start(self.settings, self.ingest, sock)
+        self.dimse_port = self.scp.port
         return self.scp
 
     def asgi(self) -> Starlette:

@@ -6,8 +6,6 @@ import argparse
 import json
 import logging
 import os
-import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -88,34 +86,9 @@ def _logging(level: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, settings: config.Settings) -> int:
-    import uvicorn
+    from dcmnode import server
 
-    from dcmnode.app import Node
-
-    node = Node(settings)
-    try:
-        http = settings.http
-        sock = socket.socket(socket.AF_INET6 if ":" in http.host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((http.host, http.port))
-        sock.listen(2048)
-        node.start_dimse()
-        http_port = sock.getsockname()[1]
-        dimse = settings.dimse
-        print(f"dcmnode {__version__} ready: DIMSE {settings.node.ae_title}@{dimse.host}:{node.dimse_port}  "
-              f"HTTP http://{http.host}:{http_port}/  DICOMweb http://{http.host}:{http_port}/dicom-web  "
-              f"data {settings.data_dir.resolve()}", flush=True)
-        server = uvicorn.Server(uvicorn.Config(node.asgi(), log_config=None, access_log=False,
-                                               timeout_graceful_shutdown=10))
-        # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler that was
-        # there before it: make that a no-op, so a clean stop exits 0 after the SCP is shut down too.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda signum, frame: None)
-        server.run(sockets=[sock])
-        log.info("stopping")
-    finally:
-        node.close()
-    return 0
+    return server.run(settings)
 
 
 def cmd_import(args: argparse.Namespace, settings: config.Settings) -> int:

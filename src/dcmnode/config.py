@@ -39,7 +39,9 @@ class NodeSettings:
 class DimseSettings:
     host: str = _default("127.0.0.1", "address the DIMSE SCP binds; 0.0.0.0 to accept modalities on the network")
     port: int = _default(11112, "DIMSE port")
-    max_associations: int = _default(32, "concurrent associations accepted")
+    processes: int = _default(2, "processes serving associations (parallel associations use more cores); "
+                                 "0 = threads inside the HTTP process")
+    max_associations: int = _default(32, "concurrent associations accepted (per process)")
     max_pdu: int = _default(0, "maximum PDU length we receive; 0 = unlimited (fewest PDUs, fastest)")
     acse_timeout: float = _default(30.0, "seconds to wait for association messages")
     dimse_timeout: float = _default(60.0, "seconds to wait for DIMSE messages")
@@ -196,6 +198,8 @@ def _validate(settings: Settings) -> None:
     for title in titles:
         if not AE_TITLE.match(title) or not title.strip():
             raise ConfigError(f"invalid AE title {title!r}: 1-16 characters, no backslash")
+    if not 0 <= settings.dimse.processes <= 64:
+        raise ConfigError(f"dimse.processes must be 0-64, not {settings.dimse.processes}")
     for name, port in (("dimse.port", settings.dimse.port), ("http.port", settings.http.port)):
         if not 0 <= port <= 65535:
             raise ConfigError(f"{name} must be 0-65535, not {port}")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import socket
+import socketserver
+import threading
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -20,6 +22,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dcmnode.config import Settings
 from dcmnode.core.ingest import Ingest
 from dcmnode.core.parse import Expected
+from dcmnode.dimse.pacer import Pacer
 from dcmnode.errors import DcmnodeError
 from dcmnode.model import Source, SourceKind
 
@@ -49,19 +52,73 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
-def start(settings: Settings, ingest: Ingest) -> ThreadedAssociationServer:
-    """Start the SCP on its own threads (one per association) and return the running server."""
+class SharedSocketServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server on a socket that is already listening, possibly shared by several
+    processes (``dimse.processes``): the kernel hands each new association to one process that accepts."""
+
+    listening: socket.socket
+
+    def server_bind(self) -> None:
+        self.socket.close()  # the unbound socket socketserver made for us
+        self.socket = self.listening
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        pass  # listening already
+
+    def shutdown(self) -> None:
+        # pynetdicom's shutdown() also unregisters from ae._servers, which only start_server() fills
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
+
+
+def listen(host: str, port: int, backlog: int = 128) -> socket.socket:
+    """The DIMSE listening socket. Non-blocking, so that a process that loses the race for a new connection
+    to another process gets BlockingIOError (ignored by socketserver) instead of hanging in accept()."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+class Scp:
+    """The running SCP: pynetdicom's threaded server (one thread per association) and its pacer."""
+
+    def __init__(self, server: ThreadedAssociationServer, pacer: Pacer, thread: threading.Thread) -> None:
+        self.server = server
+        self.pacer = pacer
+        self.thread = thread
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def shutdown(self) -> None:
+        self.server.shutdown()
+        self.thread.join(10)
+        self.pacer.stop()
+
+
+def start(settings: Settings, ingest: Ingest, sock: socket.socket) -> Scp:
+    """Serve C-ECHO and C-STORE on ``sock`` (from ``listen``) in a background thread."""
     ae = build_ae(settings)
+    pacer = Pacer()
     handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, handle_open),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [ingest]),
+        (evt.EVT_C_STORE, handle_store, [ingest, pacer]),
         (evt.EVT_ESTABLISHED, handle_established),
         (evt.EVT_REJECTED, handle_rejected),
+        *pacer.handlers(),
     ]
-    server = ae.start_server((settings.dimse.host, settings.dimse.port), block=False, evt_handlers=handlers)
-    assert server is not None
-    return server
+    server_class = type("Server", (SharedSocketServer,), {"listening": sock})
+    server = ae.make_server(sock.getsockname(), evt_handlers=handlers, server_class=server_class)
+    thread = threading.Thread(target=server.serve_forever, name="dimse-server", daemon=True)
+    thread.start()
+    return Scp(server, pacer, thread)
 
 
 def handle_open(event: evt.Event) -> None:
@@ -85,7 +142,8 @@ def handle_echo(event: evt.Event) -> int:
     return SUCCESS
 
 
-def handle_store(event: evt.Event, ingest: Ingest) -> int | Dataset:
+def handle_store(event: evt.Event, ingest: Ingest, pacer: Pacer) -> int | Dataset:
+    pacer.touch(event.assoc)
     requestor = event.assoc.requestor
     source = Source(SourceKind.DIMSE, ae_title=requestor.ae_title, address=str(requestor.address))
     expected = Expected(

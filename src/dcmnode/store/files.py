@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -47,6 +47,7 @@ class Files:
         self.tmp_root = root / "tmp"
         self.tmp_dir = self.tmp_root / str(os.getpid())  # per process: see clean_temp
         self.fsync = fsync
+        self._names = itertools.count()
         self.dicom_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
 
@@ -62,8 +63,8 @@ class Files:
     @contextlib.contextmanager
     def temp(self, suffix: str = ".part") -> Iterator[tuple[Path, BinaryIO]]:
         """A new temp file open for writing; removed if the block raises."""
-        fd, name = tempfile.mkstemp(dir=self.tmp_dir, suffix=suffix)
-        path = Path(name)
+        path = self.tmp_dir / f"{next(self._names)}{suffix}"  # unique in this process's own tmp folder
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             with disk_errors(), os.fdopen(fd, "wb") as fp:
                 yield path, fp

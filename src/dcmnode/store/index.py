@@ -8,6 +8,8 @@ rebuilt from the files (``dcmnode reindex``).
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
@@ -42,6 +44,7 @@ class Index:
         self._busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
         self._write_lock = threading.Lock()
+        self._lock_fd = -1
 
     # -- connections ---------------------------------------------------------------------------------------
     def connection(self) -> sqlite3.Connection:
@@ -57,7 +60,10 @@ class Index:
         return conn
 
     def close(self) -> None:
-        """Close this thread's connection."""
+        """Close this thread's connection (and the writer lock file)."""
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
@@ -65,14 +71,28 @@ class Index:
 
     def migrate(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._write_lock:
+        with self._exclusive():
             migrations.apply(Database(self.connection()))
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """The only way to write: one writer at a time, one transaction, committed or rolled back."""
-        conn = self.connection()
+    def _exclusive(self) -> Iterator[None]:
+        """A thread lock orders this process's writers; an flock on ``index.sqlite.lock`` orders processes (the
+        DIMSE processes, ``dcmnode import``), waking the next writer at once where SQLite's busy handler would
+        sleep and poll."""
         with self._write_lock:
+            if self._lock_fd < 0:
+                self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """The only way to write: one writer at a time (threads and processes), one transaction."""
+        conn = self.connection()
+        with self._exclusive():
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn

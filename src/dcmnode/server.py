@@ -1,0 +1,177 @@
+"""``dcmnode serve``: the processes of a running node. Imports: stdlib, uvicorn, config, store, core, dimse, app.
+
+The parent process serves HTTP (DICOMweb, API, viewer). DIMSE associations are served by ``dimse.processes``
+child processes that share one listening socket: each association runs in whichever process accepts it, so
+parallel associations use every core (pynetdicom holds the GIL for most of its work). With ``processes = 0``
+the SCP runs as threads inside the HTTP process. Children are forked before the parent starts any thread,
+and die with the parent (PR_SET_PDEATHSIG), so a ``kill -9`` of the node leaves no stray process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+
+from dcmnode import __version__
+from dcmnode.app import Node
+from dcmnode.config import Settings
+from dcmnode.core.ingest import Ingest
+from dcmnode.dimse import scp
+from dcmnode.store import Store
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+READY_TIMEOUT = 60.0
+
+
+def run(settings: Settings) -> int:
+    http_sock = _listen_http(settings.http.host, settings.http.port)
+    dimse_sock = scp.listen(settings.dimse.host, settings.dimse.port)
+    children = _fork_dimse_processes(settings, dimse_sock, http_sock, settings.dimse.processes)
+    stopping = threading.Event()
+    node = Node(settings)
+    try:
+        if not children:
+            node.start_dimse(dimse_sock)
+        node.dimse_port = dimse_sock.getsockname()[1]
+        _announce(settings, node.dimse_port, http_sock.getsockname()[1])
+        watcher = threading.Thread(target=_watch_children, args=(children, stopping), name="dimse-watch",
+                                   daemon=True)
+        watcher.start()
+        _serve_http(node, http_sock)
+    finally:
+        stopping.set()
+        _stop_children(children)
+        node.close()
+    return 0
+
+
+def _listen_http(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    return sock
+
+
+def _announce(settings: Settings, dimse_port: int, http_port: int) -> None:
+    host, http = settings.dimse.host, settings.http.host
+    print(f"dcmnode {__version__} ready: DIMSE {settings.node.ae_title}@{host}:{dimse_port}  "
+          f"HTTP http://{http}:{http_port}/  DICOMweb http://{http}:{http_port}/dicom-web  "
+          f"data {settings.data_dir.resolve()}", flush=True)
+
+
+def _serve_http(node: Node, sock: socket.socket) -> None:
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(node.asgi(), log_config=None, access_log=False,
+                                           timeout_graceful_shutdown=10))
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler that was there
+    # before it: make that a no-op, so that a clean stop exits 0 once the DIMSE processes are stopped too.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: None)
+    server.run(sockets=[sock])
+    log.info("stopping")
+
+
+# -- DIMSE child processes --------------------------------------------------------------------------------
+def _fork_dimse_processes(settings: Settings, sock: socket.socket, http_sock: socket.socket, count: int) -> list[int]:
+    if count <= 0:
+        return []
+    read_end, write_end = os.pipe()
+    parent = os.getpid()
+    children = []
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            http_sock.close()
+            code = 1
+            try:
+                code = _dimse_child(settings, sock, write_end, parent)
+            except BaseException:
+                log.exception("DIMSE process failed")
+            finally:
+                os._exit(code)
+        children.append(pid)
+    os.close(write_end)
+    _wait_ready(read_end, children)
+    return children
+
+
+def _wait_ready(read_end: int, children: list[int]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    ready = 0
+    while ready < len(children):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([read_end], [], [], remaining)[0]:
+            _stop_children(children)
+            raise RuntimeError("DIMSE processes did not start in time")
+        chunk = os.read(read_end, 64)
+        if not chunk:
+            _stop_children(children)
+            raise RuntimeError("a DIMSE process exited during start-up; see the log above")
+        ready += len(chunk)
+    os.close(read_end)
+
+
+def _dimse_child(settings: Settings, sock: socket.socket, ready_fd: int, parent: int) -> int:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        return 1
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    store = Store.open(settings.data_dir, fsync=settings.store.fsync)
+    server = scp.start(settings, Ingest(store, settings.store.on_duplicate), sock)
+    os.write(ready_fd, b"1")
+    os.close(ready_fd)
+    stop.wait()
+    server.shutdown()
+    store.close()
+    sys.stdout.flush()
+    return 0
+
+
+def _watch_children(children: list[int], stopping: threading.Event) -> None:
+    """Log a DIMSE process that dies; when none is left, stop the node so a supervisor can restart it."""
+    alive = set(children)
+    while alive:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            return
+        if pid in alive and not stopping.is_set():
+            alive.discard(pid)
+            log.error("DIMSE process %d exited (status %d); %d left", pid, status, len(alive))
+            if not alive:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _stop_children(children: list[int]) -> None:
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for pid in children:
+        while time.monotonic() < deadline:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
