@@ -81,7 +81,8 @@ def _settings(args: argparse.Namespace) -> config.Settings:
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s")
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s [%(process)d %(threadName)s] %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING if level.upper() != "DEBUG" else logging.DEBUG)
 
 

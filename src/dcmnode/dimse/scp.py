@@ -12,6 +12,7 @@ import logging
 import socket
 import socketserver
 import threading
+import time
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -29,6 +30,7 @@ from dcmnode.model import Source, SourceKind
 log = logging.getLogger(__name__)
 
 SUCCESS = 0x0000
+ACCEPT_YIELD = 0.002  # seconds a process waits per association it already serves before accepting another
 PROCESSING_FAILURE = 0x0110
 
 
@@ -65,6 +67,15 @@ class SharedSocketServer(ThreadedAssociationServer):
 
     def server_activate(self) -> None:
         pass  # listening already
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        # Least-loaded first: every process sharing the socket wakes for a new connection; one that already
+        # serves associations yields for a moment so that an idler process accepts it (the loser of the race
+        # gets BlockingIOError, which socketserver ignores).
+        busy = len(self.active_associations)
+        if busy:
+            time.sleep(min(busy, 8) * ACCEPT_YIELD)
+        return super().get_request()
 
     def shutdown(self) -> None:
         # pynetdicom's shutdown() also unregisters from ae._servers, which only start_server() fills
