@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,6 +41,37 @@ def test_serve_prints_one_ready_line_and_answers_both_protocols(tmp_path: Path,
     page = httpx.get(f"http://127.0.0.1:{server.http_port}/", timeout=10)
     assert page.status_code == 200 and "dcmnode" in page.text
     assert server.stop() == 0  # SIGTERM: a clean shutdown
+
+
+def children_of(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_dimse_processes_share_the_port_and_die_with_the_node(tmp_path: Path,
+                                                              cli_server_factory: Callable[..., CliServer]) -> None:
+    server = cli_server_factory(tmp_path / "data", env={"DCMNODE_DIMSE_PROCESSES": "3"})
+    workers = children_of(server.proc.pid)
+    assert len(workers) == 3
+    associations = [associate(server.dimse_port) for _ in range(3)]  # three at once, over the shared socket
+    assert all(a.is_established for a in associations)
+    assert [a.send_c_store(ds).Status for a, ds in zip(associations, ct_series(3), strict=True)] == [0, 0, 0]
+    for a in associations:
+        a.release()
+    server.kill9()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+              for pid in workers):
+        assert time.monotonic() < deadline, "DIMSE processes outlived the node"
+        time.sleep(0.05)
+
+
+def test_dimse_in_the_http_process(tmp_path: Path, cli_server_factory: Callable[..., CliServer]) -> None:
+    server = cli_server_factory(tmp_path / "data", env={"DCMNODE_DIMSE_PROCESSES": "0"})
+    assert children_of(server.proc.pid) == []
+    assoc = associate(server.dimse_port)
+    assert assoc.send_c_store(ct_series(1)[0]).Status == 0
+    assoc.release()
+    assert server.stop() == 0
 
 
 def test_env_overrides_reach_serve(tmp_path: Path, cli_server_factory: Callable[..., CliServer]) -> None:
