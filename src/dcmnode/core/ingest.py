@@ -6,14 +6,14 @@ Order of work, so that an acknowledged instance is durable and a failed one leav
 1. parse and check the bytes (``core.parse``): nothing is written for bad input;
 2. write a temp file and fsync it (outside the index lock, so writers overlap);
 3. one index transaction: duplicate policy, upsert rows, ``os.replace`` the temp file into place, COMMIT;
-4. fsync the folder, then answer success. Any failure removes the temp file (and a newly placed file).
+4. fsync the folders whose entries changed, then answer success. Any failure removes the temp file (and a
+   newly placed file).
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 from dcmnode.core.parse import PREAMBLE, Expected, Parsed, lacks_preamble, parse_bytes, parse_file
@@ -24,14 +24,10 @@ from dcmnode.store.index import now
 
 log = logging.getLogger(__name__)
 
-StoredHook = Callable[[StoredInstance, Source], None]
-
-
 class Ingest:
     def __init__(self, store: Store, on_duplicate: str = "keep") -> None:
         self.store = store
         self.on_duplicate = on_duplicate
-        self.hooks: list[StoredHook] = []
 
     @property
     def tmp_dir(self) -> Path:
@@ -98,6 +94,7 @@ class Ingest:
         final = files.path_for(parsed.key)
         existing = None
         placed = False
+        changed: list[Path] = []
         try:
             with index.write() as conn:
                 existing = index.instance(parsed.key.sop, conn)
@@ -118,9 +115,10 @@ class Ingest:
                     source_address=source.address,
                     received_at=now(),
                 )
-                record.series["source_ae"] = source.ae_title
+                if source.ae_title:  # the first calling AE of a series is kept; others do not blank it
+                    record.series["source_ae"] = source.ae_title
                 index.upsert_instance(conn, record)
-                files.install(temp, parsed.key)
+                changed = files.install(temp, parsed.key)
                 placed = True
         except DcmnodeError as err:
             err.sop_class, err.sop_instance = parsed.sop_class, parsed.key.sop
@@ -129,16 +127,11 @@ class Ingest:
         except BaseException:
             self._undo(temp, final, placed and existing is None)
             raise
-        files.sync_dir(final)
+        files.sync_dirs(changed)
         if existing is not None and files.absolute(existing["path"]) != final:
             files.remove(files.absolute(existing["path"]))
         outcome = Outcome.REPLACED if existing is not None else Outcome.STORED
         stored = StoredInstance(parsed.key, parsed.sop_class, parsed.transfer_syntax, parsed.size, outcome)
         log.info("%s sop=%s series=%s from=%s bytes=%d", outcome, parsed.key.sop, parsed.key.series, source,
                  parsed.size)
-        for hook in self.hooks:
-            try:
-                hook(stored, source)
-            except Exception:
-                log.exception("stored-instance hook %r failed", hook)
         return stored

@@ -123,9 +123,9 @@ def _check(ds: Dataset, size: int, expected: Expected) -> Parsed:
     try:
         key = InstanceKey.checked(ds.get("StudyInstanceUID"), ds.get("SeriesInstanceUID"), ds.get("SOPInstanceUID"))
         sop_class = check_uid(ds.get("SOPClassUID"), "SOPClassUID")
-    except Exception as exc:
-        if isinstance(exc, InvalidInstance):
-            raise
+    except InvalidInstance:
+        raise
+    except Exception as exc:  # a value pydicom cannot decode
         raise InvalidInstance(f"cannot read the instance UIDs: {exc}") from exc
     try:
         _check_expected(meta.get("MediaStorageSOPClassUID"), sop_class, key, expected)

@@ -64,7 +64,8 @@ class Files:
     def temp(self, suffix: str = ".part") -> Iterator[tuple[Path, BinaryIO]]:
         """A new temp file open for writing; removed if the block raises."""
         path = self.tmp_dir / f"{next(self._names)}{suffix}"  # unique in this process's own tmp folder
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with disk_errors():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             with disk_errors(), os.fdopen(fd, "wb") as fp:
                 yield path, fp
@@ -80,23 +81,29 @@ class Files:
             fp.write(data)
         return path
 
-    def install(self, temp: Path, key: InstanceKey) -> Path:
-        """Atomically move a complete temp file to the instance's place (replacing any older copy)."""
+    def install(self, temp: Path, key: InstanceKey) -> list[Path]:
+        """Atomically move a complete temp file to the instance's place (replacing any older copy). Returns the
+        folders whose entries changed, for ``sync_dirs``: the series folder, and the parents of new folders."""
         final = self.path_for(key)
+        changed = [final.parent]
         with disk_errors():
-            final.parent.mkdir(parents=True, exist_ok=True)
+            for folder in (final.parent.parent, final.parent):
+                if not folder.is_dir():
+                    folder.mkdir(parents=True, exist_ok=True)
+                    changed.append(folder.parent)
             os.replace(temp, final)
-        return final
+        return changed
 
-    def sync_dir(self, path: Path) -> None:
-        """Make a rename durable: fsync the folder that holds ``path``."""
+    def sync_dirs(self, folders: list[Path]) -> None:
+        """Make renames and new folders durable: fsync the folders whose entries changed."""
         if not self.fsync:
             return
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        for folder in folders:
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def discard(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):

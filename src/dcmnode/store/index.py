@@ -142,7 +142,7 @@ class Index:
 
     def _upsert(self, conn: sqlite3.Connection, table: str, pk: str, values: Mapping[str, Any], stamp: str) -> None:
         cols = list(values)
-        updates = ", ".join(f"{c} = COALESCE(excluded.{c}, {c})" for c in cols if c != pk)
+        updates = ", ".join(f"{c} = COALESCE(excluded.{c}, {c})" for c in cols if c != pk and c != "source_ae")
         conn.execute(
             f"INSERT INTO {table} ({', '.join(cols)}, created_at, updated_at) "
             f"VALUES ({', '.join('?' * len(cols))}, ?, ?) "
