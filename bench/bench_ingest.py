@@ -9,15 +9,18 @@ phase the node's instance count must have grown by exactly the number of files s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -71,20 +74,29 @@ def warm(files: list[Path]) -> int:
     return sum(len(p.read_bytes()) for p in files)  # into the page cache: measure the node, not the disk
 
 
-def storescu(args: argparse.Namespace, files: list[Path]) -> subprocess.Popen[str]:
+def storescu(args: argparse.Namespace, files: list[Path], log: IO[str]) -> subprocess.Popen[str]:
     cmd = ["storescu", "-v", "-aet", "BENCH", "-aec", args.aet, "-to", "30", "-ta", "30", "-td", "300",
            args.host, str(args.dimse_port), *map(str, files)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    # Output to a file, not a pipe: parallel clients writing into pipes read one after another stall on a full
+    # pipe buffer (an earlier version of this script measured that stall).
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "TCP_NODELAY": "1"})
 
 
 def phase_storescu(args: argparse.Namespace, files: list[Path], associations: int) -> dict[str, object]:
     nbytes = warm(files)
     chunks = [files[i::associations] for i in range(associations)]
-    t0 = time.perf_counter()
-    procs = [storescu(args, chunk) for chunk in chunks]
-    outputs = [p.communicate(timeout=1800)[0] for p in procs]
-    elapsed = time.perf_counter() - t0
+    with contextlib.ExitStack() as stack:
+        logs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in chunks]
+        t0 = time.perf_counter()
+        procs = [storescu(args, chunk, log) for chunk, log in zip(chunks, logs, strict=True)]
+        for p in procs:
+            p.wait(timeout=1800)
+        elapsed = time.perf_counter() - t0
+        outputs = []
+        for log in logs:
+            log.seek(0)
+            outputs.append(log.read())
     success = sum(len(re.findall(r"Received Store Response \(Success", out)) for out in outputs)
     assert all(p.returncode == 0 for p in procs), [out[-500:] for out in outputs]
     assert success == len(files), f"{success} successes for {len(files)} files"
