@@ -75,12 +75,28 @@ def warm(files: list[Path]) -> int:
 
 
 def storescu(args: argparse.Namespace, files: list[Path], log: IO[str]) -> subprocess.Popen[str]:
-    cmd = ["storescu", "-v", "-aet", "BENCH", "-aec", args.aet, "-to", "30", "-ta", "30", "-td", "300",
-           args.host, str(args.dimse_port), *map(str, files)]
+    cmd = [
+        "storescu",
+        "-v",
+        "-aet",
+        "BENCH",
+        "-aec",
+        args.aet,
+        "-to",
+        "30",
+        "-ta",
+        "30",
+        "-td",
+        "300",
+        args.host,
+        str(args.dimse_port),
+        *map(str, files),
+    ]
     # Output to a file, not a pipe: parallel clients writing into pipes read one after another stall on a full
     # pipe buffer (an earlier version of this script measured that stall).
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "TCP_NODELAY": "1"})
+    return subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env={**os.environ, "TCP_NODELAY": "1"}
+    )
 
 
 def phase_storescu(args: argparse.Namespace, files: list[Path], associations: int) -> dict[str, object]:
@@ -100,8 +116,13 @@ def phase_storescu(args: argparse.Namespace, files: list[Path], associations: in
     success = sum(len(re.findall(r"Received Store Response \(Success", out)) for out in outputs)
     assert all(p.returncode == 0 for p in procs), [out[-500:] for out in outputs]
     assert success == len(files), f"{success} successes for {len(files)} files"
-    return {"instances": len(files), "seconds": round(elapsed, 2), "instances_per_s": round(len(files) / elapsed, 1),
-            "mb_per_s": round(nbytes / 1e6 / elapsed, 1), "associations": associations}
+    return {
+        "instances": len(files),
+        "seconds": round(elapsed, 2),
+        "instances_per_s": round(len(files) / elapsed, 1),
+        "mb_per_s": round(nbytes / 1e6 / elapsed, 1),
+        "associations": associations,
+    }
 
 
 def multipart(paths: list[Path]) -> bytes:
@@ -113,13 +134,16 @@ def multipart(paths: list[Path]) -> bytes:
 
 def phase_stow(args: argparse.Namespace, files: list[Path], batch: int) -> dict[str, object]:
     warm(files)
-    headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
-               "Accept": "application/dicom+json", "Accept-Encoding": "identity"}
+    headers = {
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
+        "Accept": "application/dicom+json",
+        "Accept-Encoding": "identity",
+    }
     latencies = []
     t0 = time.perf_counter()
     with httpx.Client(timeout=600) as client:
         for i in range(0, len(files), batch):
-            part = files[i:i + batch]
+            part = files[i : i + batch]
             body = multipart(part)  # read per batch, as a client would
             s = time.perf_counter()
             r = client.post(f"{args.dicomweb_base}/studies", content=body, headers=headers)
@@ -127,9 +151,14 @@ def phase_stow(args: argparse.Namespace, files: list[Path], batch: int) -> dict[
             assert r.status_code == 200, (r.status_code, r.text[:500])
             assert len(r.json()["00081199"]["Value"]) == len(part)
     elapsed = time.perf_counter() - t0
-    return {"instances": len(files), "seconds": round(elapsed, 2), "instances_per_s": round(len(files) / elapsed, 1),
-            "batch": batch, "post_ms_p50": round(statistics.median(latencies), 1),
-            "post_ms_p95": round(sorted(latencies)[int(0.95 * (len(latencies) - 1))], 1)}
+    return {
+        "instances": len(files),
+        "seconds": round(elapsed, 2),
+        "instances_per_s": round(len(files) / elapsed, 1),
+        "batch": batch,
+        "post_ms_p50": round(statistics.median(latencies), 1),
+        "post_ms_p95": round(sorted(latencies)[int(0.95 * (len(latencies) - 1))], 1),
+    }
 
 
 def main() -> int:
@@ -139,8 +168,11 @@ def main() -> int:
     ap.add_argument("--dimse-port", type=int, default=11112)
     ap.add_argument("--aet", default="DCMNODE")
     ap.add_argument("--dicomweb-base", default="http://127.0.0.1:8080/dicom-web")
-    ap.add_argument("--count", required=True, help="URL giving the instance count: dcmnode http://…/api/status, "
-                    "Orthanc http://…/statistics")
+    ap.add_argument(
+        "--count",
+        required=True,
+        help="URL giving the instance count: dcmnode http://…/api/status, Orthanc http://…/statistics",
+    )
     ap.add_argument("--server-pid", type=int)
     ap.add_argument("--label", default="node")
     ap.add_argument("--out-json", type=Path)
@@ -149,9 +181,11 @@ def main() -> int:
     monitor = RssMonitor(args.server_pid)
     monitor.start()
     results: dict[str, object] = {"label": args.label}
-    phases = [("c_store_1_assoc", 0, lambda f: phase_storescu(args, f, 1)),
-              ("c_store_4_assoc", 1, lambda f: phase_storescu(args, f, 4)),
-              ("stow_batches_50", 2, lambda f: phase_stow(args, f, 50))]
+    phases = [
+        ("c_store_1_assoc", 0, lambda f: phase_storescu(args, f, 1)),
+        ("c_store_4_assoc", 1, lambda f: phase_storescu(args, f, 4)),
+        ("stow_batches_50", 2, lambda f: phase_stow(args, f, 50)),
+    ]
     for name, copy, run in phases:
         files = files_of(args.dataset, copy)
         expected = distinct_sops(files)

@@ -118,10 +118,29 @@ class CliServer:
     def __init__(self, data: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.log = data.parent / f"serve-{data.name}-{time.monotonic_ns()}.log"
         self._log_fp = open(self.log, "w")  # noqa: SIM115
-        cmd = [sys.executable, "-m", "dcmnode", "serve", "--data", str(data), "--host", HOST,
-               "--http-port", "0", "--dimse-port", "0", *extra]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log_fp, text=True,
-                                     env={**os.environ, **(env or {})}, cwd=data.parent)
+        cmd = [
+            sys.executable,
+            "-m",
+            "dcmnode",
+            "serve",
+            "--data",
+            str(data),
+            "--host",
+            HOST,
+            "--http-port",
+            "0",
+            "--dimse-port",
+            "0",
+            *extra,
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=self._log_fp,
+            text=True,
+            env={**os.environ, **(env or {})},
+            cwd=data.parent,
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         match = READY.search(line)
@@ -164,8 +183,14 @@ def cli_server_factory() -> Iterator[Callable[..., CliServer]]:
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dcmnode", *args], capture_output=True, text=True, timeout=300,
-                          cwd=cwd, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "dcmnode", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def stored_files(data: Path) -> list[Path]:

@@ -27,8 +27,9 @@ def test_help(command: list[str]) -> None:
             assert flag in result.stdout
 
 
-def test_serve_prints_one_ready_line_and_answers_both_protocols(tmp_path: Path,
-                                                                cli_server_factory: Callable[..., CliServer]) -> None:
+def test_serve_prints_one_ready_line_and_answers_both_protocols(
+    tmp_path: Path, cli_server_factory: Callable[..., CliServer]
+) -> None:
     cfg = tmp_path / "site.toml"
     cfg.write_text('[peers.PACS1]\nhost = "127.0.0.1"\nport = 4242\n')
     server = cli_server_factory(tmp_path / "data", "--config", str(cfg), "--ae-title", "MYNODE")
@@ -47,8 +48,9 @@ def children_of(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def test_dimse_processes_share_the_port_and_die_with_the_node(tmp_path: Path,
-                                                              cli_server_factory: Callable[..., CliServer]) -> None:
+def test_dimse_processes_share_the_port_and_die_with_the_node(
+    tmp_path: Path, cli_server_factory: Callable[..., CliServer]
+) -> None:
     server = cli_server_factory(tmp_path / "data", env={"DCMNODE_DIMSE_PROCESSES": "3"})
     workers = children_of(server.proc.pid)
     assert len(workers) == 3
@@ -59,8 +61,9 @@ def test_dimse_processes_share_the_port_and_die_with_the_node(tmp_path: Path,
         a.release()
     server.kill9()
     deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
-              for pid in workers):
+    while any(
+        Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2] for pid in workers
+    ):
         assert time.monotonic() < deadline, "DIMSE processes outlived the node"
         time.sleep(0.05)
 
@@ -151,8 +154,7 @@ def test_acknowledged_instances_survive_kill_9(tmp_path: Path, cli_server_factor
     by_sop = {p.stem: p for p in files}
     for sop in acknowledged:  # every acknowledged instance is there, whole, and indexed
         assert sop in by_sop
-        assert pydicom.dcmread(by_sop[sop]).PixelData == next(
-            ds.PixelData for ds in series if ds.SOPInstanceUID == sop)
+        assert pydicom.dcmread(by_sop[sop]).PixelData == next(ds.PixelData for ds in series if ds.SOPInstanceUID == sop)
     # no orphans either way: every file has its row and every row its file
     assert status["counts"]["instances"] == len(files)
     assert temp_files(data) == []

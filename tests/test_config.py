@@ -42,8 +42,12 @@ def test_partial_file_with_peer_keeps_other_defaults(tmp_path: Path) -> None:
 def test_env_overrides_file_and_cli_overrides_env(tmp_path: Path) -> None:
     cfg = tmp_path / "site.toml"
     cfg.write_text('[http]\nport = 9000\n[node]\nae_title = "FROMFILE"\n')
-    env = {"DCMNODE_HTTP_PORT": "9001", "DCMNODE_NODE_AE_TITLE": "FROMENV",
-           "DCMNODE_DIMSE_ALLOWED_CALLERS": "CT1, MR2", "DCMNODE_STORE_FSYNC": "false"}
+    env = {
+        "DCMNODE_HTTP_PORT": "9001",
+        "DCMNODE_NODE_AE_TITLE": "FROMENV",
+        "DCMNODE_DIMSE_ALLOWED_CALLERS": "CT1, MR2",
+        "DCMNODE_STORE_FSYNC": "false",
+    }
     s = config.load(cfg, env)
     assert (s.http.port, s.node.ae_title) == (9001, "FROMENV")
     assert s.dimse.allowed_callers == ["CT1", "MR2"] and s.store.fsync is False

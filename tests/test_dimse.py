@@ -30,7 +30,6 @@ def dcmtk() -> None:
     assert shutil.which("storescu"), "dcmtk is required: apt-get install dcmtk (the README's test command does this)"
 
 
-
 @pytest.fixture
 def send_files_raw() -> Iterator[None]:
     """pynetdicom sends a file's data set bytes without decoding them (a process-wide flag: restored)."""
@@ -54,8 +53,11 @@ def test_echoscu(node: Node) -> None:
 @pytest.mark.parametrize(("name", "option"), TRANSFER_SYNTAX_FILES)
 def test_storescu_stores_every_transfer_syntax_as_received(node: Node, name: str, option: str) -> None:
     source = bundled(name)
-    result = subprocess.run(["storescu", "-v", "-R", option, "-aec", "DCMNODE", HOST, str(node.dimse_port),
-                             str(source)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["storescu", "-v", "-R", option, "-aec", "DCMNODE", HOST, str(node.dimse_port), str(source)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Received Store Response (Success)" in result.stderr + result.stdout
     [stored] = stored_files(node.store.root)
@@ -127,8 +129,9 @@ def test_calling_ae_allow_list(node_factory: Callable[..., Node]) -> None:
     assert good.is_established
     assert good.send_c_store(ct_series(1)[0]).Status == 0x0000
     good.release()
-    known = node_factory(dimse={"require_known_callers": True},
-                         peers_toml='[peers.PACS1]\nhost = "127.0.0.1"\nport = 4242\n')
+    known = node_factory(
+        dimse={"require_known_callers": True}, peers_toml='[peers.PACS1]\nhost = "127.0.0.1"\nport = 4242\n'
+    )
     assert associate(known.dimse_port, calling="STRANGER").is_rejected
     pacs = associate(known.dimse_port, calling="PACS1")
     assert pacs.is_established
@@ -149,8 +152,9 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_full_disk_answers_out_of_resources_and_leaves_nothing(node_factory: Callable[..., Node],
-                                                                tiny_disk: Path) -> None:
+def test_full_disk_answers_out_of_resources_and_leaves_nothing(
+    node_factory: Callable[..., Node], tiny_disk: Path
+) -> None:
     node = node_factory(data=tiny_disk / "data")
     big = ct_series(1, rows=1024, cols=1024)[0]  # 2 MiB of pixels: cannot fit
     small = ct_series(1)[0]
@@ -200,8 +204,9 @@ def test_sixteen_concurrent_associations(node: Node) -> None:
 
     def sender(n: int) -> None:
         series = ct_series(per_association, seed=n, patient_id=f"CONC-{n:04d}")
-        assoc = associate(node.dimse_port, calling=f"SCU{n:02d}",
-                          contexts=[build_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)])
+        assoc = associate(
+            node.dimse_port, calling=f"SCU{n:02d}", contexts=[build_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)]
+        )
         assert assoc.is_established
         barrier.wait(30)  # all 16 associations are open at the same time
         results[n] = [assoc.send_c_store(ds).Status for ds in series]

@@ -74,14 +74,22 @@ def test_index_holds_the_query_attributes_at_every_level(store: Store) -> None:
     ]
     study = rows(store, "SELECT * FROM studies")[0]
     assert (study["StudyDate"], study["AccessionNumber"], study["ReferringPhysicianName"]) == (
-        "20240305", "ACCID-7", "Ref^Doctor")
+        "20240305",
+        "ACCID-7",
+        "Ref^Doctor",
+    )
     se = rows(store, "SELECT * FROM series")[0]
     assert (se["Modality"], se["SeriesNumber"], se["source_ae"]) == ("CT", 1, "CT1")
     inst = rows(store, "SELECT * FROM instances ORDER BY InstanceNumber")
     assert [i["InstanceNumber"] for i in inst] == [1, 2, 3]
     assert {i["source"] for i in inst} == {"dimse"} and all(i["size"] > 8192 for i in inst)
-    assert store.index.counts() == {"patients": 1, "studies": 1, "series": 1, "instances": 3,
-                                    "bytes": sum(i["size"] for i in inst)}
+    assert store.index.counts() == {
+        "patients": 1,
+        "studies": 1,
+        "series": 1,
+        "instances": 3,
+        "bytes": sum(i["size"] for i in inst),
+    }
     # person names match case-insensitively on the index (PS3.4 C.2.2.2.1)
     assert rows(store, "SELECT PatientID FROM patients WHERE PatientName = 'DOE^JANE'")[0][0] == "PID-7"
 
@@ -93,13 +101,27 @@ def test_index_is_wal_with_indexes_on_matching_keys(store: Store) -> None:
     for table in ("patients", "studies", "series", "instances"):
         for ix in conn.execute(f"PRAGMA index_list({table})"):
             indexed |= {(table, c[2]) for c in conn.execute(f"PRAGMA index_info({ix[1]})")}
-    required = {("patients", "PatientID"), ("patients", "PatientName"), ("studies", "StudyInstanceUID"),
-                ("studies", "StudyDate"), ("studies", "StudyTime"), ("studies", "AccessionNumber"),
-                ("studies", "StudyID"), ("studies", "ReferringPhysicianName"), ("series", "Modality"),
-                ("series", "SeriesInstanceUID"), ("series", "SeriesNumber"), ("series", "StudyInstanceUID"),
-                ("series", "PerformedProcedureStepStartDate"), ("series", "ScheduledProcedureStepID"),
-                ("series", "RequestedProcedureID"), ("instances", "SOPInstanceUID"), ("instances", "SOPClassUID"),
-                ("instances", "InstanceNumber"), ("instances", "SeriesInstanceUID")}
+    required = {
+        ("patients", "PatientID"),
+        ("patients", "PatientName"),
+        ("studies", "StudyInstanceUID"),
+        ("studies", "StudyDate"),
+        ("studies", "StudyTime"),
+        ("studies", "AccessionNumber"),
+        ("studies", "StudyID"),
+        ("studies", "ReferringPhysicianName"),
+        ("series", "Modality"),
+        ("series", "SeriesInstanceUID"),
+        ("series", "SeriesNumber"),
+        ("series", "StudyInstanceUID"),
+        ("series", "PerformedProcedureStepStartDate"),
+        ("series", "ScheduledProcedureStepID"),
+        ("series", "RequestedProcedureID"),
+        ("instances", "SOPInstanceUID"),
+        ("instances", "SOPClassUID"),
+        ("instances", "InstanceNumber"),
+        ("instances", "SeriesInstanceUID"),
+    }
     assert required <= indexed
 
 

@@ -24,8 +24,12 @@ ALLOWED: dict[str, set[str]] = {
     "__init__": set(),
 }
 # Third-party packages confined to the layer that adapts them.
-CONFINED = {"pynetdicom": {"dimse", "app"}, "starlette": {"dicomweb", "api", "app"}, "uvicorn": {"server"},
-            "torch": {"sr"}}
+CONFINED = {
+    "pynetdicom": {"dimse", "app"},
+    "starlette": {"dicomweb", "api", "app"},
+    "uvicorn": {"server"},
+    "torch": {"sr"},
+}
 
 
 def part_of(path: Path) -> str:

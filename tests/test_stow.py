@@ -64,7 +64,7 @@ def test_dicomweb_client_stores_real_and_generated_instances(live: LiveServer) -
     [
         f'multipart/related; type="application/dicom"; boundary="{BOUNDARY}"',
         f"multipart/related; type=application/dicom; boundary={BOUNDARY}",  # OHIF's omitQuotation form
-        f"Multipart/Related; boundary={BOUNDARY}; type=\"Application/DICOM\"",
+        f'Multipart/Related; boundary={BOUNDARY}; type="Application/DICOM"',
         f"multipart/related; boundary={BOUNDARY}",  # no type parameter: parts say what they are
     ],
 )
@@ -86,8 +86,9 @@ def test_content_type_parameters_quoted_or_not(live: LiveServer, content_type: s
         ('multipart/related; type="application/dicom"', 400, "boundary"),
     ],
 )
-def test_wrong_content_type_is_refused_with_a_reason(live: LiveServer, content_type: str, code: int,
-                                                     reason: str) -> None:
+def test_wrong_content_type_is_refused_with_a_reason(
+    live: LiveServer, content_type: str, code: int, reason: str
+) -> None:
     response = post(live, body(part10(ct_series(1)[0])), content_type)
     assert response.status_code == code
     assert reason in response.json()["error"]
@@ -165,9 +166,11 @@ def test_too_large_is_413(live_factory: Callable[..., LiveServer]) -> None:
 
 def test_client_dropping_the_connection_mid_upload_stores_nothing(live: LiveServer) -> None:
     payload = body(*[part10(ds) for ds in ct_series(4, rows=256, cols=256)])
-    head = (f"POST /dicom-web/studies HTTP/1.1\r\nHost: {HOST}:{live.port}\r\n"
-            f"Content-Type: multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}\r\n"
-            f"Content-Length: {len(payload)}\r\n\r\n").encode()
+    head = (
+        f"POST /dicom-web/studies HTTP/1.1\r\nHost: {HOST}:{live.port}\r\n"
+        f'Content-Type: multipart/related; type="application/dicom"; boundary={BOUNDARY}\r\n'
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    ).encode()
     with socket.create_connection((HOST, live.port)) as sock:
         sock.sendall(head + payload[: int(len(payload) * 0.8)])  # three whole parts and a half, then gone
         time.sleep(0.3)

@@ -116,5 +116,6 @@ async def handle_error(request: Request, exc: Exception) -> Response:
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return JSONResponse({"error": exc.detail, "status": exc.status_code}, status_code=exc.status_code,
-                        headers=exc.headers)
+    return JSONResponse(
+        {"error": exc.detail, "status": exc.status_code}, status_code=exc.status_code, headers=exc.headers
+    )

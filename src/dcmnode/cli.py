@@ -34,35 +34,55 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, help="TOML settings file (default: $DCMNODE_CONFIG, else "
-                        "config/dcmnode.toml when present); it may hold only some settings")
+    common.add_argument(
+        "--config",
+        type=Path,
+        help="TOML settings file (default: $DCMNODE_CONFIG, else "
+        "config/dcmnode.toml when present); it may hold only some settings",
+    )
     common.add_argument("--data", help="data folder: index.sqlite + dicom/ (setting node.data_dir)")
 
     parser = argparse.ArgumentParser(prog="dcmnode", description="DICOM node: DIMSE + DICOMweb over an indexed store")
     parser.add_argument("--version", action="version", version=f"dcmnode {__version__}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", parents=[common], help="run the DIMSE SCP and the HTTP server",
-                           description="Run the node: DIMSE SCP and HTTP (DICOMweb under /dicom-web, viewer at /).")
+    serve = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="run the DIMSE SCP and the HTTP server",
+        description="Run the node: DIMSE SCP and HTTP (DICOMweb under /dicom-web, viewer at /).",
+    )
     serve.add_argument("--host", help="address both servers bind (settings dimse.host and http.host)")
     serve.add_argument("--http-port", type=int, help="HTTP port (http.port, default 8080)")
     serve.add_argument("--dimse-port", type=int, help="DIMSE port (dimse.port, default 11112)")
     serve.add_argument("--ae-title", help="this node's AE title (node.ae_title, default DCMNODE)")
     serve.set_defaults(func=cmd_serve)
 
-    imp = sub.add_parser("import", parents=[common], help="store DICOM files and folders (recursive)",
-                         description="Store files and folders (recursive) through the same checks as C-STORE.")
+    imp = sub.add_parser(
+        "import",
+        parents=[common],
+        help="store DICOM files and folders (recursive)",
+        description="Store files and folders (recursive) through the same checks as C-STORE.",
+    )
     imp.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     imp.add_argument("--no-progress", action="store_true", help="no progress bar")
     imp.set_defaults(func=cmd_import)
 
-    status = sub.add_parser("status", parents=[common], help="counts of patients, studies, series, instances",
-                            description="Print counts of patients, studies, series, instances and bytes stored.")
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="counts of patients, studies, series, instances",
+        description="Print counts of patients, studies, series, instances and bytes stored.",
+    )
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=cmd_status)
 
-    reindex = sub.add_parser("reindex", parents=[common], help="rebuild the index from the stored files",
-                             description="Rebuild index.sqlite from the files (the node must be stopped).")
+    reindex = sub.add_parser(
+        "reindex",
+        parents=[common],
+        help="rebuild the index from the stored files",
+        description="Rebuild index.sqlite from the files (the node must be stopped).",
+    )
     reindex.set_defaults(func=cmd_reindex)
     return parser
 
@@ -81,8 +101,9 @@ def _settings(args: argparse.Namespace) -> config.Settings:
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(),
-                        format="%(asctime)s %(levelname)s [%(process)d %(threadName)s] %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s [%(process)d %(threadName)s] %(name)s: %(message)s"
+    )
     logging.getLogger("pynetdicom").setLevel(logging.WARNING if level.upper() != "DEBUG" else logging.DEBUG)
 
 
@@ -105,6 +126,7 @@ def cmd_import(args: argparse.Namespace, settings: config.Settings) -> int:
     try:
         ingest = Ingest(store, settings.store.on_duplicate)
         with tqdm(total=len(files), unit="file", disable=args.no_progress, file=sys.stderr) as bar:
+
             def progress(path: Path, report: Any) -> None:
                 bar.update(1)
                 bar.set_postfix(stored=report.stored, duplicate=report.duplicate, failed=len(report.failed))
@@ -112,8 +134,10 @@ def cmd_import(args: argparse.Namespace, settings: config.Settings) -> int:
             report = import_files(ingest, files, progress)
     finally:
         store.close()
-    print(f"imported {len(files)} file(s): {report.stored} stored ({report.bytes / 1e6:.1f} MB, "
-          f"{len(report.studies)} studies), {report.duplicate} duplicate, {len(report.failed)} failed")
+    print(
+        f"imported {len(files)} file(s): {report.stored} stored ({report.bytes / 1e6:.1f} MB, "
+        f"{len(report.studies)} studies), {report.duplicate} duplicate, {len(report.failed)} failed"
+    )
     for path, reason in report.failed:
         print(f"  failed: {path}: {reason}")
     return 1 if report.failed and not (report.stored or report.duplicate) else 0

@@ -39,8 +39,9 @@ class NodeSettings:
 class DimseSettings:
     host: str = _default("127.0.0.1", "address the DIMSE SCP binds; 0.0.0.0 to accept modalities on the network")
     port: int = _default(11112, "DIMSE port")
-    processes: int = _default(2, "processes serving associations (parallel associations use more cores); "
-                                 "0 = threads inside the HTTP process")
+    processes: int = _default(
+        2, "processes serving associations (parallel associations use more cores); 0 = threads inside the HTTP process"
+    )
     max_associations: int = _default(32, "concurrent associations accepted (per process)")
     max_pdu: int = _default(0, "maximum PDU length we receive; 0 = unlimited (fewest PDUs, fastest)")
     acse_timeout: float = _default(30.0, "seconds to wait for association messages")

@@ -44,8 +44,7 @@ def run(settings: Settings) -> int:
             node.start_dimse(dimse_sock)
         node.dimse_port = dimse_sock.getsockname()[1]
         _announce(settings, node.dimse_port, http_sock.getsockname()[1])
-        watcher = threading.Thread(target=_watch_children, args=(children, stopping), name="dimse-watch",
-                                   daemon=True)
+        watcher = threading.Thread(target=_watch_children, args=(children, stopping), name="dimse-watch", daemon=True)
         watcher.start()
         _serve_http(node, http_sock)
     finally:
@@ -65,16 +64,20 @@ def _listen_http(host: str, port: int) -> socket.socket:
 
 def _announce(settings: Settings, dimse_port: int, http_port: int) -> None:
     host, http = settings.dimse.host, settings.http.host
-    print(f"dcmnode {__version__} ready: DIMSE {settings.node.ae_title}@{host}:{dimse_port}  "
-          f"HTTP http://{http}:{http_port}/  DICOMweb http://{http}:{http_port}/dicom-web  "
-          f"data {settings.data_dir.resolve()}", flush=True)
+    print(
+        f"dcmnode {__version__} ready: DIMSE {settings.node.ae_title}@{host}:{dimse_port}  "
+        f"HTTP http://{http}:{http_port}/  DICOMweb http://{http}:{http_port}/dicom-web  "
+        f"data {settings.data_dir.resolve()}",
+        flush=True,
+    )
 
 
 def _serve_http(node: Node, sock: socket.socket) -> None:
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(node.asgi(), log_config=None, access_log=False,
-                                           timeout_graceful_shutdown=10))
+    server = uvicorn.Server(
+        uvicorn.Config(node.asgi(), log_config=None, access_log=False, timeout_graceful_shutdown=10)
+    )
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler that was there
     # before it: make that a no-op, so that a clean stop exits 0 once the DIMSE processes are stopped too.
     for sig in (signal.SIGINT, signal.SIGTERM):

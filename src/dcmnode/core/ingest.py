@@ -24,6 +24,7 @@ from dcmnode.store.index import now
 
 log = logging.getLogger(__name__)
 
+
 class Ingest:
     def __init__(self, store: Store, on_duplicate: str = "keep") -> None:
         self.store = store
@@ -103,8 +104,9 @@ class Ingest:
                         files.discard(temp)
                         return self._duplicate(parsed, source)
                     if self.on_duplicate == "reject":
-                        raise DuplicateInstance(f"SOP Instance {parsed.key.sop} is already stored",
-                                                parsed.sop_class, parsed.key.sop)
+                        raise DuplicateInstance(
+                            f"SOP Instance {parsed.key.sop} is already stored", parsed.sop_class, parsed.key.sop
+                        )
                     index.delete_instance(conn, parsed.key.sop)
                 record = parsed.record
                 record.instance.update(
@@ -132,6 +134,7 @@ class Ingest:
             files.remove(files.absolute(existing["path"]))
         outcome = Outcome.REPLACED if existing is not None else Outcome.STORED
         stored = StoredInstance(parsed.key, parsed.sop_class, parsed.transfer_syntax, parsed.size, outcome)
-        log.info("%s sop=%s series=%s from=%s bytes=%d", outcome, parsed.key.sop, parsed.key.series, source,
-                 parsed.size)
+        log.info(
+            "%s sop=%s series=%s from=%s bytes=%d", outcome, parsed.key.sop, parsed.key.series, source, parsed.size
+        )
         return stored

@@ -198,7 +198,13 @@ def _clean(value: Any, keyword: str) -> Any:
 
 
 _TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
-_KEYWORDS = {*PATIENT_COLUMNS, *STUDY_COLUMNS, *SERIES_COLUMNS, *INSTANCE_COLUMNS, "ScheduledProcedureStepID",
-             "RequestedProcedureID"}
+_KEYWORDS = {
+    *PATIENT_COLUMNS,
+    *STUDY_COLUMNS,
+    *SERIES_COLUMNS,
+    *INSTANCE_COLUMNS,
+    "ScheduledProcedureStepID",
+    "RequestedProcedureID",
+}
 _TAGS = {kw: Tag(tag_for_keyword(kw)) for kw in _KEYWORDS if tag_for_keyword(kw) is not None}
 _VRS = {kw: dictionary_VR(tag) for kw, tag in _TAGS.items()}

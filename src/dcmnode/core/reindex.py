@@ -69,8 +69,9 @@ def _index_batch(store: Store, index: Index, paths: list[Path], report: ReindexR
                 report.failed.append((str(path), err.reason))
                 continue
             stamp = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="milliseconds")
-            parsed.record.instance.update(path=store.files.relative(path), size=parsed.size,
-                                          source=str(SourceKind.REINDEX), received_at=stamp)
+            parsed.record.instance.update(
+                path=store.files.relative(path), size=parsed.size, source=str(SourceKind.REINDEX), received_at=stamp
+            )
             try:
                 index.upsert_instance(conn, parsed.record)
             except DcmnodeError as err:

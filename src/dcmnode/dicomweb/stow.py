@@ -59,8 +59,9 @@ async def store(request: Request) -> Response:
         raise InvalidRequest("the multipart body holds no parts")
     stored, failed = await run_in_threadpool(_ingest_parts, ingest, parts, study, _source(request))
     base = str(request.base_url).rstrip("/") + request.app.state.dicomweb_prefix
-    return JSONResponse(_response_body(stored, failed, study, base), status_code=_http_status(stored, failed),
-                        media_type=DICOM_JSON)
+    return JSONResponse(
+        _response_body(stored, failed, study, base), status_code=_http_status(stored, failed), media_type=DICOM_JSON
+    )
 
 
 def _path_uid(value: str) -> str:
@@ -73,7 +74,7 @@ def _path_uid(value: str) -> str:
 def _check_content_type(header: str | None) -> str:
     media = parse_media_type(header)
     if media.type != "multipart/related":
-        raise UnsupportedMediaType(f"STOW-RS needs multipart/related; type=\"{DICOM}\", not {header or 'nothing'}")
+        raise UnsupportedMediaType(f'STOW-RS needs multipart/related; type="{DICOM}", not {header or "nothing"}')
     part_type = media.params.get("type")
     if part_type is not None and part_type.lower() != DICOM:
         raise UnsupportedMediaType(f"only {DICOM} parts are supported (type={part_type})")
@@ -141,9 +142,7 @@ def _http_status(stored: list[StoredInstance], failed: list[Failure]) -> int:
     return 409  # none stored: a conflict (study mismatch, duplicate, SOP class) or a mixture of reasons
 
 
-def _response_body(
-    stored: list[StoredInstance], failed: list[Failure], study: str | None, base: str
-) -> dict[str, Any]:
+def _response_body(stored: list[StoredInstance], failed: list[Failure], study: str | None, base: str) -> dict[str, Any]:
     body: dict[str, Any] = {}
     studies = {s.key.study for s in stored}
     if study or len(studies) == 1:

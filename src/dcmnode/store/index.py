@@ -103,9 +103,11 @@ class Index:
 
     # -- instances -----------------------------------------------------------------------------------------
     def instance(self, sop_uid: str, conn: sqlite3.Connection | None = None) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = (conn or self.connection()).execute(
-            "SELECT * FROM instances WHERE SOPInstanceUID = ?", (sop_uid,)
-        ).fetchone()
+        row: sqlite3.Row | None = (
+            (conn or self.connection())
+            .execute("SELECT * FROM instances WHERE SOPInstanceUID = ?", (sop_uid,))
+            .fetchone()
+        )
         return row
 
     def upsert_instance(self, conn: sqlite3.Connection, record: InstanceRecord) -> None:
@@ -129,8 +131,9 @@ class Index:
 
     def _upsert_patient(self, conn: sqlite3.Connection, values: Mapping[str, Any], stamp: str) -> int:
         cols = [c for c in PATIENT_COLUMNS if c in values]
-        updates = ", ".join(f"{c} = COALESCE(excluded.{c}, {c})" for c in cols if c not in ("PatientID",
-                                                                                             "IssuerOfPatientID"))
+        updates = ", ".join(
+            f"{c} = COALESCE(excluded.{c}, {c})" for c in cols if c not in ("PatientID", "IssuerOfPatientID")
+        )
         row = conn.execute(
             f"INSERT INTO patients ({', '.join(cols)}, created_at, updated_at) "
             f"VALUES ({', '.join('?' * len(cols))}, ?, ?) "
@@ -185,4 +188,3 @@ class Index:
     def paths(self) -> Iterator[str]:
         for row in self.connection().execute("SELECT path FROM instances ORDER BY path"):
             yield str(row[0])
-

@@ -71,8 +71,15 @@ INSTANCE_COLUMNS = (
     "ImageType",
     "TransferSyntaxUID",
 )
-INTEGER_COLUMNS = {"SeriesNumber", "InstanceNumber", "AcquisitionNumber", "Rows", "Columns", "BitsAllocated",
-                   "NumberOfFrames"}
+INTEGER_COLUMNS = {
+    "SeriesNumber",
+    "InstanceNumber",
+    "AcquisitionNumber",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "NumberOfFrames",
+}
 PN_COLUMNS = {"PatientName", "ReferringPhysicianName", "OperatorsName"}
 
 migrations = Migrations("dcmnode")
@@ -134,13 +141,32 @@ CREATE TABLE instances (
 )""")
     indexes = {
         "patients": ["PatientID", "PatientName", "PatientBirthDate"],
-        "studies": ["patient_id", "StudyDate", "StudyTime", "AccessionNumber", "StudyID",
-                    "ReferringPhysicianName", "updated_at"],
-        "series": ["StudyInstanceUID, Modality", "Modality", "SeriesNumber", "PerformedProcedureStepStartDate",
-                   "PerformedProcedureStepStartTime", "ScheduledProcedureStepID", "RequestedProcedureID",
-                   "updated_at"],
-        "instances": ["SeriesInstanceUID, InstanceNumber", "StudyInstanceUID", "SOPClassUID", "InstanceNumber",
-                      "received_at"],
+        "studies": [
+            "patient_id",
+            "StudyDate",
+            "StudyTime",
+            "AccessionNumber",
+            "StudyID",
+            "ReferringPhysicianName",
+            "updated_at",
+        ],
+        "series": [
+            "StudyInstanceUID, Modality",
+            "Modality",
+            "SeriesNumber",
+            "PerformedProcedureStepStartDate",
+            "PerformedProcedureStepStartTime",
+            "ScheduledProcedureStepID",
+            "RequestedProcedureID",
+            "updated_at",
+        ],
+        "instances": [
+            "SeriesInstanceUID, InstanceNumber",
+            "StudyInstanceUID",
+            "SOPClassUID",
+            "InstanceNumber",
+            "received_at",
+        ],
     }
     for table, columns in indexes.items():
         for cols in columns:
