@@ -1,4 +1,4 @@
-"""``dcmnode serve``: the processes of a running node. Imports: stdlib, uvicorn, config, store, core, dimse, app.
+"""``dcmnode serve``: the processes of a running node. Imports: stdlib, uvicorn, config, dimse, app.
 
 The parent process serves HTTP (DICOMweb, API, viewer). DIMSE associations are served by ``dimse.processes``
 child processes that share one listening socket: each association runs in whichever process accepts it, so
@@ -23,9 +23,7 @@ import time
 from dcmnode import __version__
 from dcmnode.app import Node
 from dcmnode.config import Settings
-from dcmnode.core.ingest import Ingest
 from dcmnode.dimse import scp
-from dcmnode.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -135,13 +133,12 @@ def _dimse_child(settings: Settings, sock: socket.socket, ready_fd: int, parent:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
-    store = Store.open(settings.data_dir, fsync=settings.store.fsync)
-    server = scp.start(settings, Ingest(store, settings.store.on_duplicate), sock)
+    node = Node(settings)  # the same wiring as in-process: store, ingest, SCP on the shared socket
+    node.start_dimse(sock)
     os.write(ready_fd, b"1")
     os.close(ready_fd)
     stop.wait()
-    server.shutdown()
-    store.close()
+    node.close()
     sys.stdout.flush()
     return 0
 

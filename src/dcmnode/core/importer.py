@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dcmnode.core.ingest import Ingest
-from dcmnode.core.parse import has_dicm_prefix
 from dcmnode.errors import DcmnodeError
 from dcmnode.model import Outcome, Source, SourceKind
 
@@ -52,8 +51,6 @@ def import_files(
         try:
             if not path.is_file():
                 raise FileNotFoundError(f"{path} does not exist or is not a file")
-            if not has_dicm_prefix(path):
-                raise DcmnodeError("not a DICOM Part 10 file (no DICM prefix)")
             stored = ingest.store_path(path, source)
         except (DcmnodeError, OSError) as err:
             reason = err.reason if isinstance(err, DcmnodeError) else str(err)

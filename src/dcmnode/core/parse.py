@@ -90,12 +90,6 @@ def parse_file(path: Path, expected: Expected | None = None) -> Parsed:
 PREAMBLE = b"\0" * 128 + b"DICM"
 
 
-def has_dicm_prefix(path: Path) -> bool:
-    with open(path, "rb") as fp:
-        head = fp.read(132)
-    return len(head) == 132 and head[128:] == b"DICM"
-
-
 def lacks_preamble(path: Path) -> bool:
     """File Meta Information with no preamble and DICM prefix: what pydicom's dcmwrite() gives for a data set
     without ``preamble`` (dicomweb-client sends this). Tolerated: the store adds the preamble."""

@@ -10,14 +10,11 @@ GIL time than it saves.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from typing import Any
 
 from pynetdicom import evt
-
-log = logging.getLogger(__name__)
 
 FAST = 0.0001
 SLOW = 0.001  # pynetdicom's own default
@@ -26,7 +23,7 @@ SLOW = 0.001  # pynetdicom's own default
 class Pacer:
     def __init__(self, idle_after: float = 0.25) -> None:
         self.idle_after = idle_after
-        self._active: dict[int, tuple[Any, float]] = {}  # id(dul) -> (dul, last PDU time)
+        self._active: dict[int, tuple[Any, float]] = {}  # id(dul) -> (dul, time of the last touch)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sweep, name="dimse-pacer", daemon=True)
