@@ -141,3 +141,31 @@ def dataset_bytes(path: Path) -> tuple[str, bytes]:
 
 def read_back(path: Path) -> Dataset:
     return pydicom.dcmread(path)
+
+
+# A small corpus for matching tests: (patient name, patient id, study date, study time, accession, modalities,
+# description). Names mix case, components and a non-ASCII one; dates span a range edge.
+CORPUS = [
+    ("Doe^John", "P001", "20200101", "083000", "ACC-1", ("CT",), "Chest CT"),
+    ("DOE^JANE", "P002", "20200615", "120000", "ACC-2", ("MR",), "Brain MR"),
+    ("Smith^Anna^M", "P003", "20211231", "235959", "ACC-3", ("CT", "SR"), "Abdomen [contrast]"),
+    ("Müller^Jürgen", "P004", "20190310", "101500.5", "ACC_4", ("CT",), "Knee 100%"),
+    ("O'Brien^Liam", "P005", "20230704", "0930", "ACC-5", ("MR", "CT"), "Spine"),
+    ("Doe^Johnny", "P006", "", "", "", ("US",), ""),
+]
+
+
+def query_corpus() -> list[Dataset]:
+    """Two instances per series, one series per modality, one study per CORPUS row."""
+    out = []
+    for n, (name, pid, date, time, accession, modalities, description) in enumerate(CORPUS):
+        study = generate_uid()
+        for m, modality in enumerate(modalities):
+            for ds in ct_series(2, rows=8, cols=8, study=study, patient_id=pid, patient_name=name, seed=n):
+                ds.SpecificCharacterSet = "ISO_IR 192"
+                ds.StudyDate, ds.StudyTime, ds.AccessionNumber = date, time, accession
+                ds.StudyDescription, ds.Modality, ds.SeriesNumber = description, modality, m + 1
+                if modality == "MR":
+                    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
+                out.append(ds)
+    return out

@@ -21,6 +21,7 @@ from dcmnode import api
 from dcmnode.config import Settings
 from dcmnode.core.ingest import Ingest
 from dcmnode.dicomweb import routes as dicomweb_routes
+from dcmnode.dicomweb.qido import QidoLimits
 from dcmnode.dicomweb.stow import StowLimits
 from dcmnode.dimse import scp
 from dcmnode.errors import (
@@ -29,6 +30,7 @@ from dcmnode.errors import (
     DuplicateInstance,
     InvalidInstance,
     InvalidRequest,
+    NotAcceptable,
     NotFound,
     PayloadTooLarge,
     StorageFull,
@@ -45,6 +47,7 @@ HTTP_STATUS: dict[type[DcmnodeError], int] = {
     InvalidInstance: 400,
     InvalidRequest: 400,
     NotFound: 404,
+    NotAcceptable: 406,
     Conflict: 409,
     DuplicateInstance: 409,
     PayloadTooLarge: 413,
@@ -78,7 +81,11 @@ class Node:
     def asgi(self) -> Starlette:
         app = Starlette(
             routes=[
-                Mount(DICOMWEB_PREFIX, routes=dicomweb_routes.routes()),
+                Mount(
+                    DICOMWEB_PREFIX,
+                    routes=dicomweb_routes.routes(),
+                    middleware=dicomweb_routes.middleware(self.settings.http.cors_origins),
+                ),
                 Mount("/api", routes=api.routes()),
                 Mount("/", app=StaticFiles(directory=web_root(), html=True)),
             ],
@@ -86,6 +93,8 @@ class Node:
         )
         app.state.settings = self.settings
         app.state.ingest = self.ingest
+        app.state.store = self.store
+        app.state.qido_limits = QidoLimits(self.settings.http.max_query_results)
         app.state.dicomweb_prefix = DICOMWEB_PREFIX
         app.state.dimse_port = self.dimse_port
         http = self.settings.http

@@ -57,6 +57,14 @@ class HttpSettings:
     port: int = _default(8080, "HTTP port; DICOMweb lives under /dicom-web, the viewer at /")
     max_request_mb: int = _default(4096, "largest STOW-RS request body in MiB (413 beyond)")
     max_part_mb: int = _default(2048, "largest single instance in a STOW-RS request in MiB (413 beyond)")
+    max_query_results: int = _default(
+        10000, "most results one QIDO-RS answer holds (a larger or missing limit is cut, with a Warning header)"
+    )
+    cors_origins: list[str] = _default(
+        ["loopback"],
+        'origins allowed to call DICOMweb from a browser: "loopback" (any port on localhost/127.0.0.1/[::1]), '
+        '"*" (any), or exact origins such as "https://viewer.example.org"; empty = no CORS headers',
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +217,8 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"peer {peer.ae_title}: port must be 1-65535, not {peer.port}")
     if settings.store.on_duplicate not in DUPLICATE_POLICIES:
         raise ConfigError(f"store.on_duplicate must be one of {DUPLICATE_POLICIES}")
+    if settings.http.max_query_results < 1:
+        raise ConfigError(f"http.max_query_results must be at least 1, not {settings.http.max_query_results}")
     if settings.node.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"node.log_level must be DEBUG, INFO, WARNING or ERROR, not {settings.node.log_level}")
 

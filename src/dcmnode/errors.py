@@ -12,6 +12,7 @@ DIMSE statuses in ``dimse/scp.py`` (``err.status``), HTTP codes in ``app.py`` (`
     ├── NotFound
     ├── InvalidRequest           bad HTTP request syntax (400)
     ├── UnsupportedMediaType     (415)
+    ├── NotAcceptable            no media type / transfer syntax in the Accept header can be served (406)
     ├── PayloadTooLarge          (413)
     └── ConfigError              invalid settings (startup only)
 """
@@ -60,6 +61,10 @@ class InvalidRequest(DcmnodeError):
 
 
 class UnsupportedMediaType(DcmnodeError):
+    pass
+
+
+class NotAcceptable(DcmnodeError):
     pass
 
 

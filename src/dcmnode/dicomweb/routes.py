@@ -1,14 +1,69 @@
-"""The DICOMweb URL surface (PS3.18), in one list. Imports: starlette, dicomweb.*."""
+"""The DICOMweb URL surface (PS3.18), in one list, and its CORS policy. Imports: starlette, dicomweb.*."""
 
 from __future__ import annotations
 
-from starlette.routing import Route
+from collections.abc import Sequence
 
-from dcmnode.dicomweb import stow
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dcmnode.dicomweb import qido, stow
+
+LOOPBACK_ORIGINS = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"
+EXPOSED_HEADERS = ["Warning", "Content-Location", "ETag", "Content-Length", "Content-Type", "Last-Modified"]
 
 
 def routes() -> list[Route]:
     return [
+        Route("/studies", qido.studies, methods=["GET"]),
         Route("/studies", stow.store, methods=["POST"]),
+        Route("/series", qido.series, methods=["GET"]),
+        Route("/instances", qido.instances, methods=["GET"]),
         Route("/studies/{study}", stow.store, methods=["POST"]),
+        Route("/studies/{study}/series", qido.series, methods=["GET"]),
+        Route("/studies/{study}/instances", qido.instances, methods=["GET"]),
+        Route("/studies/{study}/series/{series}/instances", qido.instances, methods=["GET"]),
     ]
+
+
+def middleware(cors_origins: Sequence[str]) -> list[Middleware]:
+    """CORS for browser viewers served from another origin (OHIF), incl. preflight for Accept and Authorization.
+
+    ``Cross-Origin-Resource-Policy: cross-origin`` lets a page running with COEP (OHIF does, for
+    SharedArrayBuffer) embed our responses."""
+    origins = [o for o in cors_origins if o != "loopback"]
+    if not cors_origins:
+        return []
+    regex = LOOPBACK_ORIGINS if "loopback" in cors_origins else None
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_origin_regex=regex,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=EXPOSED_HEADERS,
+            max_age=600,
+        ),
+        Middleware(CrossOriginResourcePolicy),
+    ]
+
+
+class CrossOriginResourcePolicy:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"cross-origin-resource-policy", b"cross-origin")]
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)

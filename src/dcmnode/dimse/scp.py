@@ -17,17 +17,35 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dcmnode.config import Settings
 from dcmnode.core.ingest import Ingest
 from dcmnode.core.parse import Expected
+from dcmnode.dimse import query_retrieve
 from dcmnode.dimse.pacer import Pacer
 from dcmnode.errors import DcmnodeError
 from dcmnode.model import Source, SourceKind
 
 log = logging.getLogger(__name__)
+
+QUERY_RETRIEVE = (
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelGet,
+)
 
 SUCCESS = 0x0000
 ACCEPT_YIELD = 0.002  # seconds a process waits per association it already serves before accepting another
@@ -49,8 +67,11 @@ def build_ae(settings: Settings) -> AE:
         ae.require_calling_aet = sorted(set(callers))
     ae.add_supported_context(Verification)
     # Every storage SOP class, every transfer syntax pynetdicom knows: stored as received, never transcoded.
+    # Both roles accepted in SCP/SCU role selection: a C-GET requestor acts as storage SCP (PS3.4 C.4.3).
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+    for sop_class in QUERY_RETRIEVE:
+        ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
     return ae
 
 
@@ -114,13 +135,16 @@ class Scp:
 
 
 def start(settings: Settings, ingest: Ingest, sock: socket.socket) -> Scp:
-    """Serve C-ECHO and C-STORE on ``sock`` (from ``listen``) in a background thread."""
+    """Serve C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET on ``sock`` (from ``listen``) in a background thread."""
     ae = build_ae(settings)
     pacer = Pacer()
     handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, handle_open),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [ingest, pacer]),
+        (evt.EVT_C_FIND, query_retrieve.handle_find, [ingest.store, settings]),
+        (evt.EVT_C_MOVE, query_retrieve.handle_move, [ingest.store, settings]),
+        (evt.EVT_C_GET, query_retrieve.handle_get, [ingest.store, settings]),
         (evt.EVT_ESTABLISHED, handle_established),
         (evt.EVT_REJECTED, handle_rejected),
         *pacer.handlers(),

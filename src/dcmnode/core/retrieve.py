@@ -1,0 +1,106 @@
+"""What a retrieve (WADO-RS, WADO-URI, C-MOVE, C-GET) sends: the stored instances a request names, and each
+one in a transfer syntax the receiver accepts. Imports: stdlib, pydicom, errors, store, core.
+
+Stored files are sent as stored whenever the receiver accepts their transfer syntax (no decode, no re-encode);
+otherwise decompressed to explicit (or implicit) VR little endian, the syntax every DICOM receiver accepts
+(PS3.5 §10.1) — what dcm4chee learned to do (dcm4chee-arc-light#1210) and Orthanc#312 lacked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from dcmnode.core import query as q
+from dcmnode.errors import NotAcceptable, NotFound
+from dcmnode.store import Store
+
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    study: str
+    series: str
+    sop: str
+    sop_class: str
+    transfer_syntax: str
+    path: Path
+    size: int
+
+
+def select(store: Store, matches: Mapping[str, str], level: q.Level = q.Level.IMAGE) -> list[StoredFile]:
+    """The stored instances under the entities ``matches`` names (unique keys, or any matching key)."""
+    sql, params = q.instance_sql(matches, level)
+    rows = store.index.connection().execute(sql, params).fetchall()
+    return [
+        StoredFile(
+            study=r["StudyInstanceUID"],
+            series=r["SeriesInstanceUID"],
+            sop=r["SOPInstanceUID"],
+            sop_class=r["SOPClassUID"],
+            transfer_syntax=r["TransferSyntaxUID"],
+            path=store.files.absolute(r["path"]),
+            size=int(r["size"]),
+        )
+        for r in rows
+    ]
+
+
+def resource(store: Store, study: str, series: str | None = None, sop: str | None = None) -> list[StoredFile]:
+    """The instances of a study, series or instance named in a URL; NotFound if there are none."""
+    matches = {"StudyInstanceUID": study}
+    if series:
+        matches["SeriesInstanceUID"] = series
+    if sop:
+        matches["SOPInstanceUID"] = sop
+    found = select(store, matches)
+    if not found:
+        what = f"instance {sop}" if sop else f"series {series}" if series else f"study {study}"
+        raise NotFound(f"{what} is not stored here")
+    return found
+
+
+def plan(stored: str, accepted: Iterable[str]) -> str | None:
+    """How to send a file to a receiver that accepted ``accepted`` for its SOP class: ``"as-stored"``,
+    ``"decompress"`` (to explicit VR little endian; the DIMSE layer re-encodes between uncompressed
+    syntaxes), or None when nothing fits."""
+    accepted = set(accepted)
+    uncompressed = accepted & set(UNCOMPRESSED[:3])
+    if stored in accepted or (stored in UNCOMPRESSED and uncompressed):
+        return AS_STORED
+    return DECOMPRESS if uncompressed else None
+
+
+AS_STORED = "as-stored"
+DECOMPRESS = "decompress"
+
+
+def dataset(item: StoredFile, how: str = AS_STORED) -> Dataset:
+    """The instance as a pydicom Dataset, as stored or decompressed."""
+    ds = pydicom.dcmread(item.path)
+    if how == DECOMPRESS and UID(ds.file_meta.TransferSyntaxUID).is_compressed:
+        decompress(ds)
+    return ds
+
+
+def decompress(ds: Dataset) -> Dataset:
+    """Decompress pixel data in place to explicit VR little endian (pylibjpeg plugins: JPEG, JPEG-LS,
+    JPEG 2000, RLE). NotAcceptable when no codec can."""
+    source = UID(ds.file_meta.TransferSyntaxUID)
+    try:
+        ds.decompress()
+    except Exception as exc:  # no plugin for this syntax, or a corrupt stream
+        raise NotAcceptable(f"cannot decompress {source.name or source}: {exc}") from exc
+    return ds
