@@ -73,9 +73,14 @@ def lat_stats(samples_s: list[float]) -> dict:
         return {"n": 0}
     a = sorted(samples_s)
     p95 = a[max(0, math.ceil(0.95 * len(a)) - 1)]
-    return {"n": len(a), "median_ms": round(1000 * float(np.median(a)), 2), "p95_ms": round(1000 * p95, 2),
-            "mean_ms": round(1000 * float(np.mean(a)), 2), "min_ms": round(1000 * a[0], 2),
-            "max_ms": round(1000 * a[-1], 2)}
+    return {
+        "n": len(a),
+        "median_ms": round(1000 * float(np.median(a)), 2),
+        "p95_ms": round(1000 * p95, 2),
+        "mean_ms": round(1000 * float(np.mean(a)), 2),
+        "min_ms": round(1000 * a[0], 2),
+        "max_ms": round(1000 * a[-1], 2),
+    }
 
 
 def parse_multipart(body: bytes, content_type: str) -> list[tuple[dict, bytes]]:
@@ -89,7 +94,7 @@ def parse_multipart(body: bytes, content_type: str) -> list[tuple[dict, bytes]]:
         raise ValueError("no multipart boundary in the body")
     pos = start + len(dash)
     parts = []
-    while body[pos:pos + 2] != b"--":
+    while body[pos : pos + 2] != b"--":
         hdr_end = body.find(b"\r\n\r\n", pos)  # pos is at the CRLF that ends the boundary line
         if hdr_end < 0:
             raise ValueError("multipart part without header terminator")
@@ -101,7 +106,7 @@ def parse_multipart(body: bytes, content_type: str) -> list[tuple[dict, bytes]]:
         nxt = body.find(b"\r\n" + dash, hdr_end + 4)
         if nxt < 0:
             raise ValueError("multipart body without closing boundary")
-        parts.append((headers, body[hdr_end + 4:nxt]))
+        parts.append((headers, body[hdr_end + 4 : nxt]))
         pos = nxt + 2 + len(dash)
     return parts
 
@@ -173,13 +178,19 @@ class ServerMonitor:
             c1 = self._cpu(pid)
             if c1 is not None and cpu0.get(pid) is not None:
                 cpu += c1 - cpu0[pid]
-        return {"server_peak_rss_MiB": {str(p): round(v / 1024, 1) for p, v in peak.items()},
-                "server_cpu_s": round(cpu, 2)}
+        return {
+            "server_peak_rss_MiB": {str(p): round(v / 1024, 1) for p, v in peak.items()},
+            "server_cpu_s": round(cpu, 2),
+        }
 
     def summary(self) -> dict:
-        return {str(pid): {"vm_hwm_MiB": round((self._status(pid, "VmHWM") or 0) / 1024, 1),
-                           "vm_rss_end_MiB": round((self._status(pid, "VmRSS") or 0) / 1024, 1)}
-                for pid in self.pids}
+        return {
+            str(pid): {
+                "vm_hwm_MiB": round((self._status(pid, "VmHWM") or 0) / 1024, 1),
+                "vm_rss_end_MiB": round((self._status(pid, "VmRSS") or 0) / 1024, 1),
+            }
+            for pid in self.pids
+        }
 
     def stop(self):
         self._stop.set()
@@ -213,8 +224,16 @@ class PhaseResult:
         return self.error is None and bool(self.checks) and all(c["ok"] for c in self.checks)
 
     def to_json(self) -> dict:
-        return {"ok": self.ok, "error": self.error, "wall_s": round(self.wall_s, 2), "metrics": self.metrics,
-                "checks": self.checks, "probes": self.probes, "notes": self.notes, "server": self.server}
+        return {
+            "ok": self.ok,
+            "error": self.error,
+            "wall_s": round(self.wall_s, 2),
+            "metrics": self.metrics,
+            "checks": self.checks,
+            "probes": self.probes,
+            "notes": self.notes,
+            "server": self.server,
+        }
 
 
 # --------------------------------------------------------------------------- the bench
@@ -236,11 +255,16 @@ class Bench:
         self.http = None
         if self.web:
             import httpx
-            transport = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
-                                            if args.client_nodelay else None)
-            self.http = httpx.Client(transport=transport, follow_redirects=False,
-                                     timeout=httpx.Timeout(args.http_timeout, connect=10.0),
-                                     headers={"User-Agent": "bench_query/1", "Accept-Encoding": args.accept_encoding})
+
+            transport = httpx.HTTPTransport(
+                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)] if args.client_nodelay else None
+            )
+            self.http = httpx.Client(
+                transport=transport,
+                follow_redirects=False,
+                timeout=httpx.Timeout(args.http_timeout, connect=10.0),
+                headers={"User-Agent": "bench_query/1", "Accept-Encoding": args.accept_encoding},
+            )
         self.deadline = 0.0
 
     def time_left(self) -> bool:
@@ -261,8 +285,11 @@ class Bench:
                 lo = d0 + dt.timedelta(days=rng.randrange(0, (d1 - d0).days - width))
                 hi = lo + dt.timedelta(days=width)
                 slo, shi = lo.strftime("%Y%m%d"), hi.strftime("%Y%m%d")
-                exp = {u for u, st in self.studies.items()
-                       if st["patient_name"].startswith(L) and slo <= st["study_date"] <= shi}
+                exp = {
+                    u
+                    for u, st in self.studies.items()
+                    if st["patient_name"].startswith(L) and slo <= st["study_date"] <= shi
+                }
                 best = (L, slo, shi, exp)
                 if 1 <= len(exp) <= 100:
                     break
@@ -295,6 +322,7 @@ class Bench:
     def associate_find(self):
         from pynetdicom import AE
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as F
+
         ae = AE(ae_title=self.a.calling_aet)
         ae.acse_timeout = 30
         ae.dimse_timeout = 120
@@ -303,8 +331,10 @@ class Bench:
         ae.add_requested_context(F)
         assoc = ae.associate(self.a.dimse_host, self.a.dimse_port, ae_title=self.a.aet)
         if not assoc.is_established:
-            raise RuntimeError(f"association with {self.a.aet}@{self.a.dimse_host}:{self.a.dimse_port} not "
-                               f"established (rejected={assoc.is_rejected}, aborted={assoc.is_aborted})")
+            raise RuntimeError(
+                f"association with {self.a.aet}@{self.a.dimse_host}:{self.a.dimse_port} not "
+                f"established (rejected={assoc.is_rejected}, aborted={assoc.is_aborted})"
+            )
         if self.a.client_nodelay:
             try:
                 assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -321,8 +351,9 @@ class Bench:
             js = json.loads(body)
             got = [first_value(x, "00080018") for x in js]
             exp = set(self.big_series["sop_uids"])
-            assert len(got) == len(exp) and set(got) == exp, \
+            assert len(got) == len(exp) and set(got) == exp, (
                 f"{len(got)} items, {len(set(got) & exp)} of the {len(exp)} expected SOP UIDs"
+            )
             bad_rows = sum(1 for x in js if first_value(x, "00280010") != 512)
             assert bad_rows == 0, f"{bad_rows} items without Rows=512"
             return el, None, info
@@ -333,11 +364,15 @@ class Bench:
         n = self.big_series["instances"]
         el, err, info = self._metadata_once()
         res.metrics["series_metadata_first_call"] = {
-            **lat_stats([el]), **info, "request": f"GET series /metadata ({n} instances, 512x512 CT)",
+            **lat_stats([el]),
+            **info,
+            "request": f"GET series /metadata ({n} instances, 512x512 CT)",
             "note": "first /metadata request of this run for this series; it is the node's first answer only if "
-                    "nothing asked for it since the data were loaded"}
-        res.check(f"series /metadata (first call) lists exactly the {n} SOP Instance UIDs, Rows=512",
-                  err is None, err or "")
+            "nothing asked for it since the data were loaded",
+        }
+        res.check(
+            f"series /metadata (first call) lists exactly the {n} SOP Instance UIDs, Rows=512", err is None, err or ""
+        )
 
     def phase_metadata(self, res: PhaseResult):
         n = self.big_series["instances"]
@@ -353,10 +388,16 @@ class Bench:
             if err:
                 bad.append(err)
         res.metrics["series_metadata_cached"] = {
-            **lat_stats(lats), "request": f"GET series /metadata ({n} instances), repeated",
-            "bytes": int(np.median(sizes)) if sizes else None, "content_encoding": ",".join(sorted(encs))}
-        res.check(f"series /metadata (repeated) lists exactly the {n} SOP Instance UIDs every time",
-                  len(lats) == self.a.n_slow and not bad, "; ".join(bad[:3]) or f"{len(lats)}/{self.a.n_slow} done")
+            **lat_stats(lats),
+            "request": f"GET series /metadata ({n} instances), repeated",
+            "bytes": int(np.median(sizes)) if sizes else None,
+            "content_encoding": ",".join(sorted(encs)),
+        }
+        res.check(
+            f"series /metadata (repeated) lists exactly the {n} SOP Instance UIDs every time",
+            len(lats) == self.a.n_slow and not bad,
+            "; ".join(bad[:3]) or f"{len(lats)}/{self.a.n_slow} done",
+        )
 
     def phase_qido(self, res: PhaseResult):
         N = self.a.n
@@ -384,26 +425,37 @@ class Bench:
                 except (AssertionError, ValueError) as e:
                     bad.append(f"?{query}: {e}")
             m = lat_stats(lats)
-            m.update({"query": describe, "content_encoding": ",".join(sorted(encs)),
-                      "results": (f"{min(counts)}-{max(counts)}" if counts and min(counts) != max(counts)
-                                  else (str(counts[0]) if counts else None))})
+            m.update(
+                {
+                    "query": describe,
+                    "content_encoding": ",".join(sorted(encs)),
+                    "results": (
+                        f"{min(counts)}-{max(counts)}"
+                        if counts and min(counts) != max(counts)
+                        else (str(counts[0]) if counts else None)
+                    ),
+                }
+            )
             if self.a.allow_foreign:
                 m["foreign_results_ignored"] = foreign
             res.metrics[name] = m
-            res.check(f"{name}: {describe}", len(lats) == N and not bad,
-                      "; ".join(bad[:3]) or f"{len(lats)}/{N} done")
+            res.check(f"{name}: {describe}", len(lats) == N and not bad, "; ".join(bad[:3]) or f"{len(lats)}/{N} done")
 
         def exact(items, exp):
             got, nf = self.ours([(first_value(x, "0020000D"), first_value(x, "00100020")) for x in items])
-            assert got == exp, f"{len(got)} results, expected {len(exp)} ({len(got - exp)} extra, " \
-                               f"{len(exp - got)} missing)"
+            assert got == exp, (
+                f"{len(got)} results, expected {len(exp)} ({len(got - exp)} extra, {len(exp - got)} missing)"
+            )
             return len(got), nf
 
         def exact_ohif(items, exp):
             n, nf = exact(items, exp)
-            wrong = [first_value(x, "0020000D") for x in items
-                     if first_value(x, "0020000D") in self.studies
-                     and first_value(x, "00081030") != self.studies[first_value(x, "0020000D")]["description"]]
+            wrong = [
+                first_value(x, "0020000D")
+                for x in items
+                if first_value(x, "0020000D") in self.studies
+                and first_value(x, "00081030") != self.studies[first_value(x, "0020000D")]["description"]
+            ]
             assert not wrong, f"{len(wrong)} results without the right StudyDescription (includefield=00081030)"
             return n, nf
 
@@ -416,10 +468,21 @@ class Bench:
             return f"{q}&{OHIF_TAIL}", exp
 
         nexp = [len(x[3]) for x in qs]
-        run("qido_name_date", f"/studies?PatientName=<L>*&StudyDate=<from>-<to> ({min(nexp)}-{max(nexp)} expected): "
-                              "exactly the expected studies", mk_name_date, exact)
-        run("qido_name_date_ohif", "/studies?PatientName=<L>*&StudyDate=<from>-<to>&" + OHIF_TAIL
-            + ": exactly the expected studies, StudyDescription right", mk_name_date_ohif, exact_ohif)
+        run(
+            "qido_name_date",
+            f"/studies?PatientName=<L>*&StudyDate=<from>-<to> ({min(nexp)}-{max(nexp)} expected): "
+            "exactly the expected studies",
+            mk_name_date,
+            exact,
+        )
+        run(
+            "qido_name_date_ohif",
+            "/studies?PatientName=<L>*&StudyDate=<from>-<to>&"
+            + OHIF_TAIL
+            + ": exactly the expected studies, StudyDescription right",
+            mk_name_date_ohif,
+            exact_ohif,
+        )
 
         def limit101(items, exp):
             uids = [first_value(x, "0020000D") for x in items]
@@ -433,27 +496,45 @@ class Bench:
             assert got <= set(self.studies), f"{len(got - set(self.studies))} results not in the data set"
             return len(uids), nf
 
-        run("qido_limit101", "/studies?limit=101 (OHIF's first call): 101 distinct studies of the data set",
-            lambda i: ("limit=101", None), limit101)
-        run("qido_limit101_ohif", "/studies?" + OHIF_TAIL + ": 101 distinct studies of the data set",
-            lambda i: (OHIF_TAIL, None), limit101)
+        run(
+            "qido_limit101",
+            "/studies?limit=101 (OHIF's first call): 101 distinct studies of the data set",
+            lambda i: ("limit=101", None),
+            limit101,
+        )
+        run(
+            "qido_limit101_ohif",
+            "/studies?" + OHIF_TAIL + ": 101 distinct studies of the data set",
+            lambda i: (OHIF_TAIL, None),
+            limit101,
+        )
 
         # informational probes
         L, lo, hi, exp = qs[0]
 
         def pr_pct():
             _, r, body = self.get("/studies", A_JSON, f"PatientName={L}%2A&StudyDate={lo}-{hi}")
-            got, _ = self.ours([(first_value(x, "0020000D"), first_value(x, "00100020"))
-                                for x in (json.loads(body) if r.status_code == 200 and body.strip() else [])])
+            got, _ = self.ours(
+                [
+                    (first_value(x, "0020000D"), first_value(x, "00100020"))
+                    for x in (json.loads(body) if r.status_code == 200 and body.strip() else [])
+                ]
+            )
             return got == exp, f"PatientName={L}%2A: HTTP {r.status_code}, {len(got)} results (expected {len(exp)})"
+
         res.probe("QIDO percent-encoded wildcard (%2A) is decoded", pr_pct)
 
         def pr_modalities():
             _, r, body = self.get("/studies", A_JSON, f"PatientName={L}*&StudyDate={lo}-{hi}&{OHIF_TAIL}")
             items = json.loads(body) if body.strip() else []
-            ok = sum(1 for x in items if sorted(x.get("00080061", {}).get("Value", []))
-                     == self.studies.get(first_value(x, "0020000D"), {}).get("modalities"))
+            ok = sum(
+                1
+                for x in items
+                if sorted(x.get("00080061", {}).get("Value", []))
+                == self.studies.get(first_value(x, "0020000D"), {}).get("modalities")
+            )
             return ok == len(items) > 0, f"ModalitiesInStudy right in {ok}/{len(items)} results"
+
         res.probe("QIDO ModalitiesInStudy (00080061) matches the series' modalities", pr_modalities)
 
     def phase_find(self, res: PhaseResult):
@@ -470,8 +551,16 @@ class Bench:
                 q.QueryRetrieveLevel = "STUDY"
                 q.PatientName = f"{L}*"
                 q.StudyDate = f"{lo}-{hi}"
-                for kw in ("StudyInstanceUID", "PatientID", "StudyTime", "AccessionNumber", "StudyDescription",
-                           "ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"):
+                for kw in (
+                    "StudyInstanceUID",
+                    "PatientID",
+                    "StudyTime",
+                    "AccessionNumber",
+                    "StudyDescription",
+                    "ModalitiesInStudy",
+                    "NumberOfStudyRelatedSeries",
+                    "NumberOfStudyRelatedInstances",
+                ):
                     setattr(q, kw, "")
                 t0 = time.perf_counter()
                 found, status_bad = [], None
@@ -489,31 +578,47 @@ class Bench:
                     if not assoc.is_established:
                         break
                     continue
-                got, nf = self.ours([(str(d.get("StudyInstanceUID", "")), str(d.get("PatientID", "")))
-                                     for d in found])
+                got, nf = self.ours([(str(d.get("StudyInstanceUID", "")), str(d.get("PatientID", ""))) for d in found])
                 foreign += nf
                 counts.append(len(got))
                 if got != exp:
                     bad.append(f"{L}* {lo}-{hi}: {len(got)} results, expected {len(exp)}")
                     continue
-                wrong = [d for d in found if str(d.get("StudyInstanceUID")) in self.studies and
-                         str(d.get("NumberOfStudyRelatedInstances", "") or "") not in
-                         ("", str(sum(se["instances"] for se in self.studies[str(d.StudyInstanceUID)]["series"])))]
+                wrong = [
+                    d
+                    for d in found
+                    if str(d.get("StudyInstanceUID")) in self.studies
+                    and str(d.get("NumberOfStudyRelatedInstances", "") or "")
+                    not in ("", str(sum(se["instances"] for se in self.studies[str(d.StudyInstanceUID)]["series"])))
+                ]
                 if wrong:
                     bad.append(f"{L}* {lo}-{hi}: {len(wrong)} results with a wrong NumberOfStudyRelatedInstances")
         finally:
             if assoc.is_established:
                 assoc.release()
         m = lat_stats(lats)
-        m.update({"query": "C-FIND STUDY (Study Root) PatientName=<L>* StudyDate=<from>-<to>, 8 return keys, "
-                           "one association",
-                  "results": (f"{min(counts)}-{max(counts)}" if counts else None)})
+        m.update(
+            {
+                "query": "C-FIND STUDY (Study Root) PatientName=<L>* StudyDate=<from>-<to>, 8 return keys, "
+                "one association",
+                "results": (
+                    None
+                    if not counts
+                    else str(counts[0])
+                    if min(counts) == max(counts)
+                    else f"{min(counts)}-{max(counts)}"
+                ),
+            }
+        )
         if self.a.allow_foreign:
             m["foreign_results_ignored"] = foreign
         res.metrics["c_find_study_name_date"] = m
-        res.check("C-FIND STUDY PatientName=<L>* + StudyDate range: exactly the expected studies "
-                  "(and NumberOfStudyRelatedInstances right when returned)", len(lats) == N and not bad,
-                  "; ".join(bad[:3]) or f"{len(lats)}/{N} done")
+        res.check(
+            "C-FIND STUDY PatientName=<L>* + StudyDate range: exactly the expected studies "
+            "(and NumberOfStudyRelatedInstances right when returned)",
+            len(lats) == N and not bad,
+            "; ".join(bad[:3]) or f"{len(lats)}/{N} done",
+        )
 
     def _sample(self, offset: int) -> list[dict]:
         n = len(self.big_insts)
@@ -555,15 +660,28 @@ class Bench:
                 bad.append(f"{inst['sop_uid'][-10:]}: {type(e).__name__}: {e}")
         m = lat_stats(lats)
         if lats:
-            m.update({"MB_per_s": round(sum(sizes) / 1e6 / sum(lats), 1),
-                      "MB_per_s_median_request": round(float(np.median([s / 1e6 / t for s, t in
-                                                                        zip(sizes, lats, strict=True)])), 1)})
-        m.update({"request": f"{len(sample)} different instances of the big series, Accept: {A_DICOM}",
-                  "response_bytes_median": int(np.median(sizes)) if sizes else None,
-                  "content_encoding": ",".join(sorted(encs)), "part_content_type": " | ".join(sorted(tss))})
+            m.update(
+                {
+                    "MB_per_s": round(sum(sizes) / 1e6 / sum(lats), 1),
+                    "MB_per_s_median_request": round(
+                        float(np.median([s / 1e6 / t for s, t in zip(sizes, lats, strict=True)])), 1
+                    ),
+                }
+            )
+        m.update(
+            {
+                "request": f"{len(sample)} different instances of the big series, Accept: {A_DICOM}",
+                "response_bytes_median": int(np.median(sizes)) if sizes else None,
+                "content_encoding": ",".join(sorted(encs)),
+                "part_content_type": " | ".join(sorted(tss)),
+            }
+        )
         res.metrics["wado_instance"] = m
-        res.check("WADO-RS instance: one part each, SOP UID and pixel data identical to the file sent",
-                  len(lats) == len(sample) and not bad, "; ".join(bad[:3]) or f"{len(lats)}/{len(sample)} done")
+        res.check(
+            "WADO-RS instance: one part each, SOP UID and pixel data identical to the file sent",
+            len(lats) == len(sample) and not bad,
+            "; ".join(bad[:3]) or f"{len(lats)}/{len(sample)} done",
+        )
 
     def phase_frames(self, res: PhaseResult):
         sample = self._sample(11)
@@ -589,12 +707,20 @@ class Bench:
         m = lat_stats(lats)
         if lats:
             m["MB_per_s"] = round(sum(sizes) / 1e6 / sum(lats), 1)
-        m.update({"request": f"/frames/1 of {len(sample)} instances of the big series, Accept: {A_FRAME}",
-                  "response_bytes_median": int(np.median(sizes)) if sizes else None,
-                  "content_encoding": ",".join(sorted(encs)), "part_content_type": " | ".join(sorted(tss))})
+        m.update(
+            {
+                "request": f"/frames/1 of {len(sample)} instances of the big series, Accept: {A_FRAME}",
+                "response_bytes_median": int(np.median(sizes)) if sizes else None,
+                "content_encoding": ",".join(sorted(encs)),
+                "part_content_type": " | ".join(sorted(tss)),
+            }
+        )
         res.metrics["wado_frames1"] = m
-        res.check("/frames/1: one part each, bytes identical to the stored PixelData",
-                  len(lats) == len(sample) and not bad, "; ".join(bad[:3]) or f"{len(lats)}/{len(sample)} done")
+        res.check(
+            "/frames/1: one part each, bytes identical to the stored PixelData",
+            len(lats) == len(sample) and not bad,
+            "; ".join(bad[:3]) or f"{len(lats)}/{len(sample)} done",
+        )
 
     def phase_series_retrieve(self, res: PhaseResult):
         n_inst = self.big_series["instances"]
@@ -644,15 +770,26 @@ class Bench:
         m = lat_stats(lats)
         if lats:
             med = float(np.median(lats))
-            m.update({"MB_per_s_median": round(float(np.median(sizes)) / 1e6 / med, 1),
-                      "instances_per_s_median": round(n_inst / med, 1),
-                      "time_to_first_byte": lat_stats(ttfb)})
-        m.update({"request": f"whole big series ({n_inst} instances), Accept: {A_DICOM}",
-                  "response_bytes_median": int(np.median(sizes)) if sizes else None,
-                  "content_encoding": ",".join(sorted(encs))})
+            m.update(
+                {
+                    "MB_per_s_median": round(float(np.median(sizes)) / 1e6 / med, 1),
+                    "instances_per_s_median": round(n_inst / med, 1),
+                    "time_to_first_byte": lat_stats(ttfb),
+                }
+            )
+        m.update(
+            {
+                "request": f"whole big series ({n_inst} instances), Accept: {A_DICOM}",
+                "response_bytes_median": int(np.median(sizes)) if sizes else None,
+                "content_encoding": ",".join(sorted(encs)),
+            }
+        )
         res.metrics["wado_series_retrieve"] = m
-        res.check(f"whole series: {n_inst} parts, exactly the series' SOP UIDs, pixel data identical",
-                  len(lats) == self.a.n_slow and not bad, "; ".join(bad[:3]) or f"{len(lats)}/{self.a.n_slow} done")
+        res.check(
+            f"whole series: {n_inst} parts, exactly the series' SOP UIDs, pixel data identical",
+            len(lats) == self.a.n_slow and not bad,
+            "; ".join(bad[:3]) or f"{len(lats)}/{self.a.n_slow} done",
+        )
 
 
 # --------------------------------------------------------------------------- report
@@ -688,14 +825,20 @@ def report_md(out: dict) -> str:
     n = out["node"]
     L.append(f"node: DIMSE {n['aet']}@{n['dimse']} (calling AE {n['calling_aet']}), DICOMweb {n['dicomweb']}")
     d = out["dataset"]
-    L.append(f"data set: {d['path']}: {d['studies']} studies, {d['instances']} instances, {d['patients']} patients, "
-             f"{d['total_bytes'] / 1e9:.2f} GB; big series {d['big_series_instances']} x 512x512 CT")
+    L.append(
+        f"data set: {d['path']}: {d['studies']} studies, {d['instances']} instances, {d['patients']} patients, "
+        f"{d['total_bytes'] / 1e9:.2f} GB; big series {d['big_series_instances']} x 512x512 CT"
+    )
     c = out["client"]
-    L.append(f"client: {c['host']}, {c['cpus']} CPUs, Python {c['python']}, pydicom {c['pydicom']}, "
-             f"Accept-Encoding {c['accept_encoding']!r}, TCP_NODELAY={c['nodelay']}")
+    L.append(
+        f"client: {c['host']}, {c['cpus']} CPUs, Python {c['python']}, pydicom {c['pydicom']}, "
+        f"Accept-Encoding {c['accept_encoding']!r}, TCP_NODELAY={c['nodelay']}"
+    )
     if out.get("server_process"):
-        L.append("server process(es): " + ", ".join(f"PID {p}: peak RSS {v['vm_hwm_MiB']} MiB"
-                                                   for p, v in out["server_process"].items()))
+        L.append(
+            "server process(es): "
+            + ", ".join(f"PID {p}: peak RSS {v['vm_hwm_MiB']} MiB" for p, v in out["server_process"].items())
+        )
     L += ["", "| phase | metric | median / p95 | throughput, results, size | check |", "|---|---|---|---|---|"]
     for ph, r in out["phases"].items():
         chk = "PASS" if r["ok"] else "FAIL"
@@ -736,20 +879,37 @@ def main() -> int:
     ap.add_argument("--dicomweb-base", default="http://127.0.0.1:8043/dicom-web", help="'none' skips web phases")
     ap.add_argument("--phases", default="all", help=f"comma separated, from {','.join(ALL_PHASES)}")
     ap.add_argument("--n", type=int, default=50, help="repetitions of each QIDO and C-FIND query (default 50)")
-    ap.add_argument("--n-slow", type=int, default=10,
-                    help="repetitions of the slow ones: cached series /metadata, whole-series retrieve (default 10)")
+    ap.add_argument(
+        "--n-slow",
+        type=int,
+        default=10,
+        help="repetitions of the slow ones: cached series /metadata, whole-series retrieve (default 10)",
+    )
     ap.add_argument("--n-wado", type=int, default=30, help="instances for WADO-RS instance and /frames/1")
     ap.add_argument("--seed", type=int, default=1, help="seed of the query letters and date ranges")
-    ap.add_argument("--accept-encoding", default="gzip, deflate",
-                    help="Accept-Encoding of every DICOMweb request (default 'gzip, deflate' like browsers/httpx)")
-    ap.add_argument("--client-nodelay", action=argparse.BooleanOptionalAction, default=True,
-                    help="Nagle off on the client's HTTP and DIMSE sockets (default on)")
-    ap.add_argument("--allow-foreign", action="store_true",
-                    help="the node may hold other studies: results whose PatientID lacks the data set's prefix "
-                         "are ignored (and counted) instead of failing the exact-set checks")
-    ap.add_argument("--verify-all", action="store_true",
-                    help="decode every instance of every whole-series repetition (default: the first one fully, "
-                         "later ones compared with it)")
+    ap.add_argument(
+        "--accept-encoding",
+        default="gzip, deflate",
+        help="Accept-Encoding of every DICOMweb request (default 'gzip, deflate' like browsers/httpx)",
+    )
+    ap.add_argument(
+        "--client-nodelay",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Nagle off on the client's HTTP and DIMSE sockets (default on)",
+    )
+    ap.add_argument(
+        "--allow-foreign",
+        action="store_true",
+        help="the node may hold other studies: results whose PatientID lacks the data set's prefix "
+        "are ignored (and counted) instead of failing the exact-set checks",
+    )
+    ap.add_argument(
+        "--verify-all",
+        action="store_true",
+        help="decode every instance of every whole-series repetition (default: the first one fully, "
+        "later ones compared with it)",
+    )
     ap.add_argument("--server-pid", default="", help="PID(s) of the node, comma separated: peak RSS and CPU")
     ap.add_argument("--phase-timeout", type=float, default=900, help="seconds per phase; loops stop after it")
     ap.add_argument("--http-timeout", type=float, default=120, help="seconds per HTTP read (connect 10 s)")
@@ -772,18 +932,38 @@ def main() -> int:
     mon = ServerMonitor(pids)
     man = bench.man
     import pynetdicom
+
     out = {
-        "label": args.label, "date": now_iso(), "tool": "bench/bench_query.py",
-        "node": {"dimse": f"{args.dimse_host}:{args.dimse_port}", "aet": args.aet, "calling_aet": args.calling_aet,
-                 "dicomweb": bench.web},
-        "dataset": {"path": os.path.abspath(args.dataset), "seed": man["seed"], "tag": man["tag"],
-                    "studies": man["studies_count"], "instances": man["instances_count"],
-                    "patients": man["patients_count"], "total_bytes": man["total_bytes"],
-                    "big_study_uid": bench.big_study["study_uid"], "big_series_uid": bench.big_series["series_uid"],
-                    "big_series_instances": bench.big_series["instances"]},
-        "client": {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                   "pydicom": pydicom.__version__, "pynetdicom": pynetdicom.__version__,
-                   "nodelay": args.client_nodelay, "accept_encoding": args.accept_encoding},
+        "label": args.label,
+        "date": now_iso(),
+        "tool": "bench/bench_query.py",
+        "node": {
+            "dimse": f"{args.dimse_host}:{args.dimse_port}",
+            "aet": args.aet,
+            "calling_aet": args.calling_aet,
+            "dicomweb": bench.web,
+        },
+        "dataset": {
+            "path": os.path.abspath(args.dataset),
+            "seed": man["seed"],
+            "tag": man["tag"],
+            "studies": man["studies_count"],
+            "instances": man["instances_count"],
+            "patients": man["patients_count"],
+            "total_bytes": man["total_bytes"],
+            "big_study_uid": bench.big_study["study_uid"],
+            "big_series_uid": bench.big_series["series_uid"],
+            "big_series_instances": bench.big_series["instances"],
+        },
+        "client": {
+            "host": platform.node(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "pydicom": pydicom.__version__,
+            "pynetdicom": pynetdicom.__version__,
+            "nodelay": args.client_nodelay,
+            "accept_encoding": args.accept_encoding,
+        },
         "settings": vars(args),
         "phases": {},
     }
@@ -801,8 +981,11 @@ def main() -> int:
         res.wall_s = time.perf_counter() - t0
         res.server = mon.end(cpu0)
         out["phases"][p] = res.to_json()
-        print(f"[{time.strftime('%H:%M:%S')}] phase {p}: {'ok' if res.ok else 'FAILED'} in {res.wall_s:.1f} s"
-              + (f" ({res.error})" if res.error else ""), flush=True)
+        print(
+            f"[{time.strftime('%H:%M:%S')}] phase {p}: {'ok' if res.ok else 'FAILED'} in {res.wall_s:.1f} s"
+            + (f" ({res.error})" if res.error else ""),
+            flush=True,
+        )
         for c in res.checks:
             if not c["ok"]:
                 print(f"    check failed: {c['check']}: {c['detail']}", flush=True)

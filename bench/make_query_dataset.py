@@ -56,38 +56,261 @@ IMPL_UID = UID_PREFIX + "2"
 IMPL_NAME = "QBENCH_MKDS_1"
 
 SURNAMES = [
-    "ABBOTT", "ADAMS", "AHMED", "ALVAREZ", "ANDERSEN", "ANDERSSON", "BAKER", "BARNES", "BECKER", "BERG",
-    "BERNARD", "BIANCHI", "BLANC", "BROWN", "BRUNO", "CAMPBELL", "CARTER", "CASTRO", "CHEN", "CLARK", "COLLINS",
-    "COSTA", "CRUZ", "DAVIES", "DAVIS", "DIAZ", "DUBOIS", "DUPONT", "EDWARDS", "EKLUND", "ELLIS", "EVANS",
-    "FABER", "FERRARI", "FERREIRA", "FISCHER", "FISHER", "FONTAINE", "FOSTER", "GALLO", "GARCIA", "GIRARD",
-    "GOMES", "GONZALEZ", "GRAY", "GREEN", "HALL", "HANSEN", "HARRIS", "HERNANDEZ", "HOFFMANN", "HUGHES", "IBRAHIM",
-    "INGRAM", "ITO", "IVANOV", "JACKSON", "JANSEN", "JENSEN", "JOHNSON", "JONES", "KELLER", "KIM", "KING",
-    "KOHLER", "KOWALSKI", "KRAUSE", "LAMBERT", "LANGE", "LAURENT", "LEE", "LEROY", "LOPEZ", "LUND", "MARTIN",
-    "MARTINEZ", "MEYER", "MILLER", "MOREAU", "MORENO", "MULLER", "NAKAMURA", "NELSON", "NGUYEN", "NIELSEN",
-    "NOVAK", "OLSEN", "OLIVEIRA", "ORTEGA", "OWENS", "PARK", "PATEL", "PEREIRA", "PEREZ", "PETERSEN", "QUINN",
-    "RAMOS", "REYES", "RICHTER", "ROBERTS", "RODRIGUEZ", "ROSSI", "RUSSO", "SANCHEZ", "SANTOS", "SATO",
-    "SCHMIDT", "SCHNEIDER", "SILVA", "SMITH", "SUZUKI", "TANAKA", "TAYLOR", "THOMAS", "TORRES", "TRAN",
-    "UDDIN", "URBAN", "VARGA", "VASQUEZ", "VOGEL", "WAGNER", "WALKER", "WATANABE", "WEBER", "WHITE", "WILSON",
-    "WOLF", "WRIGHT", "XU", "YAMAMOTO", "YILMAZ", "YOUNG", "ZHANG", "ZIMMERMANN",
+    "ABBOTT",
+    "ADAMS",
+    "AHMED",
+    "ALVAREZ",
+    "ANDERSEN",
+    "ANDERSSON",
+    "BAKER",
+    "BARNES",
+    "BECKER",
+    "BERG",
+    "BERNARD",
+    "BIANCHI",
+    "BLANC",
+    "BROWN",
+    "BRUNO",
+    "CAMPBELL",
+    "CARTER",
+    "CASTRO",
+    "CHEN",
+    "CLARK",
+    "COLLINS",
+    "COSTA",
+    "CRUZ",
+    "DAVIES",
+    "DAVIS",
+    "DIAZ",
+    "DUBOIS",
+    "DUPONT",
+    "EDWARDS",
+    "EKLUND",
+    "ELLIS",
+    "EVANS",
+    "FABER",
+    "FERRARI",
+    "FERREIRA",
+    "FISCHER",
+    "FISHER",
+    "FONTAINE",
+    "FOSTER",
+    "GALLO",
+    "GARCIA",
+    "GIRARD",
+    "GOMES",
+    "GONZALEZ",
+    "GRAY",
+    "GREEN",
+    "HALL",
+    "HANSEN",
+    "HARRIS",
+    "HERNANDEZ",
+    "HOFFMANN",
+    "HUGHES",
+    "IBRAHIM",
+    "INGRAM",
+    "ITO",
+    "IVANOV",
+    "JACKSON",
+    "JANSEN",
+    "JENSEN",
+    "JOHNSON",
+    "JONES",
+    "KELLER",
+    "KIM",
+    "KING",
+    "KOHLER",
+    "KOWALSKI",
+    "KRAUSE",
+    "LAMBERT",
+    "LANGE",
+    "LAURENT",
+    "LEE",
+    "LEROY",
+    "LOPEZ",
+    "LUND",
+    "MARTIN",
+    "MARTINEZ",
+    "MEYER",
+    "MILLER",
+    "MOREAU",
+    "MORENO",
+    "MULLER",
+    "NAKAMURA",
+    "NELSON",
+    "NGUYEN",
+    "NIELSEN",
+    "NOVAK",
+    "OLSEN",
+    "OLIVEIRA",
+    "ORTEGA",
+    "OWENS",
+    "PARK",
+    "PATEL",
+    "PEREIRA",
+    "PEREZ",
+    "PETERSEN",
+    "QUINN",
+    "RAMOS",
+    "REYES",
+    "RICHTER",
+    "ROBERTS",
+    "RODRIGUEZ",
+    "ROSSI",
+    "RUSSO",
+    "SANCHEZ",
+    "SANTOS",
+    "SATO",
+    "SCHMIDT",
+    "SCHNEIDER",
+    "SILVA",
+    "SMITH",
+    "SUZUKI",
+    "TANAKA",
+    "TAYLOR",
+    "THOMAS",
+    "TORRES",
+    "TRAN",
+    "UDDIN",
+    "URBAN",
+    "VARGA",
+    "VASQUEZ",
+    "VOGEL",
+    "WAGNER",
+    "WALKER",
+    "WATANABE",
+    "WEBER",
+    "WHITE",
+    "WILSON",
+    "WOLF",
+    "WRIGHT",
+    "XU",
+    "YAMAMOTO",
+    "YILMAZ",
+    "YOUNG",
+    "ZHANG",
+    "ZIMMERMANN",
     # realistic awkward ones (Latin-1 letters, apostrophe, space, hyphen), never in the first letter
-    "MÜLLER", "GONZÁLEZ", "LEFÈVRE", "JÖNSSON", "NUÑEZ", "O'BRIEN", "VAN DER BERG", "GARCIA-LOPEZ",
+    "MÜLLER",
+    "GONZÁLEZ",
+    "LEFÈVRE",
+    "JÖNSSON",
+    "NUÑEZ",
+    "O'BRIEN",
+    "VAN DER BERG",
+    "GARCIA-LOPEZ",
 ]
-GIVEN_M = ["JOHN", "PAUL", "PIERRE", "HANS", "MARCO", "JAN", "LUC", "KENJI", "MIN", "ANDRE", "DAVID", "PETER",
-           "LUCAS", "TOMAS", "ERIK", "AHMED", "CARLOS", "DIEGO", "FRANCOIS", "GEORGE", "HIROSHI", "IVAN", "JAMES",
-           "KARL", "LIAM", "MATEO", "NOAH", "OLIVER", "RAFAEL", "SVEN", "THEO", "VICTOR", "WEI", "YUSUF", "JOSÉ",
-           "JÖRG"]
-GIVEN_F = ["MARY", "ANNA", "MARIE", "SOPHIE", "GIULIA", "EVA", "LAURA", "YUKI", "JI", "CLAIRE", "EMMA", "JULIA",
-           "SARA", "HELENA", "INES", "AMELIA", "BEATRIZ", "CHLOE", "DIANA", "ELENA", "FATIMA", "GRACE", "HANNA",
-           "IRIS", "KAREN", "LENA", "MAYA", "NORA", "OLIVIA", "PRIYA", "ROSA", "SOFIA", "VERA", "ZOE", "HÉLÈNE",
-           "ZOË"]
-REFERRING = ["HOUSE^GREGORY", "GREY^MEREDITH", "ROSS^DOUG", "CARTER^JOHN", "QUINN^MICHAELA", "SHEPHERD^DEREK",
-             "YANG^CRISTINA", "KOVAC^LUKA", "WEAVER^KERRY", ""]
+GIVEN_M = [
+    "JOHN",
+    "PAUL",
+    "PIERRE",
+    "HANS",
+    "MARCO",
+    "JAN",
+    "LUC",
+    "KENJI",
+    "MIN",
+    "ANDRE",
+    "DAVID",
+    "PETER",
+    "LUCAS",
+    "TOMAS",
+    "ERIK",
+    "AHMED",
+    "CARLOS",
+    "DIEGO",
+    "FRANCOIS",
+    "GEORGE",
+    "HIROSHI",
+    "IVAN",
+    "JAMES",
+    "KARL",
+    "LIAM",
+    "MATEO",
+    "NOAH",
+    "OLIVER",
+    "RAFAEL",
+    "SVEN",
+    "THEO",
+    "VICTOR",
+    "WEI",
+    "YUSUF",
+    "JOSÉ",
+    "JÖRG",
+]
+GIVEN_F = [
+    "MARY",
+    "ANNA",
+    "MARIE",
+    "SOPHIE",
+    "GIULIA",
+    "EVA",
+    "LAURA",
+    "YUKI",
+    "JI",
+    "CLAIRE",
+    "EMMA",
+    "JULIA",
+    "SARA",
+    "HELENA",
+    "INES",
+    "AMELIA",
+    "BEATRIZ",
+    "CHLOE",
+    "DIANA",
+    "ELENA",
+    "FATIMA",
+    "GRACE",
+    "HANNA",
+    "IRIS",
+    "KAREN",
+    "LENA",
+    "MAYA",
+    "NORA",
+    "OLIVIA",
+    "PRIYA",
+    "ROSA",
+    "SOFIA",
+    "VERA",
+    "ZOE",
+    "HÉLÈNE",
+    "ZOË",
+]
+REFERRING = [
+    "HOUSE^GREGORY",
+    "GREY^MEREDITH",
+    "ROSS^DOUG",
+    "CARTER^JOHN",
+    "QUINN^MICHAELA",
+    "SHEPHERD^DEREK",
+    "YANG^CRISTINA",
+    "KOVAC^LUKA",
+    "WEAVER^KERRY",
+    "",
+]
 INSTITUTIONS = ["JFK IMAGING CENTER", "ST MARY HOSPITAL", "CITY GENERAL", "UNIVERSITY CLINIC", "WESTSIDE RADIOLOGY"]
-CT_STUDY_DESCS = ["CT CHEST W CONTRAST", "CT ABDOMEN PELVIS", "CT CHEST WO CONTRAST", "CT THORAX ABDOMEN",
-                  "CT HEAD WO CONTRAST", "CT ANGIO CHEST", "CT LOW DOSE LUNG SCREENING", "CT SINUS",
-                  "CT CERVICAL SPINE", "CT KIDNEY STONE PROTOCOL"]
-MR_STUDY_DESCS = ["MR BRAIN WO CONTRAST", "MR BRAIN W WO CONTRAST", "MR KNEE LEFT", "MR LUMBAR SPINE",
-                  "MR SHOULDER RIGHT", "MR PROSTATE", "MR LIVER"]
+CT_STUDY_DESCS = [
+    "CT CHEST W CONTRAST",
+    "CT ABDOMEN PELVIS",
+    "CT CHEST WO CONTRAST",
+    "CT THORAX ABDOMEN",
+    "CT HEAD WO CONTRAST",
+    "CT ANGIO CHEST",
+    "CT LOW DOSE LUNG SCREENING",
+    "CT SINUS",
+    "CT CERVICAL SPINE",
+    "CT KIDNEY STONE PROTOCOL",
+]
+MR_STUDY_DESCS = [
+    "MR BRAIN WO CONTRAST",
+    "MR BRAIN W WO CONTRAST",
+    "MR KNEE LEFT",
+    "MR LUMBAR SPINE",
+    "MR SHOULDER RIGHT",
+    "MR PROSTATE",
+    "MR LIVER",
+]
 # CT series kinds: (description, kernel, slice thickness mm, window center, window width, body part)
 CT_HEAD_SERIES = [
     ("AXIAL 2.0 BRAIN", "SOFT", 2.0, 40, 80, "HEAD"),
@@ -102,9 +325,15 @@ CT_SERIES = [
     ("AXIAL 3.0 MEDIASTINUM", "STANDARD", 3.0, 50, 350, "CHEST"),
     ("AXIAL 5.0 ABDOMEN", "STANDARD", 5.0, 60, 360, "ABDOMEN"),
 ]
-MR_BODY_PARTS = {"MR BRAIN WO CONTRAST": "HEAD", "MR BRAIN W WO CONTRAST": "HEAD", "MR KNEE LEFT": "KNEE",
-                 "MR LUMBAR SPINE": "LSPINE", "MR SHOULDER RIGHT": "SHOULDER", "MR PROSTATE": "PROSTATE",
-                 "MR LIVER": "ABDOMEN"}
+MR_BODY_PARTS = {
+    "MR BRAIN WO CONTRAST": "HEAD",
+    "MR BRAIN W WO CONTRAST": "HEAD",
+    "MR KNEE LEFT": "KNEE",
+    "MR LUMBAR SPINE": "LSPINE",
+    "MR SHOULDER RIGHT": "SHOULDER",
+    "MR PROSTATE": "PROSTATE",
+    "MR LIVER": "ABDOMEN",
+}
 # MR series kinds: (description, scanning sequence, TR, TE, slice thickness, window center, width)
 MR_SERIES = [
     ("AX T2 FSE", "SE", 4000.0, 100.0, 4.0, 600, 1600),
@@ -207,8 +436,14 @@ def _templates(seed: int) -> dict:
                 raise SystemExit(f"pydicom's bundled {name} not found")
             ds = pydicom.dcmread(path)
             base = copymod.deepcopy(ds)
-            for kw in ("DataSetTrailingPadding", "OtherPatientIDsSequence", "ImageComments", "PixelData",
-                       "SmallestImagePixelValue", "LargestImagePixelValue"):
+            for kw in (
+                "DataSetTrailingPadding",
+                "OtherPatientIDsSequence",
+                "ImageComments",
+                "PixelData",
+                "SmallestImagePixelValue",
+                "LargestImagePixelValue",
+            ):
                 if kw in base:
                     delattr(base, kw)
             if (0xFFFC, 0xFFFC) in base:
@@ -248,9 +483,14 @@ def _pad(s: str, pad: bytes) -> bytes:
 
 
 def _file_meta(sop_class: str, sop_uid: str) -> bytes:
-    els = (_el(0x00020001, "OB", b"\x00\x01") + _el(0x00020002, "UI", _pad(sop_class, b"\0"))
-           + _el(0x00020003, "UI", _pad(sop_uid, b"\0")) + _el(0x00020010, "UI", _pad(ExplicitVRLittleEndian, b"\0"))
-           + _el(0x00020012, "UI", _pad(IMPL_UID, b"\0")) + _el(0x00020013, "SH", _pad(IMPL_NAME, b" ")))
+    els = (
+        _el(0x00020001, "OB", b"\x00\x01")
+        + _el(0x00020002, "UI", _pad(sop_class, b"\0"))
+        + _el(0x00020003, "UI", _pad(sop_uid, b"\0"))
+        + _el(0x00020010, "UI", _pad(ExplicitVRLittleEndian, b"\0"))
+        + _el(0x00020012, "UI", _pad(IMPL_UID, b"\0"))
+        + _el(0x00020013, "SH", _pad(IMPL_NAME, b" "))
+    )
     return b"\0" * 128 + b"DICM" + _el(0x00020000, "UL", struct.pack("<I", len(els))) + els
 
 
@@ -264,7 +504,7 @@ def _header_runs(ds: Dataset) -> list[bytes]:
     i = 0
     while i < len(body):
         g, e = struct.unpack_from("<HH", body, i)
-        vr = body[i + 4:i + 6]
+        vr = body[i + 4 : i + 6]
         if vr in LONG_VRS:
             n, hdr = struct.unpack_from("<I", body, i + 8)[0], 12
         else:
@@ -274,16 +514,21 @@ def _header_runs(ds: Dataset) -> list[bytes]:
         tag = (g << 16) | e
         if tag in VARYING:
             raise RuntimeError(f"per-instance element ({g:04X},{e:04X}) left in the series header")
-        runs[sum(1 for v in VARYING if v < tag)] += body[i:i + hdr + n]
+        runs[sum(1 for v in VARYING if v < tag)] += body[i : i + hdr + n]
         i += hdr + n
     return [bytes(r) for r in runs]
 
 
-def _instance_bytes(runs: list[bytes], meta: bytes, sop_uid: str, number: int, ipp: list[str], sl: str,
-                    pixels: bytes) -> bytes:
-    var = (_el(0x00080018, "UI", _pad(sop_uid, b"\0")), _el(0x00200013, "IS", _pad(str(number), b" ")),
-           _el(0x00200032, "DS", _pad("\\".join(ipp), b" ")), _el(0x00201041, "DS", _pad(sl, b" ")),
-           _el(0x7FE00010, "OW", pixels))
+def _instance_bytes(
+    runs: list[bytes], meta: bytes, sop_uid: str, number: int, ipp: list[str], sl: str, pixels: bytes
+) -> bytes:
+    var = (
+        _el(0x00080018, "UI", _pad(sop_uid, b"\0")),
+        _el(0x00200013, "IS", _pad(str(number), b" ")),
+        _el(0x00200032, "DS", _pad("\\".join(ipp), b" ")),
+        _el(0x00201041, "DS", _pad(sl, b" ")),
+        _el(0x7FE00010, "OW", pixels),
+    )
     parts = [meta]
     for j, v in enumerate(var):
         parts += [runs[j], v]
@@ -425,8 +670,7 @@ def plan(args) -> tuple[list[dict], list[dict]]:
         names.add(name)
         birth = dt.date(1930, 1, 1) + dt.timedelta(days=int(rng.integers(0, 365 * 80)))
         p = len(patients)
-        patients.append({"index": p, "name": name, "sex": sex, "birth": birth,
-                         "id": f"{args.tag}-P{p + 1:05d}"})
+        patients.append({"index": p, "name": name, "sex": sex, "birth": birth, "id": f"{args.tag}-P{p + 1:05d}"})
     # study -> patient: every patient gets one study, the rest go to random patients (2-3 studies each)
     owner = list(rng.permutation(n_pat)) + [int(x) for x in rng.integers(0, n_pat, size=n_studies - n_pat)]
     big_index = n_studies - 1
@@ -440,18 +684,35 @@ def plan(args) -> tuple[list[dict], list[dict]]:
         age = sdate.year - p["birth"].year - ((sdate.month, sdate.day) < (p["birth"].month, p["birth"].day))
         kind = "CT" if big or rng.random() >= args.mr_fraction else "MR"
         size = 512 if big else int(rng.choice([64, 128]))
-        desc = BIG_STUDY_DESC if big else (CT_STUDY_DESCS if kind == "CT" else MR_STUDY_DESCS)[
-            int(rng.integers(0, len(CT_STUDY_DESCS if kind == "CT" else MR_STUDY_DESCS)))]
+        desc = (
+            BIG_STUDY_DESC
+            if big
+            else (CT_STUDY_DESCS if kind == "CT" else MR_STUDY_DESCS)[
+                int(rng.integers(0, len(CT_STUDY_DESCS if kind == "CT" else MR_STUDY_DESCS)))
+            ]
+        )
         group = s % args.groups
         st = {
-            "index": s, "big": big, "kind": kind, "group": group, "dir": f"g{group}/st{s:04d}",
-            "study_uid": det_uid(args.tag, "study", s), "for_uid": det_uid(args.tag, "for", s),
-            "patient_index": p["index"], "patient_id": p["id"], "patient_name": p["name"], "sex": p["sex"],
-            "birth_date": p["birth"].strftime("%Y%m%d"), "age": f"{max(age, 0):03d}Y",
+            "index": s,
+            "big": big,
+            "kind": kind,
+            "group": group,
+            "dir": f"g{group}/st{s:04d}",
+            "study_uid": det_uid(args.tag, "study", s),
+            "for_uid": det_uid(args.tag, "for", s),
+            "patient_index": p["index"],
+            "patient_id": p["id"],
+            "patient_name": p["name"],
+            "sex": p["sex"],
+            "birth_date": p["birth"].strftime("%Y%m%d"),
+            "age": f"{max(age, 0):03d}Y",
             "weight": f"{float(rng.uniform(45, 110)):.1f}",
-            "study_date": sdate.strftime("%Y%m%d"), "study_time": stime,
-            "accession": f"ACC{args.seed % 100:02d}{s + 1:06d}", "study_id": f"{s + 1}",
-            "description": desc, "referring": REFERRING[int(rng.integers(0, len(REFERRING)))],
+            "study_date": sdate.strftime("%Y%m%d"),
+            "study_time": stime,
+            "accession": f"ACC{args.seed % 100:02d}{s + 1:06d}",
+            "study_id": f"{s + 1}",
+            "description": desc,
+            "referring": REFERRING[int(rng.integers(0, len(REFERRING)))],
             "institution": INSTITUTIONS[int(rng.integers(0, len(INSTITUTIONS)))],
             "series": [],
         }
@@ -462,9 +723,17 @@ def plan(args) -> tuple[list[dict], list[dict]]:
             M = args.big_instances if big else args.instances_per_series
             se_uid = det_uid(args.tag, "series", s, k)
             hh, mm = int(stime[:2]), int(stime[2:4]) + 3 * (k + 1)
-            se = {"series_uid": se_uid, "number": k + 1, "modality": kind, "rows": size, "cols": size,
-                  "instances": M, "dir": f"{st['dir']}/se{k}", "series_time": f"{hh + mm // 60:02d}{mm % 60:02d}00",
-                  "sop_uids": [det_uid(args.tag, "sop", s, k, m) for m in range(M)]}
+            se = {
+                "series_uid": se_uid,
+                "number": k + 1,
+                "modality": kind,
+                "rows": size,
+                "cols": size,
+                "instances": M,
+                "dir": f"{st['dir']}/se{k}",
+                "series_time": f"{hh + mm // 60:02d}{mm % 60:02d}00",
+                "sop_uids": [det_uid(args.tag, "sop", s, k, m) for m in range(M)],
+            }
             if big:
                 d, kern, th, wc, ww, bp = BIG_SERIES_DESC
                 se.update(description=d, kernel=kern, thickness=th, window=[wc, ww], body_part=bp)
@@ -473,8 +742,15 @@ def plan(args) -> tuple[list[dict], list[dict]]:
                 se.update(description=d, kernel=kern, thickness=th, window=[wc, ww], body_part=bp)
             else:
                 d, seq, tr, te, th, wc, ww = MR_SERIES[int(kinds[k])]
-                se.update(description=d, sequence=seq, tr=tr, te=te, thickness=th, window=[wc, ww],
-                          body_part=MR_BODY_PARTS[desc])
+                se.update(
+                    description=d,
+                    sequence=seq,
+                    tr=tr,
+                    te=te,
+                    thickness=th,
+                    window=[wc, ww],
+                    body_part=MR_BODY_PARTS[desc],
+                )
             st["series"].append(se)
         studies.append(st)
     # tasks: one per small study; the big study in chunks so that both workers share it (largest first)
@@ -506,25 +782,37 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--force", action="store_true", help="allow a non-empty --out (files are overwritten)")
     args = ap.parse_args()
-    if not (1 <= args.small_studies <= 9998 and 1 <= args.series_per_study <= 9
-            and 1 <= args.instances_per_series <= 999 and 1 <= args.big_instances <= 999
-            and 1 <= args.patients and 1 <= args.groups <= 16 and 1 <= args.workers <= 16):
+    if not (
+        1 <= args.small_studies <= 9998
+        and 1 <= args.series_per_study <= 9
+        and 1 <= args.instances_per_series <= 999
+        and 1 <= args.big_instances <= 999
+        and args.patients >= 1
+        and 1 <= args.groups <= 16
+        and 1 <= args.workers <= 16
+    ):
         ap.error("counts out of range")
     if os.path.isdir(args.out) and os.listdir(args.out) and not args.force:
         ap.error(f"{args.out} is not empty (use --force)")
     args.out = os.path.abspath(args.out)
     t0 = time.time()
     studies, tasks = plan(args)
-    all_uids = [st["study_uid"] for st in studies] + [se["series_uid"] for st in studies for se in st["series"]] + \
-        [u for st in studies for se in st["series"] for u in se["sop_uids"]]
+    all_uids = (
+        [st["study_uid"] for st in studies]
+        + [se["series_uid"] for st in studies for se in st["series"]]
+        + [u for st in studies for se in st["series"] for u in se["sop_uids"]]
+    )
     if len(set(all_uids)) != len(all_uids):
         raise SystemExit("UID collision")
     for st in studies:
         for se in st["series"]:
             os.makedirs(os.path.join(args.out, se["dir"]), exist_ok=True)
     n_total = sum(se["instances"] for st in studies for se in st["series"])
-    print(f"plan: {len(studies)} studies, {n_total} instances, {len({s['patient_id'] for s in studies})} patients, "
-          f"{len(tasks)} tasks on {args.workers} workers", flush=True)
+    print(
+        f"plan: {len(studies)} studies, {n_total} instances, {len({s['patient_id'] for s in studies})} patients, "
+        f"{len(tasks)} tasks on {args.workers} workers",
+        flush=True,
+    )
 
     results: dict[int, list] = {}
     total_bytes, done, last = 0, 0, time.time()
@@ -547,47 +835,97 @@ def main() -> int:
         sizes = {(r["series"], r["m"]): r for r in recs}
         series = []
         for k, se in enumerate(st["series"]):
-            sj = {"series_uid": se["series_uid"], "number": se["number"], "modality": se["modality"],
-                  "description": se["description"], "rows": se["rows"], "cols": se["cols"],
-                  "instances": se["instances"], "dir": se["dir"], "file_pattern": "im{m:03d}.dcm (m = InstanceNumber-1)",
-                  "bytes": sum(sizes[(k, m)]["bytes"] for m in range(se["instances"])),
-                  "sop_uids": se["sop_uids"]}
+            sj = {
+                "series_uid": se["series_uid"],
+                "number": se["number"],
+                "modality": se["modality"],
+                "description": se["description"],
+                "rows": se["rows"],
+                "cols": se["cols"],
+                "instances": se["instances"],
+                "dir": se["dir"],
+                "file_pattern": "im{m:03d}.dcm (m = InstanceNumber-1)",
+                "bytes": sum(sizes[(k, m)]["bytes"] for m in range(se["instances"])),
+                "sop_uids": se["sop_uids"],
+            }
             if st["big"]:
-                sj["instance_list"] = [{"sop_uid": se["sop_uids"][m], "number": m + 1,
-                                        "file": f"{se['dir']}/im{m:03d}.dcm",
-                                        "pixel_sha1": sizes[(k, m)]["pixel_sha1"],
-                                        "bytes": sizes[(k, m)]["bytes"]} for m in range(se["instances"])]
+                sj["instance_list"] = [
+                    {
+                        "sop_uid": se["sop_uids"][m],
+                        "number": m + 1,
+                        "file": f"{se['dir']}/im{m:03d}.dcm",
+                        "pixel_sha1": sizes[(k, m)]["pixel_sha1"],
+                        "bytes": sizes[(k, m)]["bytes"],
+                    }
+                    for m in range(se["instances"])
+                ]
             series.append(sj)
-        sj_st = {k: st[k] for k in ("index", "big", "group", "dir", "study_uid", "patient_id", "patient_name",
-                                    "sex", "birth_date", "study_date", "study_time", "accession", "study_id",
-                                    "description", "referring")}
+        sj_st = {
+            k: st[k]
+            for k in (
+                "index",
+                "big",
+                "group",
+                "dir",
+                "study_uid",
+                "patient_id",
+                "patient_name",
+                "sex",
+                "birth_date",
+                "study_date",
+                "study_time",
+                "accession",
+                "study_id",
+                "description",
+                "referring",
+            )
+        }
         sj_st["modalities"] = sorted({se["modality"] for se in st["series"]})
         sj_st["series"] = series
         mstudies.append(sj_st)
         if st["big"]:
-            big = {"study_index": st["index"], "study_uid": st["study_uid"], "series_uid": st["series"][0]["series_uid"],
-                   "instances": st["series"][0]["instances"], "rows": 512, "cols": 512}
+            big = {
+                "study_index": st["index"],
+                "study_uid": st["study_uid"],
+                "series_uid": st["series"][0]["series_uid"],
+                "instances": st["series"][0]["instances"],
+                "rows": 512,
+                "cols": 512,
+            }
     manifest = {
-        "generator": "bench/make_query_dataset.py", "format": FORMAT, "seed": args.seed, "tag": args.tag,
-        "patient_id_prefix": f"{args.tag}-P", "studies_count": len(studies),
-        "patients_count": len({s["patient_id"] for s in studies}), "instances_count": n_total,
+        "generator": "bench/make_query_dataset.py",
+        "format": FORMAT,
+        "seed": args.seed,
+        "tag": args.tag,
+        "patient_id_prefix": f"{args.tag}-P",
+        "studies_count": len(studies),
+        "patients_count": len({s["patient_id"] for s in studies}),
+        "instances_count": n_total,
         "series_count": sum(len(st["series"]) for st in studies),
         "transfer_syntax": str(ExplicitVRLittleEndian),
         "sop_classes": {"CT": str(CTImageStorage), "MR": str(MRImageStorage)},
         "groups": [f"g{g}" for g in range(args.groups)],
         "templates": "pydicom data/test_files CT_small.dcm (GE HiSpeed CT/i), MR_small.dcm (Toshiba)",
-        "pydicom_version": pydicom.__version__, "numpy_version": np.__version__,
+        "pydicom_version": pydicom.__version__,
+        "numpy_version": np.__version__,
         "settings": {k: v for k, v in vars(args).items() if k not in ("force",)},
-        "big": big, "total_files": n_total, "total_bytes": total_bytes,
-        "group_files": {f"g{g}": sum(se["instances"] for st in studies if st["group"] == g for se in st["series"])
-                        for g in range(args.groups)},
-        "generated_seconds": round(elapsed, 1), "workers": args.workers,
+        "big": big,
+        "total_files": n_total,
+        "total_bytes": total_bytes,
+        "group_files": {
+            f"g{g}": sum(se["instances"] for st in studies if st["group"] == g for se in st["series"])
+            for g in range(args.groups)
+        },
+        "generated_seconds": round(elapsed, 1),
+        "workers": args.workers,
         "studies": mstudies,
     }
     with open(os.path.join(args.out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=None, separators=(",", ":"), ensure_ascii=False)
-    print(f"wrote {n_total} files ({total_bytes / 1e6:.0f} MB, {total_bytes / 2**30:.2f} GiB) in {len(studies)} studies "
-          f"+ manifest.json to {args.out} in {elapsed:.1f} s ({n_total / elapsed:.0f} files/s, {args.workers} workers)")
+    print(
+        f"wrote {n_total} files ({total_bytes / 1e6:.0f} MB, {total_bytes / 2**30:.2f} GiB) in {len(studies)} studies "
+        f"+ manifest.json to {args.out} in {elapsed:.1f} s ({n_total / elapsed:.0f} files/s, {args.workers} workers)"
+    )
     return 0
 
 

@@ -19,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 
 from dcmnode import api
 from dcmnode.config import Settings
+from dcmnode.core.catalog import Catalog
 from dcmnode.core.ingest import Ingest
 from dcmnode.dicomweb import routes as dicomweb_routes
 from dcmnode.dicomweb.qido import QidoLimits
@@ -68,13 +69,14 @@ class Node:
         self.settings = settings
         self.store = Store.open(settings.data_dir, fsync=settings.store.fsync)
         self.ingest = Ingest(self.store, settings.store.on_duplicate)
+        self.catalog = Catalog(self.store)
         self.scp: scp.Scp | None = None
         self.dimse_port = 0  # where DIMSE listens, in this process or in the DIMSE processes
 
     def start_dimse(self, sock: socket.socket | None = None) -> scp.Scp:
         """Serve DIMSE in this process (threads), on ``sock`` or a new socket from the settings."""
         sock = sock or scp.listen(self.settings.dimse.host, self.settings.dimse.port)
-        self.scp = scp.start(self.settings, self.ingest, sock)
+        self.scp = scp.start(self.settings, self.ingest, self.catalog, sock)
         self.dimse_port = self.scp.port
         return self.scp
 
@@ -93,7 +95,7 @@ class Node:
         )
         app.state.settings = self.settings
         app.state.ingest = self.ingest
-        app.state.store = self.store
+        app.state.catalog = self.catalog
         app.state.qido_limits = QidoLimits(self.settings.http.max_query_results)
         app.state.dicomweb_prefix = DICOMWEB_PREFIX
         app.state.dimse_port = self.dimse_port

@@ -17,11 +17,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from dcmnode.core import query as q
+from dcmnode.core.catalog import Catalog
 from dcmnode.dicomweb import dicom_json
 from dcmnode.dicomweb.accept import require_json
 from dcmnode.dicomweb.paths import base_url, path_uid
 from dcmnode.errors import InvalidRequest
-from dcmnode.store import Store
 
 DICOM_JSON = "application/dicom+json"
 _RESERVED = {"limit", "offset", "fuzzymatching", "includefield"}
@@ -69,8 +69,8 @@ async def _search(request: Request, level: q.Level, defaults: frozenset[q.Level]
     for key, name in (("study", "StudyInstanceUID"), ("series", "SeriesInstanceUID")):
         if key in request.path_params:
             query.matches[name] = path_uid(request.path_params[key], name)
-    store: Store = request.app.state.store
-    result = await run_in_threadpool(q.run, store.index, query)
+    catalog: Catalog = request.app.state.catalog
+    result = await run_in_threadpool(catalog.search, query)
     base = base_url(request)
     body = dicom_json.dumps(dicom_json.row_to_json(row, _extra(level, row, base)) for row in result.rows)
     headers = {}

@@ -6,10 +6,11 @@ from collections.abc import Sequence
 
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dcmnode.dicomweb import qido, stow
+from dcmnode.dicomweb import qido, stow, wado
 
 LOOPBACK_ORIGINS = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"
 EXPOSED_HEADERS = ["Warning", "Content-Location", "ETag", "Content-Length", "Content-Type", "Last-Modified"]
@@ -25,6 +26,15 @@ def routes() -> list[Route]:
         Route("/studies/{study}/series", qido.series, methods=["GET"]),
         Route("/studies/{study}/instances", qido.instances, methods=["GET"]),
         Route("/studies/{study}/series/{series}/instances", qido.instances, methods=["GET"]),
+        Route("/studies/{study}", wado.retrieve_study, methods=["GET"]),
+        Route("/studies/{study}/metadata", wado.study_metadata, methods=["GET"]),
+        Route("/studies/{study}/series/{series}", wado.retrieve_series, methods=["GET"]),
+        Route("/studies/{study}/series/{series}/metadata", wado.series_metadata, methods=["GET"]),
+        Route("/studies/{study}/series/{series}/instances/{instance}", wado.retrieve_instance, methods=["GET"]),
+        Route("/studies/{study}/series/{series}/instances/{instance}/metadata", wado.instance_metadata),
+        Route("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", wado.frames),
+        Route("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag}", wado.bulkdata),
+        Route("/wado", wado.wado_uri, methods=["GET"]),
     ]
 
 
@@ -35,7 +45,7 @@ def middleware(cors_origins: Sequence[str]) -> list[Middleware]:
     SharedArrayBuffer) embed our responses."""
     origins = [o for o in cors_origins if o != "loopback"]
     if not cors_origins:
-        return []
+        return [compression()]
     regex = LOOPBACK_ORIGINS if "loopback" in cors_origins else None
     return [
         Middleware(
@@ -48,7 +58,19 @@ def middleware(cors_origins: Sequence[str]) -> list[Middleware]:
             max_age=600,
         ),
         Middleware(CrossOriginResourcePolicy),
+        compression(),
     ]
+
+
+def compression() -> Middleware:
+    """gzip for JSON answers; DICOM, frames and images are sent as they are (compressing them costs CPU for
+    little gain, and /metadata brings its own precompressed body)."""
+    return Middleware(
+        GZipMiddleware,
+        minimum_size=1024,
+        compresslevel=5,
+        exclude_content_types=("multipart/related", "application/dicom", "application/octet-stream", "image/*"),
+    )
 
 
 class CrossOriginResourcePolicy:

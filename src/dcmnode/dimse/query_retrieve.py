@@ -24,8 +24,8 @@ from pynetdicom.presentation import build_context
 from dcmnode.config import Settings
 from dcmnode.core import query as q
 from dcmnode.core import retrieve
+from dcmnode.core.catalog import Catalog
 from dcmnode.errors import DcmnodeError, InvalidRequest
-from dcmnode.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def _vr_of(tag: int) -> str:
         return "UN"
 
 
-def handle_find(event: evt.Event, store: Store, settings: Settings) -> Iterator[tuple[int, Dataset | None]]:
+def handle_find(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterator[tuple[int, Dataset | None]]:
     requestor = event.assoc.requestor
     try:
         query, unknown = identifier_to_query(event.identifier, str(event.context.abstract_syntax))
@@ -111,7 +111,7 @@ def handle_find(event: evt.Event, store: Store, settings: Settings) -> Iterator[
         yield _failure(IDENTIFIER_MISMATCH, err.reason), None
         return
     count = 0
-    for row in q.iterate(store.index, query):
+    for row in catalog.iterate(query):
         if event.is_cancelled:
             log.info("C-FIND from %s cancelled after %d matches", requestor.ae_title, count)
             yield CANCEL, None
@@ -128,7 +128,7 @@ def _failure(code: int, reason: str) -> Dataset:
     return status
 
 
-def _retrieve_files(event: evt.Event, store: Store) -> list[retrieve.StoredFile]:
+def _retrieve_files(event: evt.Event, catalog: Catalog) -> list[retrieve.StoredFile]:
     """The instances a C-MOVE/C-GET identifier names. The level's unique key must be given (PS3.4 C.4.2.2.1),
     so that an empty identifier cannot retrieve the whole store."""
     query, _ = identifier_to_query(event.identifier, str(event.context.abstract_syntax))
@@ -136,10 +136,10 @@ def _retrieve_files(event: evt.Event, store: Store) -> list[retrieve.StoredFile]
     value = query.matches.get(unique, "").strip()
     if not value or "*" in value or "?" in value:
         raise InvalidRequest(f"a {query.level} retrieve needs {unique} (one value or a list of UIDs)")
-    return retrieve.select(store, query.matches, query.level)
+    return catalog.select(query.matches, query.level)
 
 
-def handle_move(event: evt.Event, store: Store, settings: Settings) -> Iterator[Any]:
+def handle_move(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterator[Any]:
     requestor = event.assoc.requestor
     destination = str(event.move_destination).strip()
     peer = settings.peers.get(destination)
@@ -153,7 +153,7 @@ def handle_move(event: evt.Event, store: Store, settings: Settings) -> Iterator[
         yield None, None
         return
     try:
-        files = _retrieve_files(event, store)
+        files = _retrieve_files(event, catalog)
     except DcmnodeError as err:
         log.warning("C-MOVE from %s refused: %s", requestor.ae_title, err.reason)
         yield peer.host, peer.port
@@ -225,10 +225,10 @@ def _unsendable(item: retrieve.StoredFile) -> Dataset:
     return ds
 
 
-def handle_get(event: evt.Event, store: Store, settings: Settings) -> Iterator[Any]:
+def handle_get(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterator[Any]:
     requestor = event.assoc.requestor
     try:
-        files = _retrieve_files(event, store)
+        files = _retrieve_files(event, catalog)
     except DcmnodeError as err:
         log.warning("C-GET from %s refused: %s", requestor.ae_title, err.reason)
         yield 1

@@ -29,6 +29,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dcmnode.config import Settings
+from dcmnode.core.catalog import Catalog
 from dcmnode.core.ingest import Ingest
 from dcmnode.core.parse import Expected
 from dcmnode.dimse import query_retrieve
@@ -134,7 +135,7 @@ class Scp:
         self.pacer.stop()
 
 
-def start(settings: Settings, ingest: Ingest, sock: socket.socket) -> Scp:
+def start(settings: Settings, ingest: Ingest, catalog: Catalog, sock: socket.socket) -> Scp:
     """Serve C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET on ``sock`` (from ``listen``) in a background thread."""
     ae = build_ae(settings)
     pacer = Pacer()
@@ -142,9 +143,9 @@ def start(settings: Settings, ingest: Ingest, sock: socket.socket) -> Scp:
         (evt.EVT_CONN_OPEN, handle_open),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [ingest, pacer]),
-        (evt.EVT_C_FIND, query_retrieve.handle_find, [ingest.store, settings]),
-        (evt.EVT_C_MOVE, query_retrieve.handle_move, [ingest.store, settings]),
-        (evt.EVT_C_GET, query_retrieve.handle_get, [ingest.store, settings]),
+        (evt.EVT_C_FIND, query_retrieve.handle_find, [catalog, settings]),
+        (evt.EVT_C_MOVE, query_retrieve.handle_move, [catalog, settings]),
+        (evt.EVT_C_GET, query_retrieve.handle_get, [catalog, settings]),
         (evt.EVT_ESTABLISHED, handle_established),
         (evt.EVT_REJECTED, handle_rejected),
         *pacer.handlers(),

@@ -1,0 +1,41 @@
+"""The read side of the store, as the adapters see it: search, select for retrieve, metadata.
+
+Imports: stdlib, store, core. DIMSE and DICOMweb hold a ``Catalog`` (never the store itself), so that what a
+query or a retrieve may do is decided here, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from dcmnode.core import metadata, retrieve
+from dcmnode.core import query as q
+from dcmnode.store import Store
+
+
+class Catalog:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.metadata = metadata.MetadataCache(store)
+
+    def search(self, query: q.Query) -> q.Result:
+        return q.run(self.store.index, query)
+
+    def iterate(self, query: q.Query) -> Iterator[dict[str, Any]]:
+        return q.iterate(self.store.index, query)
+
+    def select(self, matches: Mapping[str, str], level: q.Level = q.Level.IMAGE) -> list[retrieve.StoredFile]:
+        return retrieve.select(self.store, matches, level)
+
+    def resource(self, study: str, series: str | None = None, sop: str | None = None) -> list[retrieve.StoredFile]:
+        return retrieve.resource(self.store, study, series, sop)
+
+    def series_metadata(self, study: str, series: str) -> bytes:
+        return self.metadata.series_json(study, series)
+
+    def study_series(self, study: str) -> list[str]:
+        rows = self.store.index.connection().execute(
+            "SELECT SeriesInstanceUID FROM series WHERE StudyInstanceUID = ? ORDER BY SeriesNumber, rowid", (study,)
+        )
+        return [r[0] for r in rows]

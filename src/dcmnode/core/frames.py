@@ -1,0 +1,170 @@
+"""Frames and bulk data out of a stored file, without reading the rest of it. Imports: stdlib, numpy, pydicom,
+errors, core.
+
+Native (uncompressed) pixel data: a frame is a byte range at a known offset (PS3.5 §8.1.1), read with one
+seek. Encapsulated pixel data: the frame's fragments, located through the Basic (or Extended) Offset Table
+or by walking the item headers (PS3.5 A.4), again without reading the other frames. Decoding to native only
+happens when the client cannot take the stored encoding.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
+
+from dcmnode.errors import InvalidRequest, NotAcceptable, NotFound
+
+PIXEL_DATA = 0x7FE00010
+BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
+
+# PS3.18 Table 8.7.3-5 (rendered as the media type a compressed frame is sent with)
+FRAME_MEDIA_TYPES = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.92": "image/jpx",
+    "1.2.840.10008.1.2.4.93": "image/jpx",
+    "1.2.840.10008.1.2.4.201": "image/jphc",
+    "1.2.840.10008.1.2.4.202": "image/jphc",
+    "1.2.840.10008.1.2.4.203": "image/jphc",
+    "1.2.840.10008.1.2.5": "image/dicom-rle",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PixelLayout:
+    transfer_syntax: str
+    number_of_frames: int
+    offset: int  # file offset of the Pixel Data value
+    frame_bytes: int  # native: bytes per frame
+    header: Dataset  # the data set up to Pixel Data (values over 1 KiB deferred)
+
+    @property
+    def encapsulated(self) -> bool:
+        return UID(self.transfer_syntax).is_compressed
+
+
+def layout(path: Path) -> PixelLayout:
+    ds = pydicom.dcmread(path, defer_size=1024)
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    if syntax == DeflatedExplicitVRLittleEndian:
+        raise NotAcceptable("frames of a deflated data set: retrieve the instance instead")
+    elem = ds.get_item(PIXEL_DATA, keep_deferred=True)
+    if elem is None or "Rows" not in ds:
+        raise NotFound("this instance has no pixel data")
+    frames = int(ds.get("NumberOfFrames") or 1)
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    bits = int(ds.BitsAllocated)
+    pixels = int(ds.Rows) * int(ds.Columns) * samples
+    frame_bytes = pixels * bits // 8
+    if bits == 1 and pixels % 8:
+        raise NotAcceptable("single-bit frames that are not byte aligned cannot be cut out one by one")
+    offset = getattr(elem, "value_tell", None)  # a raw (deferred) element knows where its value starts
+    if offset is None:
+        raise NotAcceptable("the pixel data was read in full: cannot locate it in the file")
+    return PixelLayout(syntax, frames, int(offset), frame_bytes, ds)
+
+
+def check_numbers(numbers: list[int], layout_: PixelLayout) -> None:
+    for number in numbers:
+        if not 1 <= number <= layout_.number_of_frames:
+            raise NotFound(f"frame {number} does not exist: the instance has {layout_.number_of_frames} frame(s)")
+
+
+def parse_frame_list(text: str) -> list[int]:
+    """``1,3,5`` (1-based, PS3.18 §10.4.1.1.5); InvalidRequest for anything else."""
+    try:
+        numbers = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError as exc:
+        raise InvalidRequest(f"frame list {text!r}: expected comma-separated frame numbers from 1") from exc
+    if not numbers or min(numbers) < 1:
+        raise InvalidRequest(f"frame list {text!r}: frame numbers start at 1")
+    return numbers
+
+
+def stored_frame(path: Path, layout_: PixelLayout, number: int) -> bytes:
+    """Frame ``number`` (1-based) exactly as stored: native bytes, or the compressed bitstream."""
+    with open(path, "rb") as fp:
+        if not layout_.encapsulated:
+            fp.seek(layout_.offset + (number - 1) * layout_.frame_bytes)
+            data = fp.read(layout_.frame_bytes)
+            if len(data) != layout_.frame_bytes:
+                raise NotFound(f"frame {number} lies beyond the end of the stored pixel data")
+            if layout_.transfer_syntax == ExplicitVRBigEndian and layout_.header.BitsAllocated > 8:
+                dtype = f">u{layout_.header.BitsAllocated // 8}"
+                data = np.frombuffer(data, dtype=dtype).byteswap().tobytes()
+            return data
+        fp.seek(layout_.offset)
+        reader = _Window(fp)
+        return get_frame(reader, number - 1, number_of_frames=layout_.number_of_frames)
+
+
+class _Window(io.RawIOBase):
+    """The file from the Pixel Data value on, as pydicom's frame reader expects (offset 0 = first item)."""
+
+    def __init__(self, fp: io.BufferedReader) -> None:
+        super().__init__()
+        self._fp = fp
+        self._start = fp.tell()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        return self._fp.read(size)
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self._fp.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 0:
+            return self._fp.seek(self._start + offset) - self._start
+        return self._fp.seek(offset, whence) - self._start
+
+    def tell(self) -> int:
+        return self._fp.tell() - self._start
+
+
+def native_frame(path: Path, layout_: PixelLayout, number: int) -> bytes:
+    """Frame ``number`` decoded to native little-endian bytes (colour as RGB, PS3.5 §8.2.1 note)."""
+    if not layout_.encapsulated:
+        return stored_frame(path, layout_, number)
+    try:
+        array = pydicom.pixels.pixel_array(str(path), index=number - 1)
+    except Exception as exc:
+        raise NotAcceptable(f"cannot decode {UID(layout_.transfer_syntax).name}: {exc}") from exc
+    bits = int(layout_.header.BitsAllocated)
+    if bits > 8 and array.dtype.itemsize * 8 != bits:
+        array = array.astype(f"{'i' if array.dtype.kind == 'i' else 'u'}{bits // 8}")
+    return np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
+
+
+def element_value(path: Path, tag: int) -> tuple[str, bytes]:
+    """The VR and stored value of a top-level element (bulk data)."""
+    ds = pydicom.dcmread(path, defer_size=1024)
+    elem = ds.get_item(tag)
+    if elem is None:
+        raise NotFound(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) is not in this instance")
+    value = ds[tag].value  # encapsulated pixel data: its items as stored
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    if not isinstance(value, (bytes, bytearray)):
+        raise NotFound(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) holds no bulk data")
+    return ds[tag].VR, bytes(value)

@@ -1,0 +1,221 @@
+"""WADO-RS metadata (PS3.18 §10.4.1.1.2): the DICOM JSON of every instance of a series, built once and cached.
+
+Imports: stdlib, pydicom, store, core. OHIF asks for one series' metadata per series it shows and waits on it
+(anchors §3.9: Orthanc read every file per call, OHIF#1491), so the answer is precomputed: a background
+worker builds each series' JSON a few seconds after its last instance arrived and keeps it under
+``cache/metadata/``; a request for a series whose cache is stale builds it on the spot (and keeps it).
+
+Large binary values of the top-level data set (Pixel Data, over ``BULK_THRESHOLD`` bytes) become
+``BulkDataURI`` (F.2.6) pointing at ``.../instances/{uid}/bulkdata/{tag}``; the URIs are written with a
+placeholder for the DICOMweb root and completed per request, so the cache serves any host name. The File Meta
+Transfer Syntax UID (0002,0010) is included: viewers pick their decoder by it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+from dcmnode.core import json_model
+from dcmnode.core.frames import BINARY_VRS
+from dcmnode.errors import NotFound
+from dcmnode.store import Store
+
+log = logging.getLogger(__name__)
+
+BULK_THRESHOLD = 1024
+BASE = "@@DCMNODE-BASE@@"  # stands for the DICOMweb root in cached JSON
+_BASE_BYTES = BASE.encode()
+
+
+def instance_json(path: Path, study: str, series: str, sop: str) -> dict[str, Any]:
+    """One instance as DICOM JSON, large top-level binary values as BulkDataURI."""
+    uri = f"{BASE}/studies/{study}/series/{series}/instances/{sop}/bulkdata/"
+
+    def bulk_uri(tag: int, vr: str, length: int) -> dict[str, Any] | None:
+        if length <= BULK_THRESHOLD:
+            return None
+        return {"vr": vr, "BulkDataURI": f"{uri}{tag:08X}"}
+
+    try:
+        syntax, out = json_model.file_to_json(path.read_bytes(), bulk_uri)
+    except json_model.Unsupported as exc:
+        log.debug("metadata of %s through pydicom: %s", path, exc)
+        return _instance_json_pydicom(path, uri)
+    out["00020010"] = {"vr": "UI", "Value": [syntax]}
+    return {tag: out[tag] for tag in sorted(out)}
+
+
+def _instance_json_pydicom(path: Path, uri: str) -> dict[str, Any]:
+    ds = pydicom.dcmread(path, defer_size=BULK_THRESHOLD)
+    bulk: dict[str, dict[str, str]] = {}
+    for key in list(ds.keys()):
+        elem = ds.get_item(key, keep_deferred=True)  # no value read: a deferred element keeps its length
+        length = getattr(elem, "length", None)
+        if length is None and elem is not None and isinstance(elem.value, (bytes, bytearray)):
+            length = len(elem.value)
+        vr = str(elem.VR) if elem is not None else ""
+        if vr in BINARY_VRS and length is not None and (length > BULK_THRESHOLD or length == 0xFFFFFFFF):
+            tag = f"{int(key):08X}"
+            bulk[tag] = {"vr": vr, "BulkDataURI": uri + tag}
+            del ds[key]
+    out = ds.to_json_dict(bulk_data_threshold=2**31, suppress_invalid_tags=True)
+    out.update(bulk)
+    out["00020010"] = {"vr": "UI", "Value": [str(ds.file_meta.TransferSyntaxUID)]}
+    return {tag: out[tag] for tag in sorted(out)}
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesStamp:
+    study: str
+    series: str
+    count: int
+    last: str  # latest received_at
+
+    @property
+    def key(self) -> str:
+        digest = hashlib.sha1(f"{self.count}|{self.last}".encode()).hexdigest()[:16]
+        return f"{self.series}.{digest}"
+
+
+class MetadataCache:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.folder = store.root / "cache" / "metadata"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._building: dict[str, threading.Event] = {}
+
+    def stamp(self, series: str) -> SeriesStamp | None:
+        row = (
+            self.store.index.connection()
+            .execute(
+                "SELECT StudyInstanceUID, COUNT(*), MAX(received_at) FROM instances WHERE SeriesInstanceUID = ?",
+                (series,),
+            )
+            .fetchone()
+        )
+        if row is None or not row[1]:
+            return None
+        return SeriesStamp(row[0], series, int(row[1]), str(row[2]))
+
+    def series_json(self, study: str, series: str) -> bytes:
+        """The series' metadata as a JSON array (bytes) with the BASE placeholder; cached."""
+        stamp = self.stamp(series)
+        if stamp is None or stamp.study != study:
+            raise NotFound(f"series {series} of study {study} is not stored here")
+        path = self.folder / f"{stamp.key}.json"
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            pass
+        return self._build(stamp, path)
+
+    def _build(self, stamp: SeriesStamp, path: Path) -> bytes:
+        with self._lock:
+            waiting = self._building.get(stamp.key)
+            if waiting is None:
+                self._building[stamp.key] = threading.Event()
+        if waiting is not None:  # another thread builds this very version: wait for it
+            waiting.wait(300)
+            if path.exists():
+                return path.read_bytes()
+        try:
+            data = self._compute(stamp)
+            tmp = self.store.files.tmp_dir / f"meta-{stamp.key}-{threading.get_ident()}"
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+            for old in self.folder.glob(f"{stamp.series}.*.json"):
+                if old != path:
+                    old.unlink(missing_ok=True)
+            return data
+        finally:
+            with self._lock:
+                event = self._building.pop(stamp.key, None)
+            if event is not None:
+                event.set()
+
+    def _compute(self, stamp: SeriesStamp) -> bytes:
+        started = time.perf_counter()
+        rows = (
+            self.store.index.connection()
+            .execute(
+                "SELECT SOPInstanceUID, path FROM instances WHERE SeriesInstanceUID = ? ORDER BY InstanceNumber, rowid",
+                (stamp.series,),
+            )
+            .fetchall()
+        )
+        items = []
+        for sop, rel in rows:
+            try:
+                items.append(instance_json(self.store.files.absolute(rel), stamp.study, stamp.series, sop))
+            except FileNotFoundError:
+                continue  # replaced or deleted while we read; the next stamp rebuilds
+        data = json.dumps(items, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        log.info(
+            "metadata of series %s: %d instances, %d KB in %.2f s",
+            stamp.series,
+            len(items),
+            len(data) // 1024,
+            time.perf_counter() - started,
+        )
+        return data
+
+    def precompute_changed(self, since: str) -> str:
+        """Build the cache of every series changed after ``since`` and quiet for a moment; returns the new
+        watermark (the background worker calls this in a loop)."""
+        rows = (
+            self.store.index.connection()
+            .execute(
+                "SELECT SeriesInstanceUID, updated_at FROM series WHERE updated_at > ? ORDER BY updated_at", (since,)
+            )
+            .fetchall()
+        )
+        watermark = since
+        for series, updated in rows:
+            stamp = self.stamp(series)
+            if stamp is not None:
+                path = self.folder / f"{stamp.key}.json"
+                if not path.exists():
+                    self._build(stamp, path)
+            watermark = updated
+        return watermark
+
+
+def with_base(data: bytes, base: str) -> bytes:
+    return data.replace(_BASE_BYTES, base.encode())
+
+
+class Precomputer:
+    """A daemon thread that keeps series metadata ready: every ``interval`` seconds it builds the cache of the
+    series that changed (the cost moves from OHIF's first request to the seconds after ingest)."""
+
+    def __init__(self, cache: MetadataCache, interval: float = 2.0) -> None:
+        self.cache = cache
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metadata-precompute", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        watermark = ""
+        while not self._stop.wait(self.interval):
+            try:
+                watermark = self.cache.precompute_changed(watermark)
+            except Exception:
+                log.exception("metadata precompute failed; retrying")

@@ -1,0 +1,360 @@
+"""WADO-RS (PS3.18 §10.4) and WADO-URI (§9). Imports: stdlib, starlette, errors, core, dicomweb.
+
+- Instances, series and studies as ``multipart/related; type="application/dicom"``, streamed file by file from
+  a worker thread (a 2 GB study never sits in memory). ``transfer-syntax=*`` sends every file as stored;
+  explicit or implicit VR little endian on request (decompressing where needed); anything else is 406.
+  Without a transfer-syntax parameter the default is explicit VR little endian (Table 8.7.3-2).
+- ``/metadata`` at study, series and instance level from the per-series cache (``core.metadata``), gzip
+  prepared once per series version.
+- ``/frames/{list}``: one part per frame; ``application/octet-stream`` (uncompressed, or the stored bitstream
+  with ``transfer-syntax=*``) or the compressed media types (``image/jpeg``, ``image/jls``, ``image/jp2``...)
+  when that is how the frame is stored; the part Content-Type names the transfer syntax actually sent.
+- ``/bulkdata/{tag}`` for the BulkDataURIs the metadata hands out.
+- ETag + Cache-Control everywhere; ``If-None-Match`` answers 304.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from dcmnode.core import frames as frame_io
+from dcmnode.core import metadata as meta
+from dcmnode.core import retrieve
+from dcmnode.core.catalog import Catalog
+from dcmnode.dicomweb import accept
+from dcmnode.dicomweb.paths import base_url, path_uid
+from dcmnode.errors import InvalidRequest, NotAcceptable
+
+DICOM = "application/dicom"
+DICOM_JSON = "application/dicom+json"
+OCTET = "application/octet-stream"
+ANY = "*"
+CHUNK = 1024 * 1024
+INSTANCE_CACHE = "private, max-age=3600"
+COLLECTION_CACHE = "private, no-cache"  # a series can grow: always revalidate (cheap with the ETag)
+_REENCODE = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
+
+
+# -- negotiation -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class DicomChoice:
+    multipart: bool
+    syntax: str  # ANY = as stored
+
+
+def negotiate_dicom(header: str | None, stored: set[str], single_allowed: bool) -> DicomChoice:
+    """Pick how to send DICOM instances (PS3.18 §8.7.3.5.2): first acceptable media range wins."""
+    reasons = []
+    for media in accept.parse(header):
+        if media.type in ("multipart/related", "multipart/*", "*/*"):
+            part_type = media.params.get("type", DICOM).lower()
+            if part_type not in (DICOM, "*/*", "application/*"):
+                reasons.append(f"parts of type {part_type}")
+                continue
+            multipart = True
+        elif media.type in (DICOM, "application/*") and single_allowed:
+            multipart = False
+        else:
+            reasons.append(media.type)
+            continue
+        default = ANY if media.type in ("*/*", "multipart/*") else ExplicitVRLittleEndian
+        syntax = media.params.get("transfer-syntax", default)
+        if syntax == ANY or syntax in _REENCODE or stored == {syntax}:
+            return DicomChoice(multipart, syntax)
+        reasons.append(f"transfer syntax {syntax}")
+    raise NotAcceptable(
+        "cannot send these instances as requested ("
+        + ", ".join(reasons)
+        + '); ask for multipart/related; type="application/dicom" with transfer-syntax=* (as stored) or '
+        + f"{ExplicitVRLittleEndian} / {ImplicitVRLittleEndian}"
+    )
+
+
+# -- instances ---------------------------------------------------------------------------------------------------
+async def retrieve_study(request: Request) -> Response:
+    return await _retrieve(request, _uids(request))
+
+
+async def retrieve_series(request: Request) -> Response:
+    return await _retrieve(request, _uids(request))
+
+
+async def retrieve_instance(request: Request) -> Response:
+    return await _retrieve(request, _uids(request))
+
+
+def _uids(request: Request) -> tuple[str, str | None, str | None]:
+    params = request.path_params
+    study = path_uid(params["study"], "StudyInstanceUID")
+    series = path_uid(params["series"], "SeriesInstanceUID") if "series" in params else None
+    sop = path_uid(params["instance"], "SOPInstanceUID") if "instance" in params else None
+    return study, series, sop
+
+
+async def _retrieve(request: Request, uids: tuple[str, str | None, str | None]) -> Response:
+    catalog: Catalog = request.app.state.catalog
+    files = await run_in_threadpool(catalog.resource, *uids)
+    single = uids[2] is not None
+    choice = negotiate_dicom(request.headers.get("accept"), {f.transfer_syntax for f in files}, single)
+    etag = _etag(*(f"{f.sop}:{f.size}:{f.transfer_syntax}" for f in files), choice.syntax)
+    cache = INSTANCE_CACHE if single else COLLECTION_CACHE
+    if _not_modified(request, etag):
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": cache})
+    headers = {"ETag": etag, "Cache-Control": cache}
+    if not choice.multipart:
+        item = files[0]
+        syntax = _syntax_for(item, choice.syntax)
+        body = await run_in_threadpool(_instance_bytes, item, syntax)
+        return Response(body, media_type=f"{DICOM}; transfer-syntax={syntax}", headers=headers)
+    boundary = secrets.token_hex(16)
+    media_type = f'multipart/related; type="{DICOM}"; boundary={boundary}'
+    return StreamingResponse(_dicom_parts(files, choice.syntax, boundary), media_type=media_type, headers=headers)
+
+
+def _syntax_for(item: retrieve.StoredFile, requested: str) -> str:
+    return item.transfer_syntax if requested in (ANY, item.transfer_syntax) else requested
+
+
+def _dicom_parts(files: list[retrieve.StoredFile], requested: str, boundary: str) -> Iterator[bytes]:
+    """Runs in a worker thread (StreamingResponse iterates a sync generator there), one file at a time."""
+    for item in files:
+        syntax = _syntax_for(item, requested)
+        yield _part_header(boundary, f"{DICOM}; transfer-syntax={syntax}")
+        if syntax == item.transfer_syntax:
+            with open(item.path, "rb") as fp:
+                while chunk := fp.read(CHUNK):
+                    yield chunk
+        else:
+            yield _instance_bytes(item, syntax)
+        yield b"\r\n"
+    yield f"--{boundary}--\r\n".encode()
+
+
+def _part_header(boundary: str, content_type: str, location: str | None = None) -> bytes:
+    lines = [f"--{boundary}", f"Content-Type: {content_type}"]
+    if location:
+        lines.append(f"Content-Location: {location}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _instance_bytes(item: retrieve.StoredFile, syntax: str) -> bytes:
+    if syntax == item.transfer_syntax:
+        return item.path.read_bytes()
+    ds = retrieve.dataset(item, retrieve.DECOMPRESS)
+    ds.file_meta.TransferSyntaxUID = syntax
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian, little_endian=True)
+    return buffer.getvalue()
+
+
+# -- metadata ----------------------------------------------------------------------------------------------------
+class _GzipCache:
+    """Compressed metadata per (series version, base URL): compressed once, then served as is."""
+
+    def __init__(self, size: int = 32) -> None:
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, key: str, make: bytes) -> bytes:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+                return found
+        packed = gzip.compress(make, compresslevel=5, mtime=0)
+        with self._lock:
+            self._items[key] = packed
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return packed
+
+
+_gzip_cache = _GzipCache()
+
+
+async def series_metadata(request: Request) -> Response:
+    study, series, _ = _uids(request)
+    assert series is not None
+    accept.require_json(request.headers.get("accept"))
+    catalog: Catalog = request.app.state.catalog
+    data = await run_in_threadpool(catalog.series_metadata, study, series)
+    return await _json(request, data, _etag(hashlib.sha1(data).hexdigest()))
+
+
+async def study_metadata(request: Request) -> Response:
+    study, _, _ = _uids(request)
+    accept.require_json(request.headers.get("accept"))
+    catalog: Catalog = request.app.state.catalog
+    data = await run_in_threadpool(_study_json, catalog, study)
+    return await _json(request, data, _etag(hashlib.sha1(data).hexdigest()))
+
+
+def _study_json(catalog: Catalog, study: str) -> bytes:
+    series = catalog.study_series(study)
+    if not series:
+        catalog.resource(study)  # raises NotFound with the reason
+    parts = [catalog.series_metadata(study, s)[1:-1] for s in series]
+    return b"[" + b",".join(p for p in parts if p) + b"]"
+
+
+async def instance_metadata(request: Request) -> Response:
+    study, series, sop = _uids(request)
+    accept.require_json(request.headers.get("accept"))
+    catalog: Catalog = request.app.state.catalog
+    [item] = await run_in_threadpool(catalog.resource, study, series, sop)
+    obj = await run_in_threadpool(meta.instance_json, item.path, item.study, item.series, item.sop)
+    data = json.dumps([obj], ensure_ascii=False, separators=(",", ":")).encode()
+    return await _json(request, data, _etag(item.sop, str(item.size)), cache=INSTANCE_CACHE)
+
+
+async def _json(request: Request, data: bytes, etag: str, cache: str = COLLECTION_CACHE) -> Response:
+    base = base_url(request)
+    etag = _etag(etag, base)
+    headers = {"ETag": etag, "Cache-Control": cache, "Vary": "Accept-Encoding"}
+    if _not_modified(request, etag):
+        return Response(status_code=304, headers=headers)
+    body = meta.with_base(data, base)
+    if "gzip" in request.headers.get("accept-encoding", "") and len(body) > 4096:
+        packed = await run_in_threadpool(_gzip_cache.get, etag, body)
+        return Response(packed, media_type=DICOM_JSON, headers={**headers, "Content-Encoding": "gzip"})
+    return Response(body, media_type=DICOM_JSON, headers=headers)
+
+
+# -- frames and bulk data ----------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class FrameChoice:
+    media_type: str  # part media type
+    syntax: str  # transfer syntax of the bytes sent
+    decode: bool  # decode to native before sending
+
+
+def negotiate_frames(header: str | None, stored: str) -> FrameChoice:
+    """PS3.18 §8.7.3.3.2 / Table 8.7.3-5: octet-stream (uncompressed by default; the stored bitstream with
+    transfer-syntax=*) or the media type of the stored compression."""
+    compressed_type = frame_io.FRAME_MEDIA_TYPES.get(stored)
+    reasons = []
+    for media in accept.parse(header):
+        inner = media.params.get("type", OCTET).lower() if media.type.startswith("multipart/") else media.type
+        syntax = media.params.get("transfer-syntax")
+        if inner in (OCTET, "*/*", "application/*") or media.type == "*/*":
+            if syntax == ANY or (syntax is None and media.type == "*/*"):
+                return FrameChoice(OCTET, stored if compressed_type else ExplicitVRLittleEndian, False)
+            if syntax in (None, ExplicitVRLittleEndian):
+                return FrameChoice(OCTET, ExplicitVRLittleEndian, compressed_type is not None)
+            if syntax == stored:
+                return FrameChoice(OCTET, stored, False)
+            reasons.append(f"{inner} in {syntax}")
+        elif compressed_type and (inner == compressed_type or inner == "image/*"):
+            if syntax in (None, ANY, stored):
+                return FrameChoice(compressed_type, stored, False)
+            reasons.append(f"{inner} in {syntax}")
+        else:
+            reasons.append(inner)
+    raise NotAcceptable(
+        f"frames are stored as {stored}; cannot send {', '.join(reasons)}. Accept multipart/related; "
+        f"type=application/octet-stream (with transfer-syntax=* for the stored encoding)"
+        + (f" or type={compressed_type}" if compressed_type else "")
+    )
+
+
+async def frames(request: Request) -> Response:
+    study, series, sop = _uids(request)
+    numbers = frame_io.parse_frame_list(request.path_params["frames"])
+    catalog: Catalog = request.app.state.catalog
+    [item] = await run_in_threadpool(catalog.resource, study, series, sop)
+    choice = negotiate_frames(request.headers.get("accept"), item.transfer_syntax)
+    etag = _etag(item.sop, str(item.size), item.transfer_syntax, ",".join(map(str, numbers)), choice.syntax)
+    if _not_modified(request, etag):
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": INSTANCE_CACHE})
+    payloads = await run_in_threadpool(_read_frames, item, numbers, choice)
+    boundary = secrets.token_hex(16)
+    content_type = f"{choice.media_type}; transfer-syntax={choice.syntax}"
+    base = f"{base_url(request)}/studies/{study}/series/{series}/instances/{sop}/frames/"
+    body = (
+        b"".join(
+            _part_header(boundary, content_type, base + str(n)) + payload + b"\r\n"
+            for n, payload in zip(numbers, payloads, strict=True)
+        )
+        + f"--{boundary}--\r\n".encode()
+    )
+    media_type = f'multipart/related; type="{choice.media_type}"; boundary={boundary}'
+    return Response(body, media_type=media_type, headers={"ETag": etag, "Cache-Control": INSTANCE_CACHE})
+
+
+def _read_frames(item: retrieve.StoredFile, numbers: list[int], choice: FrameChoice) -> list[bytes]:
+    layout = frame_io.layout(item.path)
+    frame_io.check_numbers(numbers, layout)
+    read = frame_io.native_frame if choice.decode else frame_io.stored_frame
+    return [read(item.path, layout, n) for n in numbers]
+
+
+async def bulkdata(request: Request) -> Response:
+    study, series, sop = _uids(request)
+    tag_text = request.path_params["tag"]
+    try:
+        tag = int(tag_text, 16)
+    except ValueError as exc:
+        raise InvalidRequest(f"bulk data tag {tag_text!r}: expected 8 hex digits") from exc
+    catalog: Catalog = request.app.state.catalog
+    [item] = await run_in_threadpool(catalog.resource, study, series, sop)
+    etag = _etag(item.sop, str(item.size), tag_text)
+    headers = {"ETag": etag, "Cache-Control": INSTANCE_CACHE}
+    if _not_modified(request, etag):
+        return Response(status_code=304, headers=headers)
+    _, value = await run_in_threadpool(frame_io.element_value, item.path, tag)
+    ranges = accept.parse(request.headers.get("accept"))
+    single = any(r.type == OCTET for r in ranges) and not any(r.type.startswith("multipart/") for r in ranges)
+    if single:
+        return Response(value, media_type=OCTET, headers=headers)
+    boundary = secrets.token_hex(16)
+    body = _part_header(boundary, f"{OCTET}; transfer-syntax={item.transfer_syntax}") + value
+    body += f"\r\n--{boundary}--\r\n".encode()
+    return Response(body, media_type=f'multipart/related; type="{OCTET}"; boundary={boundary}', headers=headers)
+
+
+# -- WADO-URI ----------------------------------------------------------------------------------------------------
+async def wado_uri(request: Request) -> Response:
+    """PS3.18 §9: ``?requestType=WADO&studyUID=&seriesUID=&objectUID=&contentType=application/dicom``."""
+    params = request.query_params
+    if params.get("requestType") != "WADO":
+        raise InvalidRequest("requestType=WADO is required")
+    missing = [k for k in ("studyUID", "seriesUID", "objectUID") if not params.get(k)]
+    if missing:
+        raise InvalidRequest(f"missing {', '.join(missing)}")
+    study = path_uid(params["studyUID"], "studyUID")
+    series = path_uid(params["seriesUID"], "seriesUID")
+    sop = path_uid(params["objectUID"], "objectUID")
+    content_types = [c.strip() for c in params.get("contentType", "image/jpeg").split(",")]
+    if DICOM not in content_types:
+        raise NotAcceptable(f"contentType {', '.join(content_types)}: this node answers WADO-URI with {DICOM}")
+    catalog: Catalog = request.app.state.catalog
+    [item] = await run_in_threadpool(catalog.resource, study, series, sop)
+    syntax = params.get("transferSyntax", item.transfer_syntax)
+    if syntax != item.transfer_syntax and syntax not in _REENCODE:
+        raise NotAcceptable(f"transferSyntax {syntax}: only as stored or {ExplicitVRLittleEndian}")
+    body = await run_in_threadpool(_instance_bytes, item, syntax)
+    return Response(body, media_type=DICOM, headers={"ETag": _etag(item.sop, str(item.size), syntax)})
+
+
+# -- helpers -----------------------------------------------------------------------------------------------------
+def _etag(*parts: str) -> str:
+    return '"' + hashlib.sha1("|".join(parts).encode()).hexdigest()[:20] + '"'
+
+
+def _not_modified(request: Request, etag: str) -> bool:
+    wanted = request.headers.get("if-none-match")
+    return bool(wanted) and (wanted.strip() == "*" or etag in [t.strip() for t in wanted.split(",")])
