@@ -19,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 
 from dcmnode import api
 from dcmnode.config import Settings
+from dcmnode.core import metadata
 from dcmnode.core.catalog import Catalog
 from dcmnode.core.ingest import Ingest
 from dcmnode.dicomweb import routes as dicomweb_routes
@@ -70,6 +71,7 @@ class Node:
         self.store = Store.open(settings.data_dir, fsync=settings.store.fsync)
         self.ingest = Ingest(self.store, settings.store.on_duplicate)
         self.catalog = Catalog(self.store)
+        self.precomputer = metadata.Precomputer(self.catalog.metadata)
         self.scp: scp.Scp | None = None
         self.dimse_port = 0  # where DIMSE listens, in this process or in the DIMSE processes
 
@@ -81,6 +83,9 @@ class Node:
         return self.scp
 
     def asgi(self) -> Starlette:
+        """The HTTP app. The process that serves it also keeps series metadata precomputed."""
+        if not self.precomputer.started:
+            self.precomputer.start()
         app = Starlette(
             routes=[
                 Mount(
@@ -104,6 +109,7 @@ class Node:
         return app
 
     def close(self) -> None:
+        self.precomputer.stop()
         if self.scp is not None:
             self.scp.shutdown()
             self.scp = None

@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from dcmnode.store import Store
 log = logging.getLogger(__name__)
 
 BULK_THRESHOLD = 1024
+QUIET_SECONDS = 3.0  # a series is precomputed once no instance has arrived for this long
 BASE = "@@DCMNODE-BASE@@"  # stands for the DICOMweb root in cached JSON
 _BASE_BYTES = BASE.encode()
 
@@ -170,13 +172,16 @@ class MetadataCache:
         )
         return data
 
-    def precompute_changed(self, since: str) -> str:
-        """Build the cache of every series changed after ``since`` and quiet for a moment; returns the new
-        watermark (the background worker calls this in a loop)."""
+    def precompute_changed(self, since: str, quiet: float = QUIET_SECONDS) -> str:
+        """Build the cache of every series changed after ``since`` that has been quiet for ``quiet`` seconds
+        (a series still arriving would be rebuilt again and again); returns the new watermark."""
+        cutoff = (datetime.now(UTC) - timedelta(seconds=quiet)).isoformat(timespec="milliseconds")
         rows = (
             self.store.index.connection()
             .execute(
-                "SELECT SeriesInstanceUID, updated_at FROM series WHERE updated_at > ? ORDER BY updated_at", (since,)
+                "SELECT SeriesInstanceUID, updated_at FROM series WHERE updated_at > ? AND updated_at <= ?"
+                " ORDER BY updated_at",
+                (since, cutoff),
             )
             .fetchall()
         )
@@ -205,12 +210,17 @@ class Precomputer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="metadata-precompute", daemon=True)
 
+    @property
+    def started(self) -> bool:
+        return self._thread.is_alive()
+
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(10)
+        if self._thread.is_alive():
+            self._thread.join(10)
 
     def _run(self) -> None:
         watermark = ""

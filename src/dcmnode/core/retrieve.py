@@ -8,6 +8,7 @@ otherwise decompressed to explicit (or implicit) VR little endian, the syntax ev
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,3 +105,22 @@ def decompress(ds: Dataset) -> Dataset:
     except Exception as exc:  # no plugin for this syntax, or a corrupt stream
         raise NotAcceptable(f"cannot decompress {source.name or source}: {exc}") from exc
     return ds
+
+
+def encode(ds: Dataset, transfer_syntax: str) -> bytes:
+    """A Part 10 file of ``ds`` in an uncompressed little-endian syntax. Big-endian pixel data is swapped
+    (pydicom re-encodes the other values, not the raw Pixel Data bytes)."""
+    if transfer_syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        raise NotAcceptable(f"cannot encode in {transfer_syntax}: only explicit or implicit VR little endian")
+    if UID(ds.file_meta.TransferSyntaxUID).is_compressed:
+        decompress(ds)
+    if ds.original_encoding[1] is False and "PixelData" in ds:
+        pixels = ds.pixel_array
+        ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+    ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
+    ds.preamble = ds.preamble or b"\0" * 128
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(
+        buffer, ds, implicit_vr=transfer_syntax == ImplicitVRLittleEndian, little_endian=True, force_encoding=True
+    )
+    return buffer.getvalue()

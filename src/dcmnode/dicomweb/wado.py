@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import secrets
 import threading
@@ -153,11 +152,7 @@ def _part_header(boundary: str, content_type: str, location: str | None = None) 
 def _instance_bytes(item: retrieve.StoredFile, syntax: str) -> bytes:
     if syntax == item.transfer_syntax:
         return item.path.read_bytes()
-    ds = retrieve.dataset(item, retrieve.DECOMPRESS)
-    ds.file_meta.TransferSyntaxUID = syntax
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian, little_endian=True)
-    return buffer.getvalue()
+    return retrieve.encode(retrieve.dataset(item, retrieve.DECOMPRESS), syntax)
 
 
 # -- metadata ----------------------------------------------------------------------------------------------------
