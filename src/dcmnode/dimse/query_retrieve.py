@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom import evt
 from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dcmnode.config import Settings
 from dcmnode.core import query as q
@@ -156,7 +157,9 @@ def handle_move(event: evt.Event, catalog: Catalog, settings: Settings) -> Itera
         files = _retrieve_files(event, catalog)
     except DcmnodeError as err:
         log.warning("C-MOVE from %s refused: %s", requestor.ae_title, err.reason)
-        yield peer.host, peer.port
+        # pynetdicom answers only after associating with the destination: propose just Verification (every
+        # SCP takes it), then fail the one announced sub-operation with the reason.
+        yield peer.host, peer.port, {"contexts": [build_context(Verification)]}
         yield 1
         yield _failure(IDENTIFIER_MISMATCH, err.reason), None
         return
