@@ -11,10 +11,27 @@ want_test=0
 
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
-if [[ $want_test -eq 1 ]] && ! command -v storescu >/dev/null; then
-  echo "setup: installing Debian packages for the tests (dcmtk)"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk >/dev/null
+if [[ $want_test -eq 1 ]]; then
+  missing=()
+  command -v storescu >/dev/null || missing+=(dcmtk)
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v npm >/dev/null || missing+=(npm)
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    echo "setup: installing Debian packages for the tests (${missing[*]})"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  # The real OHIF viewer for the browser test: @ohif/app from the npm registry ships a prebuilt dist/.
+  # (Its onnxruntime and microscopy bundles, 150 MB, are never loaded by the test and are left out.)
+  OHIF_VERSION=3.13.2
+  ohif=".cache/ohif/$OHIF_VERSION"
+  if [[ ! -f "$ohif/package/dist/index.html" ]]; then
+    echo "setup: fetching @ohif/app@$OHIF_VERSION (prebuilt viewer) for the browser test"
+    mkdir -p "$ohif"
+    (cd "$ohif" && npm pack --silent "@ohif/app@$OHIF_VERSION" >/dev/null \
+      && tar -xzf "ohif-app-$OHIF_VERSION.tgz" --exclude='package/dist/ort' \
+           --exclude='package/dist/dicom-microscopy-viewer' && rm "ohif-app-$OHIF_VERSION.tgz")
+  fi
 fi
 
 PYTHON=${PYTHON:-python3}

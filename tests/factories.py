@@ -51,8 +51,10 @@ def ct_series(
     patient_id: str = "GEN-0001",
     patient_name: str = "Generated^Patient",
     seed: int = 0,
+    phantom: bool = False,
 ) -> list[Dataset]:
-    """A CT series of n slices with real geometry, signed 16-bit HU pixels and fresh UIDs."""
+    """A CT series of n slices with real geometry, signed 16-bit pixels (stored values; HU = value - 1024)
+    and fresh UIDs. ``phantom``: a body with lungs and a spine instead of noise, changing along the series."""
     rng = np.random.default_rng(seed)
     study = study or generate_uid()
     series = generate_uid()
@@ -94,10 +96,25 @@ def ct_series(
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
         ds.WindowCenter, ds.WindowWidth = 40, 400
-        pixels = rng.integers(0, 2000, size=(rows, cols), dtype=np.int16)
+        if phantom:
+            pixels = _phantom(rows, cols, i / max(n - 1, 1), rng)
+        else:
+            pixels = rng.integers(0, 2000, size=(rows, cols), dtype=np.int16)
         ds.PixelData = pixels.tobytes()
         out.append(ds)
     return out
+
+
+def _phantom(rows: int, cols: int, z: float, rng: np.random.Generator) -> np.ndarray:
+    y, x = np.mgrid[-1 : 1 : rows * 1j, -1 : 1 : cols * 1j]
+    hu = np.full((rows, cols), -1000.0)
+    hu[(x / 0.85) ** 2 + (y / 0.65) ** 2 < 1] = 40  # soft tissue
+    lung = 0.22 + 0.06 * np.sin(np.pi * z)
+    for side in (-0.38, 0.38):
+        hu[((x - side) / lung) ** 2 + ((y + 0.05) / 0.4) ** 2 < 1] = -820
+    hu[(x**2 + (y - 0.45) ** 2) < 0.012] = 700  # spine
+    hu += rng.normal(0, 12, size=hu.shape)
+    return (hu + 1024).clip(0, 4095).astype(np.int16)
 
 
 def part10(ds: Dataset) -> bytes:
