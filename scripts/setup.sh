@@ -16,6 +16,7 @@ if [[ $want_test -eq 1 ]]; then
   command -v storescu >/dev/null || missing+=(dcmtk)
   command -v chromium >/dev/null || missing+=(chromium)
   command -v npm >/dev/null || missing+=(npm)
+  command -v Orthanc >/dev/null || missing+=(orthanc)
   if [[ ${#missing[@]} -gt 0 ]]; then
     echo "setup: installing Debian packages for the tests (${missing[*]})"
     as_root apt-get update -qq
