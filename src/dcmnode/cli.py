@@ -125,11 +125,14 @@ def cmd_import(args: argparse.Namespace, settings: config.Settings) -> int:
     store = Store.open(settings.data_dir, fsync=settings.store.fsync)
     try:
         ingest = Ingest(store, settings.store.on_duplicate)
-        with tqdm(total=len(files), unit="file", disable=args.no_progress, file=sys.stderr) as bar:
+        with tqdm(total=len(files), unit="file", disable=args.no_progress, file=sys.stderr, mininterval=0.5) as bar:
 
             def progress(path: Path, report: Any) -> None:
                 bar.update(1)
-                bar.set_postfix(stored=report.stored, duplicate=report.duplicate, failed=len(report.failed))
+                # refresh=False: redraw at tqdm's pace, not once per file (a log file got every file)
+                bar.set_postfix(
+                    stored=report.stored, duplicate=report.duplicate, failed=len(report.failed), refresh=False
+                )
 
             report = import_files(ingest, files, progress)
     finally:
