@@ -90,30 +90,31 @@ def file_to_json(raw: bytes, bulk: BulkHandler | None = None) -> tuple[str, dict
 def _dataset(r: _Reader, end: int, top: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {}
     data = r.data
-    byteorder = "little" if r.little else "big"
+    explicit_header = _EXPLICIT_LE if r.little else _EXPLICIT_BE
+    implicit_header = _IMPLICIT_LE
+    long_length = _LONG_LE if r.little else _LONG_BE
     while r.pos + 8 <= end:
         pos = r.pos
-        group = int.from_bytes(data[pos : pos + 2], byteorder)
-        elem = int.from_bytes(data[pos + 2 : pos + 4], byteorder)
-        tag = group << 16 | elem
-        if tag == ITEM_END:
-            r.pos = pos + 8
-            break
         if r.implicit:
-            length = int.from_bytes(data[pos + 4 : pos + 8], "little")
+            group, elem, length = implicit_header(data, pos)
+            tag = group << 16 | elem
+            if tag == ITEM_END:
+                r.pos = pos + 8
+                break
             vr = _implicit_vr(tag, r.signed)
             start = pos + 8
         else:
-            vr_bytes = data[pos + 4 : pos + 6]
-            vr = vr_bytes.decode("ascii", "replace")
+            group, elem, vr_bytes, length = explicit_header(data, pos)
+            tag = group << 16 | elem
+            if tag == ITEM_END:
+                r.pos = pos + 8
+                break
+            vr = _VR_NAMES.get(vr_bytes) or _vr_name(vr_bytes, pos)
             if vr_bytes in LONG_VRS:
-                length = int.from_bytes(data[pos + 8 : pos + 12], byteorder)
+                length = long_length(data, pos + 8)[0]
                 start = pos + 12
-            elif vr_bytes.isalpha() and vr_bytes.isupper():
-                length = int.from_bytes(data[pos + 6 : pos + 8], byteorder)
-                start = pos + 8
             else:
-                raise Unsupported(f"VR {vr_bytes!r} at {pos}")
+                start = pos + 8
             if vr == "UN" and length != UNDEFINED and r.little:
                 vr = _implicit_vr(tag, r.signed)  # a known attribute sent as UN: its dictionary VR (PS3.5 6.2.2)
         r.pos = start
@@ -144,6 +145,21 @@ def _dataset(r: _Reader, end: int, top: bool = False) -> dict[str, Any]:
             r.signed = raw != b"\x00\x00"
         out[f"{tag:08X}"] = _element(r, vr, raw)
     return out
+
+
+_EXPLICIT_LE = struct.Struct("<HH2sH").unpack_from
+_EXPLICIT_BE = struct.Struct(">HH2sH").unpack_from
+_IMPLICIT_LE = struct.Struct("<HHL").unpack_from
+_LONG_LE = struct.Struct("<L").unpack_from
+_LONG_BE = struct.Struct(">L").unpack_from
+_VR_NAMES: dict[bytes, str] = {}
+
+
+def _vr_name(vr_bytes: bytes, pos: int) -> str:
+    if not (vr_bytes.isalpha() and vr_bytes.isupper()):
+        raise Unsupported(f"VR {vr_bytes!r} at {pos}")
+    _VR_NAMES[vr_bytes] = vr_bytes.decode("ascii")
+    return _VR_NAMES[vr_bytes]
 
 
 def _sequence(r: _Reader, length: int) -> list[dict[str, Any]]:
@@ -222,13 +238,15 @@ def _text(r: _Reader, raw: bytes, vr: str) -> str:
 def _element(r: _Reader, vr: str, raw: bytes) -> dict[str, Any]:
     if not raw:
         return {"vr": vr}
+    if vr in _PLAIN_TEXT and raw.isascii() and b"\x1b" not in raw:  # the common case, kept short
+        values = [p.strip(" ") or None for p in raw.decode("ascii").rstrip("\x00 ").split("\\")]
+        return {"vr": vr, "Value": values} if any(values) else {"vr": vr}
     fmt = NUMBER_FORMATS.get(vr)
     if fmt is not None:
         order = "<" if r.little else ">"
         size = struct.calcsize(order + fmt)
         count = len(raw) // size
-        values = list(struct.unpack(order + fmt * count, raw[: count * size]))
-        return {"vr": vr, "Value": values}
+        return {"vr": vr, "Value": list(struct.unpack(order + fmt * count, raw[: count * size]))}
     if vr in BINARY:
         return {"vr": vr, "InlineBinary": base64.b64encode(raw).decode("ascii")}
     if vr == "AT":
@@ -249,6 +267,9 @@ def _element(r: _Reader, vr: str, raw: bytes) -> dict[str, Any]:
     if vr == "DS":
         return _values(vr, [_number(p, float) for p in parts])
     return _values(vr, [p or None for p in parts])
+
+
+_PLAIN_TEXT = {"AE", "AS", "CS", "DA", "DT", "LO", "SH", "TM", "UC"}  # multi-valued text kept as text
 
 
 def _values(vr: str, values: list[Any]) -> dict[str, Any]:
