@@ -70,7 +70,7 @@ def test_most_files_take_the_fast_path_and_the_rest_fall_back() -> None:
     for path in declined:
         if reference(path) is not None:
             out = instance_json(path, "1.2", "1.2.3", "1.2.3.4")  # the pydicom fallback answers
-            assert "00020010" in out
+            assert out and list(out) == sorted(out)
 
 
 def test_bulk_data_uri_for_large_top_level_values() -> None:

@@ -72,7 +72,9 @@ def _instance_json_pydicom(path: Path, uri: str) -> dict[str, Any]:
             del ds[key]
     out = ds.to_json_dict(bulk_data_threshold=2**31, suppress_invalid_tags=True)
     out.update(bulk)
-    out["00020010"] = {"vr": "UI", "Value": [str(ds.file_meta.TransferSyntaxUID)]}
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if syntax:  # always set for stored files (ingest checks it)
+        out["00020010"] = {"vr": "UI", "Value": [str(syntax)]}
     return {tag: out[tag] for tag in sorted(out)}
 
 
