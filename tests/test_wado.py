@@ -309,3 +309,22 @@ def test_study_retrieve_streams_every_series(wado_live: Any) -> None:
     response._content = body
     got = {pydicom.dcmread(io.BytesIO(p)).SOPInstanceUID for _, p in parts(response)}
     assert got == {ds.SOPInstanceUID for ds in series + other}
+
+
+def test_metadata_is_precomputed_for_quiet_series(wado_live: Any) -> None:
+    live, series = wado_live
+    cache = live.node.catalog.metadata
+    cached = lambda: sorted(p.name for p in cache.folder.glob(f"{series[0].SeriesInstanceUID}.*.json"))  # noqa: E731
+    assert cache.precompute_changed("", quiet=3600) == ""  # nothing has been quiet that long
+    assert cached() == []
+    watermark = cache.precompute_changed("", quiet=0)
+    first = cached()
+    assert len(first) == 1 and watermark
+    extra = ct_series(1, rows=32, cols=32)[0]
+    extra.StudyInstanceUID, extra.SeriesInstanceUID = series[0].StudyInstanceUID, series[0].SeriesInstanceUID
+    live.node.ingest.store_bytes(part10(extra), Source(SourceKind.IMPORT))
+    assert cache.precompute_changed(watermark, quiet=0) > watermark
+    second = cached()
+    assert len(second) == 1 and second != first  # the new version replaced the old one
+    served = httpx.get(url(live, series[0], "/metadata", level="series")).json()
+    assert len(served) == 4

@@ -174,7 +174,7 @@ class MetadataCache:
         )
         return data
 
-    def precompute_changed(self, since: str, quiet: float = QUIET_SECONDS) -> str:
+    def precompute_changed(self, since: str, quiet: float = QUIET_SECONDS, stop: threading.Event | None = None) -> str:
         """Build the cache of every series changed after ``since`` that has been quiet for ``quiet`` seconds
         (a series still arriving would be rebuilt again and again); returns the new watermark."""
         cutoff = (datetime.now(UTC) - timedelta(seconds=quiet)).isoformat(timespec="milliseconds")
@@ -189,6 +189,8 @@ class MetadataCache:
         )
         watermark = since
         for series, updated in rows:
+            if stop is not None and stop.is_set():
+                break
             stamp = self.stamp(series)
             if stamp is not None:
                 path = self.folder / f"{stamp.key}.json"
@@ -225,9 +227,16 @@ class Precomputer:
             self._thread.join(10)
 
     def _run(self) -> None:
-        watermark = ""
+        # The watermark persists, so series that arrived while the node was down (``dcmnode import``) are
+        # built after the next start; a new cache folder builds every series once, in the background.
+        mark = self.cache.folder / ".watermark"
+        watermark = mark.read_text().strip() if mark.exists() else ""
         while not self._stop.wait(self.interval):
             try:
-                watermark = self.cache.precompute_changed(watermark)
+                new = self.cache.precompute_changed(watermark, stop=self._stop)
             except Exception:
                 log.exception("metadata precompute failed; retrying")
+                continue
+            if new != watermark:
+                watermark = new
+                mark.write_text(watermark)
