@@ -66,7 +66,7 @@ def node(node_factory: Callable[..., Node]) -> Node:
 class LiveServer:
     def __init__(self, node: Node) -> None:
         self.node = node
-        sock = socket.socket()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets NODELAY
         sock.bind((HOST, 0))
         sock.listen(128)
         self.port = sock.getsockname()[1]

@@ -115,7 +115,7 @@ def ohif(live: LiveServer) -> Iterator[tuple[str, LiveServer]]:
     app = Starlette(
         routes=[Route("/app-config.js", serve_config), Mount("/", app=SinglePageApp(directory=DIST, html=True))]
     )
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets NODELAY
     sock.bind((HOST, 0))
     sock.listen(64)
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off"))
