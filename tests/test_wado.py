@@ -328,3 +328,14 @@ def test_metadata_is_precomputed_for_quiet_series(wado_live: Any) -> None:
     assert len(second) == 1 and second != first  # the new version replaced the old one
     served = httpx.get(url(live, series[0], "/metadata", level="series")).json()
     assert len(served) == 4
+
+
+def test_large_series_metadata_is_built_in_worker_processes(live_factory: Callable[..., LiveServer]) -> None:
+    live = live_factory(http={"metadata_workers": 2})
+    series = ct_series(70, rows=8, cols=8)  # over POOL_MIN_INSTANCES: split across the worker processes
+    for ds in series:
+        live.node.ingest.store_bytes(part10(ds), Source(SourceKind.IMPORT))
+    meta = httpx.get(url(live, series[0], "/metadata", level="series"), timeout=60).json()
+    assert [m["00200013"]["Value"][0] for m in meta] == list(range(1, 71))  # every instance, in order
+    assert [m["00080018"]["Value"][0] for m in meta] == [ds.SOPInstanceUID for ds in series]
+    assert live.node.catalog.metadata._pool is not None

@@ -70,7 +70,7 @@ class Node:
         self.settings = settings
         self.store = Store.open(settings.data_dir, fsync=settings.store.fsync)
         self.ingest = Ingest(self.store, settings.store.on_duplicate)
-        self.catalog = Catalog(self.store)
+        self.catalog = Catalog(self.store, settings.http.metadata_workers)
         self.precomputer = metadata.Precomputer(self.catalog.metadata)
         self.scp: scp.Scp | None = None
         self.dimse_port = 0  # where DIMSE listens, in this process or in the DIMSE processes
@@ -110,6 +110,7 @@ class Node:
 
     def close(self) -> None:
         self.precomputer.stop()
+        self.catalog.close()
         if self.scp is not None:
             self.scp.shutdown()
             self.scp = None

@@ -60,6 +60,9 @@ class HttpSettings:
     max_query_results: int = _default(
         10000, "most results one QIDO-RS answer holds (a larger or missing limit is cut, with a Warning header)"
     )
+    metadata_workers: int = _default(
+        2, "processes that build series /metadata (large series, off the HTTP process); 0 = build in the HTTP process"
+    )
     cors_origins: list[str] = _default(
         ["loopback"],
         'origins allowed to call DICOMweb from a browser: "loopback" (any port on localhost/127.0.0.1/[::1]), '
@@ -217,6 +220,8 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"peer {peer.ae_title}: port must be 1-65535, not {peer.port}")
     if settings.store.on_duplicate not in DUPLICATE_POLICIES:
         raise ConfigError(f"store.on_duplicate must be one of {DUPLICATE_POLICIES}")
+    if not 0 <= settings.http.metadata_workers <= 64:
+        raise ConfigError(f"http.metadata_workers must be 0-64, not {settings.http.metadata_workers}")
     if settings.http.max_query_results < 1:
         raise ConfigError(f"http.max_query_results must be at least 1, not {settings.http.max_query_results}")
     if settings.node.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

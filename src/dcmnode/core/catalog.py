@@ -15,9 +15,12 @@ from dcmnode.store import Store
 
 
 class Catalog:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, metadata_workers: int = 0) -> None:
         self.store = store
-        self.metadata = metadata.MetadataCache(store)
+        self.metadata = metadata.MetadataCache(store, metadata_workers)
+
+    def close(self) -> None:
+        self.metadata.close()
 
     def search(self, query: q.Query) -> q.Result:
         return q.run(self.store.index, query)

@@ -39,7 +39,7 @@ class Unsupported(Exception):
 
 
 class _Reader:
-    __slots__ = ("data", "pos", "implicit", "little", "encodings", "bulk", "signed")
+    __slots__ = ("data", "pos", "implicit", "little", "encodings", "bulk", "signed", "memo")
 
     def __init__(self, data: bytes, implicit: bool, little: bool, bulk: BulkHandler | None) -> None:
         self.data = data
@@ -49,9 +49,15 @@ class _Reader:
         self.encodings: list[str] = [default_encoding]
         self.bulk = bulk
         self.signed = False  # PixelRepresentation, which resolves "US or SS"
+        self.memo: dict[tuple[int, str, bytes], dict[str, Any]] = {}
 
 
-def file_to_json(raw: bytes, bulk: BulkHandler | None = None) -> tuple[str, dict[str, Any]]:
+MEMO_VALUE_BYTES = 256  # values up to this size are remembered across the files of one ``memo``
+
+
+def file_to_json(
+    raw: bytes, bulk: BulkHandler | None = None, memo: dict[tuple[int, str, bytes], dict[str, Any]] | None = None
+) -> tuple[str, dict[str, Any]]:
     """(transfer syntax, DICOM JSON of the data set) of a Part 10 file's bytes; ``bulk`` may turn a top-level
     binary value into a BulkDataURI element."""
     if raw[128:132] != b"DICM":
@@ -79,6 +85,8 @@ def file_to_json(raw: bytes, bulk: BulkHandler | None = None) -> tuple[str, dict
     implicit = syntax == "1.2.840.10008.1.2"
     little = syntax != "1.2.840.10008.1.2.2"
     reader = _Reader(body, implicit, little, bulk)
+    if memo is not None and little:  # instances of one series repeat most elements byte for byte: convert once
+        reader.memo = memo
     try:
         return syntax, _dataset(reader, len(body), top=True)
     except Unsupported:
@@ -143,7 +151,14 @@ def _dataset(r: _Reader, end: int, top: bool = False) -> dict[str, Any]:
             r.encodings = _encodings(raw)
         elif tag == PIXEL_REPRESENTATION and len(raw) == 2:
             r.signed = raw != b"\x00\x00"
-        out[f"{tag:08X}"] = _element(r, vr, raw)
+        if length <= MEMO_VALUE_BYTES and raw.isascii() and b"\x1b" not in raw:  # decodes the same in any charset
+            key = (tag, vr, raw)
+            element = r.memo.get(key)
+            if element is None:
+                element = r.memo[key] = _element(r, vr, raw)
+            out[f"{tag:08X}"] = element
+        else:
+            out[f"{tag:08X}"] = _element(r, vr, raw)
     return out
 
 

@@ -13,9 +13,11 @@ Transfer Syntax UID (0002,0010) is included: viewers pick their decoder by it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import threading
 import time
@@ -35,12 +37,14 @@ log = logging.getLogger(__name__)
 
 BULK_THRESHOLD = 1024
 QUIET_SECONDS = 3.0  # a series is precomputed once no instance has arrived for this long
+POOL_MIN_INSTANCES = 64  # smaller series are built inline (a process hop costs more than it saves)
 BASE = "@@DCMNODE-BASE@@"  # stands for the DICOMweb root in cached JSON
 _BASE_BYTES = BASE.encode()
 
 
-def instance_json(path: Path, study: str, series: str, sop: str) -> dict[str, Any]:
-    """One instance as DICOM JSON, large top-level binary values as BulkDataURI."""
+def instance_json(path: Path, study: str, series: str, sop: str, memo: dict[Any, Any] | None = None) -> dict[str, Any]:
+    """One instance as DICOM JSON, large top-level binary values as BulkDataURI. Pass one ``memo`` for the
+    instances of a series: their repeated elements are converted once."""
     uri = f"{BASE}/studies/{study}/series/{series}/instances/{sop}/bulkdata/"
 
     def bulk_uri(tag: int, vr: str, length: int) -> dict[str, Any] | None:
@@ -49,7 +53,7 @@ def instance_json(path: Path, study: str, series: str, sop: str) -> dict[str, An
         return {"vr": vr, "BulkDataURI": f"{uri}{tag:08X}"}
 
     try:
-        syntax, out = json_model.file_to_json(path.read_bytes(), bulk_uri)
+        syntax, out = json_model.file_to_json(path.read_bytes(), bulk_uri, memo)
     except json_model.Unsupported as exc:
         log.debug("metadata of %s through pydicom: %s", path, exc)
         return _instance_json_pydicom(path, uri)
@@ -91,9 +95,25 @@ class SeriesStamp:
         return f"{self.series}.{digest}"
 
 
+def _build_chunk(job: tuple[str, str, list[tuple[str, str]]]) -> str:
+    """Instances of one series as comma-separated JSON objects (runs in a worker process or inline)."""
+    study, series, rows = job
+    memo: dict[Any, Any] = {}
+    out = []
+    for sop, path in rows:
+        try:
+            item = instance_json(Path(path), study, series, sop, memo)
+        except FileNotFoundError:
+            continue  # replaced or deleted while we read; the next version rebuilds
+        out.append(json.dumps(item, ensure_ascii=False, separators=(",", ":")))
+    return ",".join(out)
+
+
 class MetadataCache:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, workers: int = 0) -> None:
         self.store = store
+        self.workers = workers
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self.folder = store.root / "cache" / "metadata"
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -150,29 +170,44 @@ class MetadataCache:
 
     def _compute(self, stamp: SeriesStamp) -> bytes:
         started = time.perf_counter()
-        rows = (
-            self.store.index.connection()
-            .execute(
+        rows = [
+            (sop, str(self.store.files.absolute(rel)))
+            for sop, rel in self.store.index.connection().execute(
                 "SELECT SOPInstanceUID, path FROM instances WHERE SeriesInstanceUID = ? ORDER BY InstanceNumber, rowid",
                 (stamp.series,),
             )
-            .fetchall()
-        )
-        items = []
-        for sop, rel in rows:
-            try:
-                items.append(instance_json(self.store.files.absolute(rel), stamp.study, stamp.series, sop))
-            except FileNotFoundError:
-                continue  # replaced or deleted while we read; the next stamp rebuilds
-        data = json.dumps(items, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        ]
+        pool = self._workers() if len(rows) >= POOL_MIN_INSTANCES else None
+        if pool is None:
+            parts = [_build_chunk((stamp.study, stamp.series, rows))]
+        else:  # in worker processes, in as many chunks as there are workers: off this process's GIL, on every core
+            size = -(-len(rows) // self.workers)
+            chunks = [(stamp.study, stamp.series, rows[i : i + size]) for i in range(0, len(rows), size)]
+            parts = list(pool.map(_build_chunk, chunks))
+        data = ("[" + ",".join(p for p in parts if p) + "]").encode("utf-8")
         log.info(
             "metadata of series %s: %d instances, %d KB in %.2f s",
             stamp.series,
-            len(items),
+            len(rows),
             len(data) // 1024,
             time.perf_counter() - started,
         )
         return data
+
+    def _workers(self) -> concurrent.futures.ProcessPoolExecutor | None:
+        if self.workers <= 0:
+            return None
+        with self._lock:
+            if self._pool is None:
+                context = multiprocessing.get_context("spawn")  # never fork a process that runs threads
+                self._pool = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=context)
+            return self._pool
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
 
     def precompute_changed(self, since: str, quiet: float = QUIET_SECONDS, stop: threading.Event | None = None) -> str:
         """Build the cache of every series changed after ``since`` that has been quiet for ``quiet`` seconds
