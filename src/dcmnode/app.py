@@ -85,6 +85,7 @@ class Node:
     def asgi(self) -> Starlette:
         """The HTTP app. The process that serves it also keeps series metadata precomputed."""
         if not self.precomputer.started:
+            self.catalog.metadata.start_workers()
             self.precomputer.start()
         app = Starlette(
             routes=[

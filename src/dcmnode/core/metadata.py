@@ -203,6 +203,14 @@ class MetadataCache:
                 self._pool = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=context)
             return self._pool
 
+    def start_workers(self) -> None:
+        """Start the worker processes now (a spawned interpreter needs ~0.5 s to import pydicom), so that the
+        first large /metadata request does not wait for them."""
+        pool = self._workers()
+        if pool is not None:
+            for _ in range(self.workers):
+                pool.submit(_build_chunk, ("", "", []))
+
     def close(self) -> None:
         with self._lock:
             if self._pool is not None:
