@@ -3,6 +3,7 @@ server and a real pynetdicom association, plus each interface's own rules."""
 
 from __future__ import annotations
 
+import copy
 import io
 import subprocess
 from collections.abc import Callable
@@ -19,9 +20,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
 )
 
+from dcmnode.core.parse import parse_bytes
 from dcmnode.model import Source, SourceKind
 from tests.conftest import HOST, LiveServer
-from tests.factories import CORPUS, ct_series, query_corpus
+from tests.factories import CORPUS, ct_series, part10, query_corpus
 
 PIDS = [row[1] for row in CORPUS]
 
@@ -356,10 +358,19 @@ def test_findscu_from_dcmtk(corpus_live: Any) -> None:
 
 def test_cfind_cancel_stops_the_answer(live_factory: Callable[..., LiveServer]) -> None:
     live = live_factory()
-    for ds in ct_series(400, rows=4, cols=4):
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        live.node.ingest.store_bytes(buffer.getvalue(), Source(SourceKind.IMPORT))
+    # 5,000 matches, so that producing the answer outlasts the C-CANCEL's round trip (pynetdicom queues responses
+    # faster than it sends them). C-FIND reads only the index, so the rows are written straight into it, cloned
+    # from one parsed instance, in one transaction.
+    [template] = ct_series(1, rows=4, cols=4)
+    parsed = parse_bytes(part10(template))
+    index = live.node.store.index
+    with index.write() as conn:
+        for n in range(5000):
+            record = copy.deepcopy(parsed.record)
+            sop = f"{template.SOPInstanceUID}.{n}"
+            record.instance.update(SOPInstanceUID=sop, InstanceNumber=n, path=f"dicom/none/{sop}.dcm", size=1)
+            record.instance.update(source="import", received_at="2026-01-01T00:00:00")
+            index.upsert_instance(conn, record)
     ae = AE(ae_title="FINDSCU")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     assoc = ae.associate(HOST, live.node.dimse_port, ae_title="DCMNODE")
@@ -376,4 +387,4 @@ def test_cfind_cancel_stops_the_answer(live_factory: Callable[..., LiveServer]) 
     finally:
         assoc.release()
     assert statuses[-1] == 0xFE00
-    assert len(statuses) < 401
+    assert len(statuses) < 5001

@@ -52,7 +52,7 @@ def middleware(cors_origins: Sequence[str]) -> list[Middleware]:
             CORSMiddleware,
             allow_origins=origins,
             allow_origin_regex=regex,
-            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["*"],
             expose_headers=EXPOSED_HEADERS,
             max_age=600,
