@@ -8,12 +8,15 @@ pydicom quietly accepts a truncated file, so the file object is wrapped to notic
 from __future__ import annotations
 
 import io
+import mmap
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import pydicom
+from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -21,6 +24,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
+from dcmnode.core import scan
 from dcmnode.errors import Conflict, DcmnodeError, InvalidInstance, SopClassMismatch
 from dcmnode.model import InstanceKey, check_uid
 from dcmnode.store.index import InstanceRecord
@@ -79,12 +83,40 @@ class _TruncationGuard:
 
 
 def parse_bytes(raw: bytes | memoryview, expected: Expected | None = None) -> Parsed:
-    return _parse(io.BytesIO(raw), len(raw), expected)
+    fast = _parse_fast(raw, expected)
+    return fast if fast is not None else _parse(io.BytesIO(raw), len(raw), expected)
 
 
 def parse_file(path: Path, expected: Expected | None = None) -> Parsed:
     with open(path, "rb") as fp:
-        return _parse(fp, os.fstat(fp.fileno()).st_size, expected)
+        size = os.fstat(fp.fileno()).st_size
+        if size:
+            with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as view:  # a 2 GB file is not read in
+                fast = _parse_fast(view, expected)
+            if fast is not None:
+                return fast
+        return _parse(fp, size, expected)
+
+
+def _parse_fast(raw: bytes | memoryview | mmap.mmap, expected: Expected | None) -> Parsed | None:
+    """The one-pass scan (``core.scan``); None when it declines and pydicom must decide."""
+    try:
+        found = scan.scan(raw, _SCAN_TAGS, _SCAN_SEQUENCES)  # type: ignore[arg-type]
+    except scan.Unsupported:
+        return None
+    values = _ScannedValues(found)
+    transfer_syntax = check_uid(values.meta_text(0x00020010), "TransferSyntaxUID (file meta)")
+    key = InstanceKey.checked(
+        values.get("StudyInstanceUID"), values.get("SeriesInstanceUID"), values.get("SOPInstanceUID")
+    )
+    sop_class = check_uid(values.get("SOPClassUID"), "SOPClassUID")
+    size = len(raw)
+    try:
+        _check_expected(values.meta_text(0x00020002), sop_class, key, expected or Expected())
+        return Parsed(key, sop_class, transfer_syntax, size, _record(values, transfer_syntax))
+    except DcmnodeError as err:
+        err.sop_class, err.sop_instance = sop_class, key.sop
+        raise
 
 
 PREAMBLE = b"\0" * 128 + b"DICM"
@@ -140,18 +172,19 @@ def _check_expected(meta_class: object, sop_class: str, key: InstanceKey, expect
         raise Conflict(f"StudyInstanceUID {key.study} differs from the study in the request URL {expected.study}")
 
 
-def _record(ds: Dataset, transfer_syntax: str) -> InstanceRecord:
+def _record(ds: Dataset | _ScannedValues, transfer_syntax: str) -> InstanceRecord:
+    value = _ScannedValues.value if isinstance(ds, _ScannedValues) else _value
     try:
-        patient = {c: _value(ds, c) for c in PATIENT_COLUMNS}
+        patient = {c: value(ds, c) for c in PATIENT_COLUMNS}  # type: ignore[arg-type]
         patient["PatientID"] = patient["PatientID"] or ""
         patient["IssuerOfPatientID"] = patient["IssuerOfPatientID"] or ""
-        study = {c: _value(ds, c) for c in STUDY_COLUMNS}
-        series = {c: _value(ds, c) for c in SERIES_COLUMNS}
-        request = ds.get("RequestAttributesSequence")
+        study = {c: value(ds, c) for c in STUDY_COLUMNS}  # type: ignore[arg-type]
+        series = {c: value(ds, c) for c in SERIES_COLUMNS}  # type: ignore[arg-type]
+        request = ds.request() if isinstance(ds, _ScannedValues) else ds.get("RequestAttributesSequence")
         if request:
-            series["ScheduledProcedureStepID"] = _value(request[0], "ScheduledProcedureStepID")
-            series["RequestedProcedureID"] = _value(request[0], "RequestedProcedureID")
-        instance = {c: _value(ds, c) for c in INSTANCE_COLUMNS}
+            series["ScheduledProcedureStepID"] = value(request[0], "ScheduledProcedureStepID")  # type: ignore[arg-type]
+            series["RequestedProcedureID"] = value(request[0], "RequestedProcedureID")  # type: ignore[arg-type]
+        instance = {c: value(ds, c) for c in INSTANCE_COLUMNS}  # type: ignore[arg-type]
     except Exception as exc:  # a value pydicom cannot convert (bad charset, bad IS/DS text)
         raise InvalidInstance(f"cannot read an indexed attribute: {exc}") from exc
     instance["TransferSyntaxUID"] = transfer_syntax
@@ -202,3 +235,54 @@ _KEYWORDS = {
 }
 _TAGS = {kw: Tag(tag_for_keyword(kw)) for kw in _KEYWORDS if tag_for_keyword(kw) is not None}
 _VRS = {kw: dictionary_VR(tag) for kw, tag in _TAGS.items()}
+
+
+class _ScannedValues:
+    """The scanned raw values, decoded the way ``_value`` decodes pydicom's (SpecificCharacterSet applied)."""
+
+    def __init__(self, found: scan.Scanned, elements: dict[int, tuple[str, bytes]] | None = None) -> None:
+        self.found = found
+        self.elements = found.values if elements is None else elements
+        charset = found.values.get(0x00080005)
+        terms = charset[1].decode("ascii", "replace").split("\\") if charset else [""]
+        self.encodings = convert_encodings([t.strip() for t in terms])
+
+    def meta_text(self, tag: int) -> str | None:
+        raw = self.found.meta.get(tag)
+        return raw.decode("ascii", "replace").strip("\x00 ") if raw else None
+
+    def get(self, keyword: str) -> str | None:
+        found = self.elements.get(_TAGS[keyword])
+        return found[1].decode("ascii", "replace").strip("\x00 ") if found else None
+
+    def request(self) -> list[_ScannedValues]:
+        items = self.found.items.get(_REQUEST_ATTRIBUTES, [])
+        out = []
+        for item in items:
+            view = _ScannedValues.__new__(_ScannedValues)
+            view.found, view.elements, view.encodings = self.found, item, self.encodings
+            out.append(view)
+        return out
+
+    def value(self, keyword: str) -> Any:
+        found = self.elements.get(_TAGS[keyword])
+        if found is None:
+            return None
+        vr, raw = found
+        if vr in _BINARY_NUMBERS:
+            fmt = _BINARY_NUMBERS[vr]
+            count = len(raw) // struct.calcsize(fmt)
+            numbers = struct.unpack("<" + fmt[-1] * count, raw[: count * struct.calcsize(fmt)])
+            return _clean(list(numbers) if count != 1 else numbers[0], keyword) if count else None
+        if raw.isascii() and b"\x1b" not in raw:
+            text = raw.decode("ascii")
+        else:
+            delimiters = {0x5C, 0x3D, 0x5E} if vr == "PN" else {0x5C}
+            text = decode_bytes(raw, self.encodings, delimiters)
+        return _clean(text.strip(" \x00"), keyword)
+
+
+_BINARY_NUMBERS = {"US": "<H", "SS": "<h", "UL": "<L", "SL": "<l"}
+_REQUEST_ATTRIBUTES = 0x00400275  # RequestAttributesSequence
+_SCAN_TAGS = {*(int(t) for t in _TAGS.values()), 0x00080005}
+_SCAN_SEQUENCES = {_REQUEST_ATTRIBUTES}
