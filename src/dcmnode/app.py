@@ -19,7 +19,7 @@ from starlette.staticfiles import StaticFiles
 
 from dcmnode import api
 from dcmnode.config import Settings
-from dcmnode.core import metadata
+from dcmnode.core import metadata, render
 from dcmnode.core.catalog import Catalog
 from dcmnode.core.ingest import Ingest
 from dcmnode.dicomweb import routes as dicomweb_routes
@@ -102,6 +102,7 @@ class Node:
         app.state.settings = self.settings
         app.state.ingest = self.ingest
         app.state.catalog = self.catalog
+        app.state.renderer = render.Renderer(self.store.root / "cache" / "rendered", self.store.files.tmp_dir)
         app.state.qido_limits = QidoLimits(self.settings.http.max_query_results)
         app.state.dicomweb_prefix = DICOMWEB_PREFIX
         app.state.dimse_port = self.dimse_port

@@ -144,7 +144,7 @@ class MetadataCache:
             pass
         return self._build(stamp, path)
 
-    def _build(self, stamp: SeriesStamp, path: Path) -> bytes:
+    def _build(self, stamp: SeriesStamp, path: Path, inline: bool = False) -> bytes:
         with self._lock:
             waiting = self._building.get(stamp.key)
             if waiting is None:
@@ -154,7 +154,7 @@ class MetadataCache:
             if path.exists():
                 return path.read_bytes()
         try:
-            data = self._compute(stamp)
+            data = self._compute(stamp, inline)
             tmp = self.store.files.tmp_dir / f"meta-{stamp.key}-{threading.get_ident()}"
             tmp.write_bytes(data)
             os.replace(tmp, path)
@@ -168,7 +168,7 @@ class MetadataCache:
             if event is not None:
                 event.set()
 
-    def _compute(self, stamp: SeriesStamp) -> bytes:
+    def _compute(self, stamp: SeriesStamp, inline: bool = False) -> bytes:
         started = time.perf_counter()
         rows = [
             (sop, str(self.store.files.absolute(rel)))
@@ -177,7 +177,7 @@ class MetadataCache:
                 (stamp.series,),
             )
         ]
-        pool = self._workers() if len(rows) >= POOL_MIN_INSTANCES else None
+        pool = self._workers() if len(rows) >= POOL_MIN_INSTANCES and not inline else None
         if pool is None:
             parts = [_build_chunk((stamp.study, stamp.series, rows))]
         else:  # in worker processes, in as many chunks as there are workers: off this process's GIL, on every core
@@ -238,7 +238,7 @@ class MetadataCache:
             if stamp is not None:
                 path = self.folder / f"{stamp.key}.json"
                 if not path.exists():
-                    self._build(stamp, path)
+                    self._build(stamp, path, inline=True)
             watermark = updated
         return watermark
 
@@ -270,6 +270,12 @@ class Precomputer:
             self._thread.join(10)
 
     def _run(self) -> None:
+        # Background work must not slow ingest down (the DIMSE processes compete for the same cores): this thread
+        # runs at the lowest priority (Linux lets a thread have its own nice value) and builds in-thread.
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
         # The watermark persists, so series that arrived while the node was down (``dcmnode import``) are
         # built after the next start; a new cache folder builds every series once, in the background.
         mark = self.cache.folder / ".watermark"

@@ -10,7 +10,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dcmnode.dicomweb import qido, stow, wado
+from dcmnode.dicomweb import qido, rendered, stow, wado
 
 LOOPBACK_ORIGINS = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"
 EXPOSED_HEADERS = ["Warning", "Content-Location", "ETag", "Content-Length", "Content-Type", "Last-Modified"]
@@ -34,6 +34,14 @@ def routes() -> list[Route]:
         Route("/studies/{study}/series/{series}/instances/{instance}/metadata", wado.instance_metadata),
         Route("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", wado.frames),
         Route("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag}", wado.bulkdata),
+        Route("/studies/{study}/rendered", rendered.collection),
+        Route("/studies/{study}/thumbnail", rendered.thumbnail),
+        Route("/studies/{study}/series/{series}/rendered", rendered.collection),
+        Route("/studies/{study}/series/{series}/thumbnail", rendered.thumbnail),
+        Route("/studies/{study}/series/{series}/instances/{instance}/rendered", rendered.instance),
+        Route("/studies/{study}/series/{series}/instances/{instance}/thumbnail", rendered.thumbnail),
+        Route("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered", rendered.frames),
+        Route("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail", rendered.frames),
         Route("/wado", wado.wado_uri, methods=["GET"]),
     ]
 

@@ -33,7 +33,7 @@ from dcmnode.core import frames as frame_io
 from dcmnode.core import metadata as meta
 from dcmnode.core import retrieve
 from dcmnode.core.catalog import Catalog
-from dcmnode.dicomweb import accept
+from dcmnode.dicomweb import accept, rendered
 from dcmnode.dicomweb.paths import base_url, path_uid
 from dcmnode.errors import InvalidRequest, NotAcceptable
 
@@ -333,11 +333,14 @@ async def wado_uri(request: Request) -> Response:
     study = path_uid(params["studyUID"], "studyUID")
     series = path_uid(params["seriesUID"], "seriesUID")
     sop = path_uid(params["objectUID"], "objectUID")
-    content_types = [c.strip() for c in params.get("contentType", "image/jpeg").split(",")]
-    if DICOM not in content_types:
-        raise NotAcceptable(f"contentType {', '.join(content_types)}: this node answers WADO-URI with {DICOM}")
+    content_types = [c.strip() for c in params.get("contentType", "image/jpeg").split(",")]  # §9.1.2.3.1 default
     catalog: Catalog = request.app.state.catalog
     [item] = await run_in_threadpool(catalog.resource, study, series, sop)
+    if DICOM not in content_types:
+        images = [c for c in content_types if c in ("image/jpeg", "image/png", "image/gif")]
+        if not images:
+            raise NotAcceptable(f"contentType {', '.join(content_types)}: {DICOM}, image/jpeg, image/png or image/gif")
+        return await rendered.wado_uri_image(request, item, images[0])
     syntax = params.get("transferSyntax", item.transfer_syntax)
     if syntax != item.transfer_syntax and syntax not in _REENCODE:
         raise NotAcceptable(f"transferSyntax {syntax}: only as stored or {ExplicitVRLittleEndian}")

@@ -1,0 +1,185 @@
+"""Rendering a stored frame to JPEG/PNG/GIF, with windowing, viewport, enhancement, and a cache.
+
+Imports: stdlib, numpy, pillow, pydicom, errors, imaging, core. The pixel work is ``imaging.pipeline`` and
+``imaging.enhance``; this module reads the file (only the requested frame of a multi-frame file), orders the
+steps, fits the viewport, encodes, and keeps each answer under ``cache/rendered/`` keyed by the file's identity
+and the canonical parameters, so a repeated request costs a file read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image
+
+from dcmnode.core.retrieve import StoredFile
+from dcmnode.errors import InvalidRequest, NotAcceptable
+from dcmnode.imaging import enhance, pipeline
+
+MEDIA_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF"}
+EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif"}
+MAX_OUTPUT_PIXELS = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Viewport:
+    width: int
+    height: int
+    region: tuple[float, float, float, float] | None = None  # sx, sy, sw, sh in source pixels
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.width <= 16384 and 1 <= self.height <= 16384):
+            raise InvalidRequest(f"viewport {self.width}x{self.height}: each side must be 1-16384 pixels")
+
+
+@dataclass(frozen=True, slots=True)
+class RenderRequest:
+    media_type: str = "image/jpeg"
+    frame: int = 1
+    window: pipeline.Window | None = None
+    viewport: Viewport | None = None
+    fraction_region: tuple[float, float, float, float] | None = None  # WADO-URI region x1,y1,x2,y2 in 0-1
+    enhance: tuple[enhance.Operator, ...] = field(default_factory=tuple)
+    quality: int = 90
+
+    def __post_init__(self) -> None:
+        if self.media_type not in MEDIA_TYPES:
+            raise NotAcceptable(f"rendered media types: {', '.join(MEDIA_TYPES)}; not {self.media_type}")
+        if not 1 <= self.quality <= 100:
+            raise InvalidRequest(f"quality {self.quality}: 1-100")
+        if self.frame < 1:
+            raise InvalidRequest("frame numbers start at 1")
+
+    def key(self) -> str:
+        return repr(
+            (self.media_type, self.frame, self.window, self.viewport, self.fraction_region, self.enhance, self.quality)
+        )
+
+
+class Renderer:
+    def __init__(self, cache_dir: Path, tmp_dir: Path) -> None:
+        self.cache_dir = cache_dir
+        self.tmp_dir = tmp_dir
+
+    def etag(self, item: StoredFile, request: RenderRequest) -> str:
+        stat = item.path.stat()
+        text = f"{item.sop}|{stat.st_size}|{stat.st_mtime_ns}|{request.key()}"
+        return hashlib.sha1(text.encode()).hexdigest()[:24]
+
+    def render(self, item: StoredFile, request: RenderRequest) -> tuple[bytes, str]:
+        """(image bytes, ETag); from the cache when this exact rendering was made before."""
+        etag = self.etag(item, request)
+        path = self.cache_dir / item.sop[-2:] / f"{etag}.{EXTENSIONS[request.media_type]}"
+        try:
+            return path.read_bytes(), etag
+        except FileNotFoundError:
+            pass
+        data = render_file(item.path, request)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = self.tmp_dir / f"render-{etag}-{os.getpid()}-{id(data)}"
+        temp.write_bytes(data)
+        os.replace(temp, path)  # readers see the whole image or none
+        return data, etag
+
+
+def render_file(path: Path, request: RenderRequest) -> bytes:
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    if "Rows" not in header:
+        raise NotAcceptable("this instance has no image to render")
+    pipeline.check_size(header)
+    frames = pipeline.number_of_frames(header)
+    if request.frame > frames:
+        raise InvalidRequest(f"frame {request.frame} does not exist: the instance has {frames} frame(s)")
+    ds = pydicom.dcmread(path) if frames == 1 else header
+    stored = pipeline.decode(ds, request.frame) if frames == 1 else _frame_of(path, header, request.frame)
+    return encode(render_array(ds, stored, request), request)
+
+
+def _frame_of(path: Path, header: pydicom.Dataset, frame: int) -> np.ndarray:
+    """One frame of a multi-frame file, read without loading the others."""
+    try:
+        syntax = str(header.file_meta.get("TransferSyntaxUID", ""))
+        array = pipeline.decode_frame(str(path), frame - 1, syntax)
+    except Exception as exc:
+        raise NotAcceptable(f"cannot decode frame {frame}: {exc}") from exc
+    if str(header.get("PhotometricInterpretation", "")) == "PALETTE COLOR":
+        array = pydicom.pixels.apply_color_lut(array, header)
+    return array
+
+
+def render_array(ds: pydicom.Dataset, stored: np.ndarray, request: RenderRequest) -> np.ndarray:
+    """Stored pixels → uint8 display pixels: modality, before-operators, window, presentation, after-operators,
+    region and viewport."""
+    operators = list(request.enhance)
+    if pipeline.is_color(ds):
+        maximum = pipeline.color_maximum(ds, stored)
+        values = stored.astype(np.float32)
+        unit = pipeline.window_values(values, request.window) if request.window else np.clip(values / maximum, 0, 1)
+        values = unit
+    else:
+        values = pipeline.modality(ds, stored)
+        values = enhance.apply(values, enhance.stage(operators, enhance.BEFORE))
+        unit = pipeline.voi(
+            ds, values, request.window, stored if not enhance.stage(operators, enhance.BEFORE) else None
+        )
+        if pipeline.inverted(ds):
+            unit = 1.0 - unit
+    unit = enhance.apply(unit.astype(np.float32), enhance.stage(operators, enhance.AFTER), values)
+    image = pipeline.overlays(ds, pipeline.to_8bit(unit), request.frame)
+    image = _crop(image, request)
+    return _fit(image, request)
+
+
+def _crop(image: np.ndarray, request: RenderRequest) -> np.ndarray:
+    h, w = image.shape[:2]
+    if request.fraction_region is not None:
+        x1, y1, x2, y2 = request.fraction_region
+        image = image[int(round(y1 * h)) : max(int(round(y2 * h)), int(round(y1 * h)) + 1),
+                      int(round(x1 * w)) : max(int(round(x2 * w)), int(round(x1 * w)) + 1)]  # fmt: skip
+    viewport = request.viewport
+    if viewport is not None and viewport.region is not None:
+        sx, sy, sw, sh = viewport.region
+        if sw < 0:  # a negative width or height flips (PS3.18 §8.3.5.1.3)
+            image, sx, sw = image[:, ::-1], w - sx, -sw
+        if sh < 0:
+            image, sy, sh = image[::-1], h - sy, -sh
+        x0, y0 = int(max(0, sx)), int(max(0, sy))
+        x1, y1 = int(min(w, sx + sw)) if sw else w, int(min(h, sy + sh)) if sh else h
+        if x1 <= x0 or y1 <= y0:
+            raise InvalidRequest("viewport source region lies outside the image")
+        image = image[y0:y1, x0:x1]
+    return np.ascontiguousarray(image)
+
+
+def _fit(image: np.ndarray, request: RenderRequest) -> np.ndarray:
+    viewport = request.viewport
+    if viewport is None:
+        return image
+    h, w = image.shape[:2]
+    scale = min(viewport.width / w, viewport.height / h)  # fit inside, aspect ratio kept
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if size[0] * size[1] > MAX_OUTPUT_PIXELS:
+        raise InvalidRequest("requested output is too large")
+    if size == (w, h):
+        return image
+    resample = Image.Resampling.BILINEAR if scale < 1 else Image.Resampling.BICUBIC
+    return np.asarray(Image.fromarray(image).resize(size, resample))
+
+
+def encode(image: np.ndarray, request: RenderRequest) -> bytes:
+    buffer = io.BytesIO()
+    picture = Image.fromarray(image)
+    kind = MEDIA_TYPES[request.media_type]
+    if kind == "JPEG":
+        picture.save(buffer, "JPEG", quality=request.quality)
+    elif kind == "PNG":
+        picture.save(buffer, "PNG", compress_level=1)  # fast; PNG stays lossless
+    else:
+        picture.save(buffer, "GIF")
+    return buffer.getvalue()

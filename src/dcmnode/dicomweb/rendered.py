@@ -1,0 +1,186 @@
+"""WADO-RS rendered and thumbnail resources (PS3.18 §8.3.5, §10.4.1.1.3-4) and WADO-URI images (§9).
+
+Imports: stdlib, starlette, errors, core, imaging, dicomweb. ``/rendered`` of an instance or a frame is one image;
+of a series or a study, ``multipart/related`` with one image per instance (its first frame). ``/thumbnail`` is one
+small image at every level: a study's and a series' show their middle instance. Query parameters:
+``window=center,width[,function]``, ``viewport=vw,vh[,sx,sy,sw,sh]``, ``quality=1-100``, and the vendor extension
+``enhance=op[:arg...][,op...]`` (``imaging/enhance.py`` lists the operators).
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dcmnode.core import render
+from dcmnode.core.catalog import Catalog
+from dcmnode.core.retrieve import StoredFile
+from dcmnode.dicomweb import accept
+from dcmnode.dicomweb.paths import path_uid
+from dcmnode.errors import InvalidRequest, NotAcceptable
+from dcmnode.imaging import enhance, pipeline
+
+THUMBNAIL_SIZE = 128
+CACHE_CONTROL = "private, max-age=3600"
+
+
+def media_type(header: str | None, default: str = "image/jpeg") -> str:
+    for media in accept.parse(header):
+        if media.type in render.MEDIA_TYPES:
+            return media.type
+        if media.type in ("*/*", "image/*"):
+            return default
+    raise NotAcceptable(f"rendered images are {', '.join(render.MEDIA_TYPES)}; the request accepts only {header}")
+
+
+def _numbers(name: str, text: str, count: tuple[int, ...]) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise InvalidRequest(f"{name}={text!r}: expected comma-separated numbers") from exc
+    if len(values) not in count:
+        raise InvalidRequest(f"{name}={text!r}: expected {' or '.join(map(str, count))} numbers")
+    return values
+
+
+def parse_window(text: str | None) -> pipeline.Window | None:
+    if not text:
+        return None
+    parts = text.split(",")
+    if len(parts) not in (2, 3):
+        raise InvalidRequest(f"window={text!r}: expected center,width[,function]")
+    center, width = _numbers("window", ",".join(parts[:2]), (2,))
+    function = parts[2].strip().upper() if len(parts) == 3 else "LINEAR"
+    return pipeline.Window(center, width, function)
+
+
+def parse_viewport(text: str | None) -> render.Viewport | None:
+    if not text:
+        return None
+    values = _numbers("viewport", text, (2, 6))
+    region = tuple(values[2:]) if len(values) == 6 else None
+    return render.Viewport(int(values[0]), int(values[1]), region)  # type: ignore[arg-type]
+
+
+def request_from(request: Request, frame: int = 1, thumbnail: bool = False) -> render.RenderRequest:
+    params = request.query_params
+    known = {"window", "viewport", "quality", "enhance", "annotation", "charset"}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise InvalidRequest(f"unknown query parameter(s) for a rendered resource: {', '.join(unknown)}")
+    quality = params.get("quality", "90")
+    if not quality.isdigit():
+        raise InvalidRequest(f"quality={quality!r}: an integer 1-100")
+    viewport = parse_viewport(params.get("viewport"))
+    if thumbnail and viewport is None:
+        viewport = render.Viewport(THUMBNAIL_SIZE, THUMBNAIL_SIZE)
+    return render.RenderRequest(
+        media_type=media_type(request.headers.get("accept")),
+        frame=frame,
+        window=parse_window(params.get("window")),
+        viewport=viewport,
+        enhance=tuple(enhance.parse(params.get("enhance"))),
+        quality=int(quality),
+    )
+
+
+def _uids(request: Request) -> tuple[str, str | None, str | None]:
+    p = request.path_params
+    return (
+        path_uid(p["study"], "StudyInstanceUID"),
+        path_uid(p["series"], "SeriesInstanceUID") if "series" in p else None,
+        path_uid(p["instance"], "SOPInstanceUID") if "instance" in p else None,
+    )
+
+
+async def _image(request: Request, item: StoredFile, job: render.RenderRequest) -> Response:
+    renderer: render.Renderer = request.app.state.renderer
+    etag = '"' + await run_in_threadpool(renderer.etag, item, job) + '"'
+    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
+    if request.headers.get("if-none-match") in (etag, "*"):
+        return Response(status_code=304, headers=headers)
+    data, _ = await run_in_threadpool(renderer.render, item, job)
+    return Response(data, media_type=job.media_type, headers=headers)
+
+
+async def instance(request: Request) -> Response:
+    catalog: Catalog = request.app.state.catalog
+    [item] = await run_in_threadpool(catalog.resource, *_uids(request))
+    return await _image(request, item, request_from(request))
+
+
+async def frames(request: Request) -> Response:
+    catalog: Catalog = request.app.state.catalog
+    text = request.path_params["frames"]
+    if not text.isdigit():
+        raise InvalidRequest(f"frame {text!r}: a rendered frame is one frame number")
+    [item] = await run_in_threadpool(catalog.resource, *_uids(request))
+    return await _image(request, item, request_from(request, frame=int(text)))
+
+
+async def collection(request: Request) -> Response:
+    """A study's or series' /rendered: one image per instance, multipart/related."""
+    catalog: Catalog = request.app.state.catalog
+    items = await run_in_threadpool(catalog.resource, *_uids(request))
+    job = request_from(request)
+    renderer: render.Renderer = request.app.state.renderer
+    boundary = secrets.token_hex(16)
+    parts = []
+    for item in items:
+        try:
+            data, _ = await run_in_threadpool(renderer.render, item, job)
+        except NotAcceptable:
+            continue  # instances without an image (SR, PDF...) are left out of a rendered series
+        parts.append(f"--{boundary}\r\nContent-Type: {job.media_type}\r\n\r\n".encode() + data + b"\r\n")
+    if not parts:
+        raise NotAcceptable("nothing here renders as an image")
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return Response(body, media_type=f'multipart/related; type="{job.media_type}"; boundary={boundary}')
+
+
+async def thumbnail(request: Request) -> Response:
+    catalog: Catalog = request.app.state.catalog
+    items = await run_in_threadpool(catalog.resource, *_uids(request))
+    middle = items[len(items) // 2]
+    return await _image(request, middle, request_from(request, thumbnail=True))
+
+
+async def wado_uri_image(request: Request, item: StoredFile, content_type: str) -> Response:
+    """WADO-URI image parameters (PS3.18 §9.1.2): windowCenter/windowWidth, rows/columns, region, frameNumber."""
+    p = request.query_params
+    window = None
+    if p.get("windowCenter") or p.get("windowWidth"):
+        if not (p.get("windowCenter") and p.get("windowWidth")):
+            raise InvalidRequest("windowCenter and windowWidth go together")
+        center, width = _numbers("window", f"{p['windowCenter']},{p['windowWidth']}", (2,))
+        window = pipeline.Window(center, width)
+    viewport = None
+    if p.get("rows") or p.get("columns"):
+        rows = int(_numbers("rows", p.get("rows", "16384"), (1,))[0])
+        columns = int(_numbers("columns", p.get("columns", "16384"), (1,))[0])
+        viewport = render.Viewport(columns, rows)
+    region = None
+    if p.get("region"):
+        x1, y1, x2, y2 = _numbers("region", p["region"], (4,))
+        if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1):
+            raise InvalidRequest("region=x1,y1,x2,y2: fractions with 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1")
+        region = (x1, y1, x2, y2)
+    frame = p.get("frameNumber", "1")
+    if not frame.isdigit():
+        raise InvalidRequest(f"frameNumber={frame!r}: an integer from 1")
+    quality = p.get("imageQuality", "90")
+    if not quality.isdigit():
+        raise InvalidRequest(f"imageQuality={quality!r}: an integer 1-100")
+    job = render.RenderRequest(
+        media_type=content_type,
+        frame=int(frame),
+        window=window,
+        viewport=viewport,
+        fraction_region=region,
+        enhance=tuple(enhance.parse(p.get("enhance"))),
+        quality=int(quality),
+    )
+    return await _image(request, item, job)
