@@ -19,7 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "dicomweb": {"errors", "model", "config", "core"},
     "api": {"errors", "model", "config", "core"},
     "app": {"errors", "model", "config", "store", "core", "dimse", "dicomweb", "api"},
-    "cli": {"errors", "model", "config", "store", "core", "app", "server", "__version__"},
+    "cli": {"errors", "model", "config", "store", "imaging", "core", "app", "server", "__version__"},
     "server": {"errors", "model", "config", "dimse", "app", "__version__"},
     "__main__": {"cli"},
     "__init__": set(),

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dcmnode import __version__, config
-from dcmnode.errors import DcmnodeError
+from dcmnode.errors import DcmnodeError, InvalidRequest, NotFound
 
 log = logging.getLogger("dcmnode")
 
@@ -84,6 +84,34 @@ def _parser() -> argparse.ArgumentParser:
         description="Rebuild index.sqlite from the files (the node must be stopped).",
     )
     reindex.set_defaults(func=cmd_reindex)
+
+    rend = sub.add_parser(
+        "render",
+        parents=[common],
+        help="render an instance (or a DICOM file) to PNG/JPEG, with windowing and enhancement",
+        description="Render a stored instance (by SOP Instance UID) or a DICOM file to PNG, JPEG or GIF "
+        "(by the output's extension), as /rendered does.",
+    )
+    rend.add_argument("source", help="SOP Instance UID in the store, or a path to a DICOM file")
+    rend.add_argument("-o", "--output", type=Path, required=True, help="output file: .png, .jpg/.jpeg or .gif")
+    rend.add_argument("--frame", type=int, default=1, help="frame number, from 1")
+    rend.add_argument("--window", help="center,width[,LINEAR|LINEAR_EXACT|SIGMOID] (default: the stored window)")
+    rend.add_argument("--viewport", help="width,height[,sx,sy,sw,sh]: fit into this many pixels")
+    rend.add_argument("--enhance", help="operator pipeline, e.g. clahe:0.03,unsharp:1.0:0.5 (see README)")
+    rend.add_argument("--quality", type=int, default=90, help="JPEG quality 1-100")
+    rend.set_defaults(func=cmd_render)
+
+    exp = sub.add_parser(
+        "export",
+        parents=[common],
+        help="export a series as a ZIP (DICOM + PNG) or a NIfTI volume",
+        description="Export a stored series: --format zip (its DICOM files and a PNG of each) or nifti (.nii.gz, "
+        "slices sorted by position, affine from Image Position/Orientation and Pixel Spacing).",
+    )
+    exp.add_argument("series", help="Series Instance UID")
+    exp.add_argument("-o", "--output", type=Path, required=True)
+    exp.add_argument("--format", choices=["zip", "nifti"], default="zip")
+    exp.set_defaults(func=cmd_export)
     return parser
 
 
@@ -170,4 +198,58 @@ def cmd_reindex(args: argparse.Namespace, settings: config.Settings) -> int:
     print(f"reindexed {report.indexed} instance(s); {len(report.failed)} file(s) could not be indexed")
     for path, reason in report.failed:
         print(f"  failed: {path}: {reason}")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace, settings: config.Settings) -> int:
+    from dcmnode.core import render
+    from dcmnode.imaging import enhance
+
+    suffix = args.output.suffix.lower()
+    media = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}.get(suffix)
+    if media is None:
+        raise InvalidRequest(f"output {args.output}: use .png, .jpg or .gif")
+    job = render.RenderRequest(
+        media_type=media,
+        frame=args.frame,
+        window=render.parse_window(args.window),
+        viewport=render.parse_viewport(args.viewport),
+        enhance=tuple(enhance.parse(args.enhance)),
+        quality=args.quality,
+    )
+    path = Path(args.source)
+    if not path.is_file():
+        path = _stored(settings, args.source)
+    args.output.write_bytes(render.render_file(path, job))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _stored(settings: config.Settings, sop: str) -> Path:
+    from dcmnode.store import Store
+
+    store = Store.open(settings.data_dir, fsync=settings.store.fsync)
+    try:
+        row = store.index.instance(sop)
+        if row is None:
+            raise NotFound(f"no file {sop} and no stored instance with that SOP Instance UID")
+        return store.files.absolute(row["path"])
+    finally:
+        store.close()
+
+
+def cmd_export(args: argparse.Namespace, settings: config.Settings) -> int:
+    from dcmnode.core import export
+    from dcmnode.core.catalog import Catalog
+    from dcmnode.store import Store
+
+    store = Store.open(settings.data_dir, fsync=settings.store.fsync)
+    try:
+        items = Catalog(store).select({"SeriesInstanceUID": args.series})
+        if not items:
+            raise NotFound(f"series {args.series} is not stored here")
+        (export.write_zip if args.format == "zip" else export.write_nifti)(items, args.output)
+    finally:
+        store.close()
+    print(f"wrote {args.output} ({len(items)} instance(s))")
     return 0

@@ -22,6 +22,8 @@ from dcmnode.core.retrieve import StoredFile
 from dcmnode.errors import InvalidRequest, NotAcceptable
 from dcmnode.imaging import enhance, pipeline
 
+Window = pipeline.Window  # the adapters' names for the imaging types they take from requests
+parse_enhance = enhance.parse
 MEDIA_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF"}
 EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif"}
 MAX_OUTPUT_PIXELS = 32 * 1024 * 1024
@@ -183,3 +185,32 @@ def encode(image: np.ndarray, request: RenderRequest) -> bytes:
     else:
         picture.save(buffer, "GIF")
     return buffer.getvalue()
+
+
+def numbers(name: str, text: str, count: tuple[int, ...]) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise InvalidRequest(f"{name}={text!r}: expected comma-separated numbers") from exc
+    if len(values) not in count:
+        raise InvalidRequest(f"{name}={text!r}: expected {' or '.join(map(str, count))} numbers")
+    return values
+
+
+def parse_window(text: str | None) -> pipeline.Window | None:
+    if not text:
+        return None
+    parts = text.split(",")
+    if len(parts) not in (2, 3):
+        raise InvalidRequest(f"window={text!r}: expected center,width[,function]")
+    center, width = numbers("window", ",".join(parts[:2]), (2,))
+    function = parts[2].strip().upper() if len(parts) == 3 else "LINEAR"
+    return pipeline.Window(center, width, function)
+
+
+def parse_viewport(text: str | None) -> Viewport | None:
+    if not text:
+        return None
+    values = numbers("viewport", text, (2, 6))
+    region = tuple(values[2:]) if len(values) == 6 else None
+    return Viewport(int(values[0]), int(values[1]), region)  # type: ignore[arg-type]

@@ -4,24 +4,25 @@ Imports: stdlib, starlette, errors, core, imaging, dicomweb. ``/rendered`` of an
 of a series or a study, ``multipart/related`` with one image per instance (its first frame). ``/thumbnail`` is one
 small image at every level: a study's and a series' show their middle instance. Query parameters:
 ``window=center,width[,function]``, ``viewport=vw,vh[,sx,sy,sw,sh]``, ``quality=1-100``, and the vendor extension
-``enhance=op[:arg...][,op...]`` (``imaging/enhance.py`` lists the operators).
+``enhance=op[:arg...][,op...]`` (``core/render.py``, ``imaging/enhance.py`` lists the operators).
 """
 
 from __future__ import annotations
 
 import secrets
 
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 
+from dcmnode.core import export as exporting
 from dcmnode.core import render
 from dcmnode.core.catalog import Catalog
 from dcmnode.core.retrieve import StoredFile
 from dcmnode.dicomweb import accept
 from dcmnode.dicomweb.paths import path_uid
 from dcmnode.errors import InvalidRequest, NotAcceptable
-from dcmnode.imaging import enhance, pipeline
 
 THUMBNAIL_SIZE = 128
 CACHE_CONTROL = "private, max-age=3600"
@@ -36,35 +37,6 @@ def media_type(header: str | None, default: str = "image/jpeg") -> str:
     raise NotAcceptable(f"rendered images are {', '.join(render.MEDIA_TYPES)}; the request accepts only {header}")
 
 
-def _numbers(name: str, text: str, count: tuple[int, ...]) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError as exc:
-        raise InvalidRequest(f"{name}={text!r}: expected comma-separated numbers") from exc
-    if len(values) not in count:
-        raise InvalidRequest(f"{name}={text!r}: expected {' or '.join(map(str, count))} numbers")
-    return values
-
-
-def parse_window(text: str | None) -> pipeline.Window | None:
-    if not text:
-        return None
-    parts = text.split(",")
-    if len(parts) not in (2, 3):
-        raise InvalidRequest(f"window={text!r}: expected center,width[,function]")
-    center, width = _numbers("window", ",".join(parts[:2]), (2,))
-    function = parts[2].strip().upper() if len(parts) == 3 else "LINEAR"
-    return pipeline.Window(center, width, function)
-
-
-def parse_viewport(text: str | None) -> render.Viewport | None:
-    if not text:
-        return None
-    values = _numbers("viewport", text, (2, 6))
-    region = tuple(values[2:]) if len(values) == 6 else None
-    return render.Viewport(int(values[0]), int(values[1]), region)  # type: ignore[arg-type]
-
-
 def request_from(request: Request, frame: int = 1, thumbnail: bool = False) -> render.RenderRequest:
     params = request.query_params
     known = {"window", "viewport", "quality", "enhance", "annotation", "charset"}
@@ -74,15 +46,15 @@ def request_from(request: Request, frame: int = 1, thumbnail: bool = False) -> r
     quality = params.get("quality", "90")
     if not quality.isdigit():
         raise InvalidRequest(f"quality={quality!r}: an integer 1-100")
-    viewport = parse_viewport(params.get("viewport"))
+    viewport = render.parse_viewport(params.get("viewport"))
     if thumbnail and viewport is None:
         viewport = render.Viewport(THUMBNAIL_SIZE, THUMBNAIL_SIZE)
     return render.RenderRequest(
         media_type=media_type(request.headers.get("accept")),
         frame=frame,
-        window=parse_window(params.get("window")),
+        window=render.parse_window(params.get("window")),
         viewport=viewport,
-        enhance=tuple(enhance.parse(params.get("enhance"))),
+        enhance=tuple(render.parse_enhance(params.get("enhance"))),
         quality=int(quality),
     )
 
@@ -155,16 +127,16 @@ async def wado_uri_image(request: Request, item: StoredFile, content_type: str) 
     if p.get("windowCenter") or p.get("windowWidth"):
         if not (p.get("windowCenter") and p.get("windowWidth")):
             raise InvalidRequest("windowCenter and windowWidth go together")
-        center, width = _numbers("window", f"{p['windowCenter']},{p['windowWidth']}", (2,))
-        window = pipeline.Window(center, width)
+        center, width = render.numbers("window", f"{p['windowCenter']},{p['windowWidth']}", (2,))
+        window = render.Window(center, width)
     viewport = None
     if p.get("rows") or p.get("columns"):
-        rows = int(_numbers("rows", p.get("rows", "16384"), (1,))[0])
-        columns = int(_numbers("columns", p.get("columns", "16384"), (1,))[0])
+        rows = int(render.numbers("rows", p.get("rows", "16384"), (1,))[0])
+        columns = int(render.numbers("columns", p.get("columns", "16384"), (1,))[0])
         viewport = render.Viewport(columns, rows)
     region = None
     if p.get("region"):
-        x1, y1, x2, y2 = _numbers("region", p["region"], (4,))
+        x1, y1, x2, y2 = render.numbers("region", p["region"], (4,))
         if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1):
             raise InvalidRequest("region=x1,y1,x2,y2: fractions with 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1")
         region = (x1, y1, x2, y2)
@@ -180,7 +152,29 @@ async def wado_uri_image(request: Request, item: StoredFile, content_type: str) 
         window=window,
         viewport=viewport,
         fraction_region=region,
-        enhance=tuple(enhance.parse(p.get("enhance"))),
+        enhance=tuple(render.parse_enhance(p.get("enhance"))),
         quality=int(quality),
     )
     return await _image(request, item, job)
+
+
+async def export(request: Request) -> Response:
+    """``GET .../series/{se}/export?format=zip|nifti`` (vendor extension): the series as a ZIP of DICOM files and
+    PNG renders, or as a NIfTI volume."""
+    fmt = request.query_params.get("format", "zip")
+    if fmt not in exporting.FORMATS:
+        raise InvalidRequest(f"format={fmt!r}: one of {', '.join(exporting.FORMATS)}")
+    catalog: Catalog = request.app.state.catalog
+    study, series, _ = _uids(request)
+    items = await run_in_threadpool(catalog.resource, study, series)
+    renderer: render.Renderer = request.app.state.renderer
+    out = renderer.tmp_dir / f"export-{secrets.token_hex(8)}.{'zip' if fmt == 'zip' else 'nii.gz'}"
+    writer = exporting.write_zip if fmt == "zip" else exporting.write_nifti
+    try:
+        await run_in_threadpool(writer, items, out)
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    media = "application/zip" if fmt == "zip" else "application/gzip"
+    name = f"{series}.{'zip' if fmt == 'zip' else 'nii.gz'}"
+    return FileResponse(out, media_type=media, filename=name, background=BackgroundTask(out.unlink, missing_ok=True))

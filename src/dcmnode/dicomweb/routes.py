@@ -38,6 +38,7 @@ def routes() -> list[Route]:
         Route("/studies/{study}/thumbnail", rendered.thumbnail),
         Route("/studies/{study}/series/{series}/rendered", rendered.collection),
         Route("/studies/{study}/series/{series}/thumbnail", rendered.thumbnail),
+        Route("/studies/{study}/series/{series}/export", rendered.export),
         Route("/studies/{study}/series/{series}/instances/{instance}/rendered", rendered.instance),
         Route("/studies/{study}/series/{series}/instances/{instance}/thumbnail", rendered.thumbnail),
         Route("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered", rendered.frames),

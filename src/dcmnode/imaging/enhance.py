@@ -190,7 +190,7 @@ def _segment(image: np.ndarray, values: np.ndarray, min_size: float) -> np.ndarr
     flat = float(grey.max()) == float(grey.min())
     mask = np.zeros(grey.shape, dtype=bool) if flat else grey > threshold_otsu(grey)
     if min_size > 0:
-        mask = remove_small_objects(mask, min_size=int(min_size))
+        mask = remove_small_objects(mask, max_size=int(min_size) - 1)  # removes objects of <= max_size pixels
     labels = label(mask)
     base = image.mean(axis=2) if image.ndim == 3 else image
     rgb = np.repeat(base[..., None], 3, axis=2)

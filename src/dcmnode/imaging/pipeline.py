@@ -45,7 +45,10 @@ class Window:
 
 
 def number_of_frames(ds: Dataset) -> int:
-    return int(ds.get("NumberOfFrames") or 1)
+    try:
+        return int(ds.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInstance(f"NumberOfFrames is not a number: {exc}") from exc
 
 
 def is_color(ds: Dataset) -> bool:
@@ -53,7 +56,10 @@ def is_color(ds: Dataset) -> bool:
 
 
 def check_size(ds: Dataset) -> None:
-    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    try:
+        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInstance(f"Rows/Columns are not numbers: {exc}") from exc
     if rows <= 0 or cols <= 0:
         raise NotAcceptable("this instance has no image to render")
     if rows * cols > MAX_PIXELS:
