@@ -95,7 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     rend.add_argument("source", help="SOP Instance UID in the store, or a path to a DICOM file")
     rend.add_argument("-o", "--output", type=Path, required=True, help="output file: .png, .jpg/.jpeg or .gif")
     rend.add_argument("--frame", type=int, default=1, help="frame number, from 1")
-    rend.add_argument("--window", help="center,width[,LINEAR|LINEAR_EXACT|SIGMOID] (default: the stored window)")
+    rend.add_argument(
+        "--window", help="center,width[,LINEAR|LINEAR_EXACT|SIGMOID] (default: the stored window); --window=-600,1500"
+    )
     rend.add_argument("--viewport", help="width,height[,sx,sy,sw,sh]: fit into this many pixels")
     rend.add_argument("--enhance", help="operator pipeline, e.g. clahe:0.03,unsharp:1.0:0.5 (see README)")
     rend.add_argument("--quality", type=int, default=90, help="JPEG quality 1-100")
