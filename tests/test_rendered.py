@@ -6,6 +6,7 @@ import email.parser
 import email.policy
 import io
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -171,3 +172,16 @@ def test_render_file_reads_one_frame_of_a_multi_frame_file() -> None:
     ds = pydicom.dcmread(bundled("SC_rgb_rle_2frame.dcm"))
     second = render.render_file(bundled("SC_rgb_rle_2frame.dcm"), render.RenderRequest("image/png", frame=2))
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(second))), ds.pixel_array[1])
+
+
+def test_the_render_cache_stays_within_its_size(tmp_path: Path) -> None:
+    from dcmnode.core.retrieve import StoredFile
+
+    renderer = render.Renderer(tmp_path / "cache", tmp_path, cache_bytes=20_000)
+    for n, ds in enumerate(ct_series(12, rows=64, cols=64)):
+        path = tmp_path / f"{n}.dcm"
+        path.write_bytes(part10(ds))
+        item = StoredFile(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SOPClassUID, "", path, 1)
+        renderer.render(item, render.RenderRequest("image/png"))
+    kept = sum(p.stat().st_size for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    assert 0 < kept <= 20_000

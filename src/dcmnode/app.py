@@ -102,7 +102,9 @@ class Node:
         app.state.settings = self.settings
         app.state.ingest = self.ingest
         app.state.catalog = self.catalog
-        app.state.renderer = render.Renderer(self.store.root / "cache" / "rendered", self.store.files.tmp_dir)
+        app.state.renderer = render.Renderer(
+            self.store.root / "cache" / "rendered", self.store.files.tmp_dir, self.settings.http.render_cache_mb * MIB
+        )
         app.state.qido_limits = QidoLimits(self.settings.http.max_query_results)
         app.state.dicomweb_prefix = DICOMWEB_PREFIX
         app.state.dimse_port = self.dimse_port

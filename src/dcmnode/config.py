@@ -63,6 +63,7 @@ class HttpSettings:
     metadata_workers: int = _default(
         2, "processes that build series /metadata (large series, off the HTTP process); 0 = build in the HTTP process"
     )
+    render_cache_mb: int = _default(1024, "disk kept for rendered images (/rendered, /thumbnail); oldest go first")
     cors_origins: list[str] = _default(
         ["loopback"],
         'origins allowed to call DICOMweb from a browser: "loopback" (any port on localhost/127.0.0.1/[::1]), '

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,9 +66,14 @@ class RenderRequest:
 
 
 class Renderer:
-    def __init__(self, cache_dir: Path, tmp_dir: Path) -> None:
+    """Renders with a bounded disk cache: past ``cache_bytes`` the least recently written tenth is removed."""
+
+    def __init__(self, cache_dir: Path, tmp_dir: Path, cache_bytes: int = 1 << 30) -> None:
         self.cache_dir = cache_dir
         self.tmp_dir = tmp_dir
+        self.cache_bytes = cache_bytes
+        self._lock = threading.Lock()
+        self._size = sum(p.stat().st_size for p in cache_dir.rglob("*") if p.is_file()) if cache_dir.exists() else 0
 
     def etag(self, item: StoredFile, request: RenderRequest) -> str:
         stat = item.path.stat()
@@ -87,7 +93,25 @@ class Renderer:
         temp = self.tmp_dir / f"render-{etag}-{os.getpid()}-{id(data)}"
         temp.write_bytes(data)
         os.replace(temp, path)  # readers see the whole image or none
+        with self._lock:
+            self._size += len(data)
+            over = self._size > self.cache_bytes
+        if over:
+            self._evict()
         return data, etag
+
+    def _evict(self) -> None:
+        files = sorted((p.stat().st_mtime_ns, p) for p in self.cache_dir.rglob("*") if p.is_file())
+        total = sum(p.stat().st_size for _, p in files)
+        target = int(self.cache_bytes * 0.9)
+        for _, path in files:
+            if total <= target:
+                break
+            size = path.stat().st_size
+            path.unlink(missing_ok=True)
+            total -= size
+        with self._lock:
+            self._size = total
 
 
 def render_file(path: Path, request: RenderRequest) -> bytes:
