@@ -115,16 +115,48 @@ class Renderer:
 
 
 def render_file(path: Path, request: RenderRequest) -> bytes:
-    header = pydicom.dcmread(path, stop_before_pixels=True)
-    if "Rows" not in header:
+    ds = pydicom.dcmread(path, defer_size=4096)  # one read of the header; pixel data stays in the file
+    if "Rows" not in ds:
         raise NotAcceptable("this instance has no image to render")
-    pipeline.check_size(header)
-    frames = pipeline.number_of_frames(header)
+    pipeline.check_size(ds)
+    frames = pipeline.number_of_frames(ds)
     if request.frame > frames:
         raise InvalidRequest(f"frame {request.frame} does not exist: the instance has {frames} frame(s)")
-    ds = pydicom.dcmread(path) if frames == 1 else header
-    stored = pipeline.decode(ds, request.frame) if frames == 1 else _frame_of(path, header, request.frame)
+    stored = _native_frame(path, ds, request.frame)
+    if stored is None:
+        stored = pipeline.decode(ds, 1) if frames == 1 else _frame_of(path, ds, request.frame)
     return encode(render_array(ds, stored, request), request)
+
+
+_NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+
+
+def _native_frame(path: Path, ds: pydicom.Dataset, frame: int) -> np.ndarray | None:
+    """A grey frame of an uncompressed little-endian file, read straight from its offset; None where pydicom's
+    decoder is needed (colour, odd bit depths, signed values narrower than their container)."""
+    try:
+        syntax = str(ds.file_meta.TransferSyntaxUID)
+        bits, stored_bits = int(ds.BitsAllocated), int(ds.BitsStored)
+        signed = int(ds.PixelRepresentation) == 1
+        rows, cols = int(ds.Rows), int(ds.Columns)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if syntax not in _NATIVE or pipeline.is_color(ds) or bits not in (8, 16) or (signed and stored_bits != bits):
+        return None
+    element = ds.get_item(0x7FE00010, keep_deferred=True)
+    offset = getattr(element, "value_tell", None)
+    if offset is None:
+        return None
+    size = rows * cols * bits // 8
+    with open(path, "rb") as fp:
+        fp.seek(offset + (frame - 1) * size)
+        data = fp.read(size)
+    if len(data) != size:
+        raise NotAcceptable(f"frame {frame} lies beyond the end of the pixel data")
+    array = np.frombuffer(data, dtype=f"<{'i' if signed else 'u'}{bits // 8}").reshape(rows, cols)
+    if not signed and stored_bits < bits:
+        array = array & ((1 << stored_bits) - 1)  # bits above BitsStored may hold overlays
+    return array
 
 
 def _frame_of(path: Path, header: pydicom.Dataset, frame: int) -> np.ndarray:
@@ -149,17 +181,39 @@ def render_array(ds: pydicom.Dataset, stored: np.ndarray, request: RenderRequest
         unit = pipeline.window_values(values, request.window) if request.window else np.clip(values / maximum, 0, 1)
         values = unit
     else:
-        values = pipeline.modality(ds, stored)
-        values = enhance.apply(values, enhance.stage(operators, enhance.BEFORE))
-        unit = pipeline.voi(
-            ds, values, request.window, stored if not enhance.stage(operators, enhance.BEFORE) else None
-        )
+        table = None if operators else _grey_table(ds, stored, request.window)
+        if table is not None:  # every step is a function of the stored value: one lookup per pixel
+            image = pipeline.overlays(ds, table[0][stored.astype(np.int64) - table[1]], request.frame)
+            return _fit(_crop(image, request), request)
+        before = enhance.stage(operators, enhance.BEFORE)
+        values = enhance.apply(pipeline.modality(ds, stored), before)
+        unit = pipeline.voi(ds, values, request.window, None if before else stored)
         if pipeline.inverted(ds):
             unit = 1.0 - unit
     unit = enhance.apply(unit.astype(np.float32), enhance.stage(operators, enhance.AFTER), values)
     image = pipeline.overlays(ds, pipeline.to_8bit(unit), request.frame)
     image = _crop(image, request)
     return _fit(image, request)
+
+
+def _grey_table(
+    ds: pydicom.Dataset, stored: np.ndarray, window: pipeline.Window | None
+) -> tuple[np.ndarray, int] | None:
+    """(8-bit value for each stored value from the smallest present, that smallest value), or None when the
+    image is not integer, spans too many values, or needs its own histogram for an automatic window."""
+    if stored.dtype.kind not in "iu" or stored.size < 4096:
+        return None
+    low, high = int(stored.min()), int(stored.max())
+    if high - low > 65535:
+        return None
+    window = window or pipeline.stored_window(ds)
+    if window is None and "VOILUTSequence" not in ds:
+        return None
+    levels = np.arange(low, high + 1, dtype=np.int64).astype(stored.dtype)
+    unit = pipeline.voi(ds, pipeline.modality(ds, levels), window, levels)
+    if pipeline.inverted(ds):
+        unit = 1.0 - unit
+    return pipeline.to_8bit(unit), low
 
 
 def _crop(image: np.ndarray, request: RenderRequest) -> np.ndarray:
