@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import io
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,10 @@ def test_cached_and_not_modified(rendered_live: Any) -> None:
     live, series = rendered_live
     first = httpx.get(url(live, series[1], "/rendered"), params={"enhance": "clahe:0.02"})
     cache = live.node.settings.data_dir / "cache" / "rendered"
-    assert any(cache.rglob("*.jpg"))
+    deadline = time.monotonic() + 10  # the cache is written just after the answer has left
+    while not any(cache.rglob("*.jpg")):
+        assert time.monotonic() < deadline, "the rendering was not cached"
+        time.sleep(0.02)
     again = httpx.get(url(live, series[1], "/rendered"), params={"enhance": "clahe:0.02"})
     assert again.content == first.content and again.headers["etag"] == first.headers["etag"]
     other = httpx.get(url(live, series[1], "/rendered"), params={"enhance": "clahe:0.05"})

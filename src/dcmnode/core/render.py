@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import mmap
 import os
 import threading
 from dataclasses import dataclass, field
@@ -18,7 +19,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from PIL import Image
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
 
+from dcmnode.core import scan
 from dcmnode.core.retrieve import StoredFile
 from dcmnode.errors import InvalidRequest, NotAcceptable
 from dcmnode.imaging import enhance, pipeline
@@ -82,13 +86,25 @@ class Renderer:
 
     def render(self, item: StoredFile, request: RenderRequest) -> tuple[bytes, str]:
         """(image bytes, ETag); from the cache when this exact rendering was made before."""
+        data, etag, fresh = self.render_deferred(item, request)
+        if fresh:
+            self.keep(item, etag, request, data)
+        return data, etag
+
+    def render_deferred(self, item: StoredFile, request: RenderRequest) -> tuple[bytes, str, bool]:
+        """(image bytes, ETag, made now): a fresh image is not cached yet, so that the caller can answer first and
+        ``keep`` it afterwards."""
         etag = self.etag(item, request)
-        path = self.cache_dir / item.sop[-2:] / f"{etag}.{EXTENSIONS[request.media_type]}"
         try:
-            return path.read_bytes(), etag
+            return self._path(item, etag, request).read_bytes(), etag, False
         except FileNotFoundError:
-            pass
-        data = render_file(item.path, request)
+            return render_file(item.path, request), etag, True
+
+    def _path(self, item: StoredFile, etag: str, request: RenderRequest) -> Path:
+        return self.cache_dir / item.sop[-2:] / f"{etag}.{EXTENSIONS[request.media_type]}"
+
+    def keep(self, item: StoredFile, etag: str, request: RenderRequest, data: bytes) -> None:
+        path = self._path(item, etag, request)
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = self.tmp_dir / f"render-{etag}-{os.getpid()}-{id(data)}"
         temp.write_bytes(data)
@@ -98,7 +114,6 @@ class Renderer:
             over = self._size > self.cache_bytes
         if over:
             self._evict()
-        return data, etag
 
     def _evict(self) -> None:
         files = sorted((p.stat().st_mtime_ns, p) for p in self.cache_dir.rglob("*") if p.is_file())
@@ -115,6 +130,15 @@ class Renderer:
 
 
 def render_file(path: Path, request: RenderRequest) -> bytes:
+    simple = _simple_header(path)
+    if simple is not None:  # a plain grey image: the scan's header and one read at the frame's offset
+        ds, offset = simple
+        frames = pipeline.number_of_frames(ds)
+        if request.frame > frames:
+            raise InvalidRequest(f"frame {request.frame} does not exist: the instance has {frames} frame(s)")
+        stored = _read_native(path, ds, offset, request.frame)
+        if stored is not None:
+            return encode(render_array(ds, stored, request), request)
     ds = pydicom.dcmread(path, defer_size=4096)  # one read of the header; pixel data stays in the file
     if "Rows" not in ds:
         raise NotAcceptable("this instance has no image to render")
@@ -134,18 +158,23 @@ _NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 def _native_frame(path: Path, ds: pydicom.Dataset, frame: int) -> np.ndarray | None:
     """A grey frame of an uncompressed little-endian file, read straight from its offset; None where pydicom's
     decoder is needed (colour, odd bit depths, signed values narrower than their container)."""
+    if str(ds.file_meta.get("TransferSyntaxUID", "")) not in _NATIVE:
+        return None
+    element = ds.get_item(0x7FE00010, keep_deferred=True)
+    offset = getattr(element, "value_tell", None)
+    if offset is None:
+        return None
+    return _read_native(path, ds, offset, frame)
+
+
+def _read_native(path: Path, ds: pydicom.Dataset, offset: int, frame: int) -> np.ndarray | None:
     try:
-        syntax = str(ds.file_meta.TransferSyntaxUID)
         bits, stored_bits = int(ds.BitsAllocated), int(ds.BitsStored)
         signed = int(ds.PixelRepresentation) == 1
         rows, cols = int(ds.Rows), int(ds.Columns)
     except (AttributeError, TypeError, ValueError):
         return None
-    if syntax not in _NATIVE or pipeline.is_color(ds) or bits not in (8, 16) or (signed and stored_bits != bits):
-        return None
-    element = ds.get_item(0x7FE00010, keep_deferred=True)
-    offset = getattr(element, "value_tell", None)
-    if offset is None:
+    if bits not in (8, 16) or (signed and stored_bits != bits) or pipeline.is_color(ds):
         return None
     size = rows * cols * bits // 8
     with open(path, "rb") as fp:
@@ -292,3 +321,51 @@ def parse_viewport(text: str | None) -> Viewport | None:
     values = numbers("viewport", text, (2, 6))
     region = tuple(values[2:]) if len(values) == 6 else None
     return Viewport(int(values[0]), int(values[1]), region)  # type: ignore[arg-type]
+
+
+# What the render pipeline reads from a plain grey image; anything else (LUT sequences, overlays, palette, colour)
+# sends the file through pydicom's full header.
+_HEADER_KEYWORDS = [
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "NumberOfFrames",
+    "WindowCenter",
+    "WindowWidth",
+    "VOILUTFunction",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "PresentationLUTShape",
+]
+_HEADER_TAGS = {int(pydicom.datadict.tag_for_keyword(k)) for k in _HEADER_KEYWORDS}  # type: ignore[arg-type]
+_NEEDS_PYDICOM = {0x00283000, 0x00283010, 0x00281201}  # Modality LUT Seq, VOI LUT Seq, palette LUT data
+
+
+def _simple_header(path: Path) -> tuple[pydicom.Dataset, int] | None:
+    """(a Dataset of the render attributes, the Pixel Data offset) for an uncompressed little-endian grey image,
+    from one pass of ``core.scan``; None for anything else."""
+    try:
+        with open(path, "rb") as fp, mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            found = scan.scan(view, _HEADER_TAGS | _NEEDS_PYDICOM, ())  # type: ignore[arg-type]
+    except (scan.Unsupported, OSError, ValueError):
+        return None
+    if found.transfer_syntax not in _NATIVE or found.pixel_offset is None:
+        return None
+    if any(0x6000 <= g <= 0x601E for g in found.groups) or _NEEDS_PYDICOM & found.values.keys():
+        return None
+    implicit = found.transfer_syntax == "1.2.840.10008.1.2"
+    elements = {
+        tag: RawDataElement(Tag(tag), vr, len(raw), raw, 0, implicit, True, True, False)
+        for tag, (vr, raw) in found.values.items()
+    }
+    ds = pydicom.Dataset(elements)
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = found.transfer_syntax
+    if pipeline.is_color(ds):
+        return None
+    return ds, found.pixel_offset

@@ -38,6 +38,8 @@ class Scanned:
     meta: dict[int, bytes]  # File Meta elements (group 0002) by tag
     values: dict[int, tuple[str, bytes]]  # wanted top-level elements: tag -> (VR, raw value)
     items: dict[int, list[dict[int, tuple[str, bytes]]]] = field(default_factory=dict)  # wanted sequences
+    pixel_offset: int | None = None  # file offset of a native Pixel Data value (None: absent or encapsulated)
+    groups: set[int] = field(default_factory=set)  # the top-level groups present (e.g. 0x6000 overlays)
 
 
 def scan(raw: bytes, wanted: Collection[int], sequences: Collection[int] = ()) -> Scanned:
@@ -61,11 +63,11 @@ def scan(raw: bytes, wanted: Collection[int], sequences: Collection[int] = ()) -
         raise Unsupported(f"transfer syntax {syntax!r}")
     walker = _Walker(raw, syntax == IMPLICIT_LITTLE, set(wanted), set(sequences))
     walker.dataset(pos, len(raw), top=True)
-    return Scanned(syntax, meta, walker.values, walker.items)
+    return Scanned(syntax, meta, walker.values, walker.items, walker.pixel_offset, walker.groups)
 
 
 class _Walker:
-    __slots__ = ("data", "implicit", "wanted", "sequences", "values", "items")
+    __slots__ = ("data", "implicit", "wanted", "sequences", "values", "items", "pixel_offset", "groups")
 
     def __init__(self, data: bytes, implicit: bool, wanted: set[int], sequences: set[int]) -> None:
         self.data = data
@@ -74,6 +76,8 @@ class _Walker:
         self.sequences = sequences
         self.values: dict[int, tuple[str, bytes]] = {}
         self.items: dict[int, list[dict[int, tuple[str, bytes]]]] = {}
+        self.pixel_offset: int | None = None
+        self.groups: set[int] = set()
 
     def dataset(self, pos: int, end: int, top: bool = False, keep: dict[int, tuple[str, bytes]] | None = None) -> int:
         """Walk elements from ``pos`` to ``end`` (or an item delimiter); returns the position after them."""
@@ -100,6 +104,8 @@ class _Walker:
                 else:
                     raise Unsupported(f"VR {vr_bytes!r} at {pos}")
                 vr = vr_bytes.decode("ascii")
+            if top:
+                self.groups.add(group)
             if vr == "SQ" or (length == UNDEFINED and vr == "UN" and tag != PIXEL_DATA):
                 collect = top and tag in self.sequences
                 pos = self.sequence(start, length, tag if collect else None)
@@ -112,6 +118,8 @@ class _Walker:
             pos = start + length
             if pos > size:
                 raise Unsupported("value runs past the end")
+            if top and tag == PIXEL_DATA:
+                self.pixel_offset = start
             if top and tag in self.wanted:
                 self.values[tag] = (vr, data[start:pos])
             elif keep is not None and tag in self.wanted:

@@ -70,12 +70,23 @@ def _uids(request: Request) -> tuple[str, str | None, str | None]:
 
 async def _image(request: Request, item: StoredFile, job: render.RenderRequest) -> Response:
     renderer: render.Renderer = request.app.state.renderer
-    etag = '"' + await run_in_threadpool(renderer.etag, item, job) + '"'
-    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
-    if request.headers.get("if-none-match") in (etag, "*"):
+    wanted = request.headers.get("if-none-match")
+    data, etag, fresh = await run_in_threadpool(_render_unless_current, renderer, item, job, wanted)  # one hop
+    headers = {"ETag": f'"{etag}"', "Cache-Control": CACHE_CONTROL}
+    if data is None:
         return Response(status_code=304, headers=headers)
-    data, _ = await run_in_threadpool(renderer.render, item, job)
-    return Response(data, media_type=job.media_type, headers=headers)
+    # a new image goes to the cache after the answer has left
+    later = BackgroundTask(renderer.keep, item, etag, job, data) if fresh else None
+    return Response(data, media_type=job.media_type, headers=headers, background=later)
+
+
+def _render_unless_current(
+    renderer: render.Renderer, item: StoredFile, job: render.RenderRequest, wanted: str | None
+) -> tuple[bytes | None, str, bool]:
+    etag = renderer.etag(item, job)
+    if wanted and (wanted.strip() == "*" or f'"{etag}"' in [t.strip() for t in wanted.split(",")]):
+        return None, etag, False
+    return renderer.render_deferred(item, job)
 
 
 async def instance(request: Request) -> Response:
