@@ -9,6 +9,7 @@ small image at every level: a study's and a series' show their middle instance. 
 
 from __future__ import annotations
 
+import concurrent.futures
 import secrets
 
 from starlette.background import BackgroundTask
@@ -25,6 +26,7 @@ from dcmnode.dicomweb.paths import path_uid
 from dcmnode.errors import InvalidRequest, NotAcceptable
 
 THUMBNAIL_SIZE = 128
+_cache_writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="render-cache")
 CACHE_CONTROL = "private, max-age=3600"
 
 
@@ -68,40 +70,45 @@ def _uids(request: Request) -> tuple[str, str | None, str | None]:
     )
 
 
-async def _image(request: Request, item: StoredFile, job: render.RenderRequest) -> Response:
+async def _image(request: Request, uids: tuple[str, str | None, str | None], job: render.RenderRequest) -> Response:
+    catalog: Catalog = request.app.state.catalog
     renderer: render.Renderer = request.app.state.renderer
     wanted = request.headers.get("if-none-match")
-    data, etag, fresh = await run_in_threadpool(_render_unless_current, renderer, item, job, wanted)  # one hop
+    data, etag, item, fresh = await run_in_threadpool(_find_and_render, catalog, renderer, uids, job, wanted)
     headers = {"ETag": f'"{etag}"', "Cache-Control": CACHE_CONTROL}
     if data is None:
         return Response(status_code=304, headers=headers)
-    # a new image goes to the cache after the answer has left
-    later = BackgroundTask(renderer.keep, item, etag, job, data) if fresh else None
-    return Response(data, media_type=job.media_type, headers=headers, background=later)
+    if fresh:  # a new image goes to the cache beside the answer, not before it (nor before the next request)
+        _cache_writer.submit(renderer.keep, item, etag, job, data)
+    return Response(data, media_type=job.media_type, headers=headers)
 
 
-def _render_unless_current(
-    renderer: render.Renderer, item: StoredFile, job: render.RenderRequest, wanted: str | None
-) -> tuple[bytes | None, str, bool]:
+def _find_and_render(
+    catalog: Catalog,
+    renderer: render.Renderer,
+    uids: tuple[str, str | None, str | None],
+    job: render.RenderRequest,
+    wanted: str | None,
+) -> tuple[bytes | None, str, StoredFile, bool]:
+    """In one worker-thread hop: the instance (the middle one of a study or series), its ETag, its image."""
+    items = catalog.resource(*uids)
+    item = items[len(items) // 2]
     etag = renderer.etag(item, job)
     if wanted and (wanted.strip() == "*" or f'"{etag}"' in [t.strip() for t in wanted.split(",")]):
-        return None, etag, False
-    return renderer.render_deferred(item, job)
+        return None, etag, item, False
+    data, etag, fresh = renderer.render_deferred(item, job)
+    return data, etag, item, fresh
 
 
 async def instance(request: Request) -> Response:
-    catalog: Catalog = request.app.state.catalog
-    [item] = await run_in_threadpool(catalog.resource, *_uids(request))
-    return await _image(request, item, request_from(request))
+    return await _image(request, _uids(request), request_from(request))
 
 
 async def frames(request: Request) -> Response:
-    catalog: Catalog = request.app.state.catalog
     text = request.path_params["frames"]
     if not text.isdigit():
         raise InvalidRequest(f"frame {text!r}: a rendered frame is one frame number")
-    [item] = await run_in_threadpool(catalog.resource, *_uids(request))
-    return await _image(request, item, request_from(request, frame=int(text)))
+    return await _image(request, _uids(request), request_from(request, frame=int(text)))
 
 
 async def collection(request: Request) -> Response:
@@ -125,10 +132,7 @@ async def collection(request: Request) -> Response:
 
 
 async def thumbnail(request: Request) -> Response:
-    catalog: Catalog = request.app.state.catalog
-    items = await run_in_threadpool(catalog.resource, *_uids(request))
-    middle = items[len(items) // 2]
-    return await _image(request, middle, request_from(request, thumbnail=True))
+    return await _image(request, _uids(request), request_from(request, thumbnail=True))
 
 
 async def wado_uri_image(request: Request, item: StoredFile, content_type: str) -> Response:
@@ -166,7 +170,7 @@ async def wado_uri_image(request: Request, item: StoredFile, content_type: str) 
         enhance=tuple(render.parse_enhance(p.get("enhance"))),
         quality=int(quality),
     )
-    return await _image(request, item, job)
+    return await _image(request, (item.study, item.series, item.sop), job)
 
 
 async def export(request: Request) -> Response:
