@@ -17,7 +17,6 @@ from typing import Any
 from pynetdicom import evt
 
 FAST = 0.0001
-SHARED = 0.0005  # several busy associations in this process: the cores are busy, polling would take them
 SLOW = 0.001  # pynetdicom's own default
 
 
@@ -42,31 +41,22 @@ class Pacer:
         if not hasattr(dul, "_run_loop_delay"):  # a pynetdicom without the knob: nothing to tune
             return
         with self._lock:
-            new = id(dul) not in self._active
+            if id(dul) not in self._active:
+                dul._run_loop_delay = FAST
             self._active[id(dul)] = (dul, time.monotonic())
-            if new:
-                self._retune()
 
     def on_close(self, event: evt.Event) -> None:
         with self._lock:
-            if self._active.pop(id(event.assoc.dul), None) is not None:
-                self._retune()
-
-    def _retune(self) -> None:
-        """One busy association polls fast; several share the process and poll at SHARED (lock held)."""
-        delay = FAST if len(self._active) <= 1 else SHARED
-        for dul, _ in self._active.values():
-            dul._run_loop_delay = delay
+            self._active.pop(id(event.assoc.dul), None)
 
     def _sweep(self) -> None:
         while not self._stop.wait(self.idle_after / 2):
             cutoff = time.monotonic() - self.idle_after
             with self._lock:
-                idle = [key for key, (_, last) in self._active.items() if last < cutoff]
-                for key in idle:
-                    self._active.pop(key)[0]._run_loop_delay = SLOW
-                if idle:
-                    self._retune()
+                for key, (dul, last) in list(self._active.items()):
+                    if last < cutoff:
+                        dul._run_loop_delay = SLOW
+                        del self._active[key]
 
     def stop(self) -> None:
         self._stop.set()
