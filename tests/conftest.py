@@ -29,7 +29,8 @@ def make_settings(data: Path, **sections: dict[str, Any]) -> config.Settings:
     overrides: dict[str, dict[str, Any]] = {
         "node": {"data_dir": str(data)},
         "dimse": {"host": HOST, "port": 0},
-        "http": {"host": HOST, "port": 0},
+        # metadata worker processes only where a test asks for them (each node would spawn two interpreters)
+        "http": {"host": HOST, "port": 0, "metadata_workers": 0},
     }
     for name, values in sections.items():
         overrides.setdefault(name, {}).update(values)
