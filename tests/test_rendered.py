@@ -87,6 +87,8 @@ def test_thumbnails_at_every_level(rendered_live: Any) -> None:
         assert max(thumb.shape[:2]) == 128
     sized = image(httpx.get(url(live, series[0], "/thumbnail", "series"), params={"viewport": "64,64"}))
     assert sized.shape == (64, 64)
+    frame = image(httpx.get(url(live, series[0], "/frames/1/thumbnail")))
+    assert max(frame.shape[:2]) == 128
 
 
 def test_series_rendered_is_one_image_per_instance(rendered_live: Any) -> None:

@@ -105,10 +105,18 @@ async def instance(request: Request) -> Response:
 
 
 async def frames(request: Request) -> Response:
+    return await _image(request, _uids(request), request_from(request, frame=_frame_number(request)))
+
+
+async def frame_thumbnail(request: Request) -> Response:
+    return await _image(request, _uids(request), request_from(request, frame=_frame_number(request), thumbnail=True))
+
+
+def _frame_number(request: Request) -> int:
     text = request.path_params["frames"]
     if not text.isdigit():
         raise InvalidRequest(f"frame {text!r}: a rendered frame is one frame number")
-    return await _image(request, _uids(request), request_from(request, frame=int(text)))
+    return int(text)
 
 
 async def collection(request: Request) -> Response:

@@ -42,7 +42,9 @@ def routes() -> list[Route]:
         Route("/studies/{study}/series/{series}/instances/{instance}/rendered", rendered.instance),
         Route("/studies/{study}/series/{series}/instances/{instance}/thumbnail", rendered.thumbnail),
         Route("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered", rendered.frames),
-        Route("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail", rendered.frames),
+        Route(
+            "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail", rendered.frame_thumbnail
+        ),
         Route("/wado", wado.wado_uri, methods=["GET"]),
     ]
 
