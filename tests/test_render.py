@@ -3,6 +3,7 @@ files and the deid-data files that both render; plus the rules of PS3.3 C.11 che
 
 from __future__ import annotations
 
+import io
 import subprocess
 import tempfile
 import warnings
@@ -183,3 +184,39 @@ def test_guards_against_absurd_sizes() -> None:
             pipeline.modality(ds, np.zeros((8, 8), dtype=np.int16))
     finally:
         pipeline.MAX_LUT_ENTRIES = saved
+
+
+PLAIN = ["CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm", "emri_small.dcm", "liver.dcm", "OBXXXX1A.dcm"]
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        render.RenderRequest("image/png"),
+        render.RenderRequest("image/png", window=pipeline.Window(100, 500)),
+        render.RenderRequest(
+            "image/png", window=pipeline.Window(100, 500, "SIGMOID"), viewport=render.Viewport(40, 30)
+        ),
+    ],
+    ids=["stored window", "request window", "sigmoid + viewport"],
+)
+def test_the_plain_fast_path_renders_like_the_general_path(request_: render.RenderRequest, tmp_path: Path) -> None:
+    """Plain grey images skip pydicom (render._render_plain); the pixels must not change."""
+    paths = [p for p in FILES if p.name in PLAIN or p.name.startswith("generated_")]
+    mono1 = tmp_path / "mono1_inverse.dcm"  # MONOCHROME1 with Presentation LUT Shape INVERSE: two inversions
+    ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    ds.PhotometricInterpretation, ds.PresentationLUTShape = "MONOCHROME1", "INVERSE"
+    ds.save_as(mono1)
+    taken = 0
+    for path in [*paths, mono1]:
+        ds = read(path)
+        if ds is None:
+            continue
+        fast = render._render_plain(path, request_)
+        if fast is None:
+            continue
+        taken += 1
+        general = render.encode(render.render_array(ds, pipeline.decode(ds, 1), request_), request_)
+        pixels = [np.asarray(Image.open(io.BytesIO(data))) for data in (fast, general)]
+        assert np.array_equal(*pixels), path
+    assert taken >= 3  # the test is only worth something if the fast path was taken
