@@ -33,6 +33,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from dcmnode.errors import InvalidRequest
 from dcmnode.model import UID_PATTERN
 from dcmnode.store.index import Index
+from dcmnode.store.schema import INSTANCE_COLUMNS, PATIENT_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS
 
 
 class Level(StrEnum):
@@ -90,8 +91,10 @@ def _attr(keyword: str, level: Level, sql: str, match: Match | None = None) -> A
     return Attribute(keyword, tag, vr, level, sql, match)
 
 
-def _column(alias: str, level: Level, names: Iterable[str]) -> list[Attribute]:
-    return [_attr(name, level, f"{alias}.{name}") for name in names]
+def _column(alias: str, level: Level, names: Iterable[str], exclude: tuple[str, ...] = ()) -> list[Attribute]:
+    """The index columns of one level (``store.schema``) as attributes; ``exclude``: columns another level owns
+    or that are not matching keys (SpecificCharacterSet, the stored TransferSyntaxUID)."""
+    return [_attr(name, level, f"{alias}.{name}") for name in names if name not in exclude]
 
 
 P, ST, SE, IM = Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE
@@ -119,85 +122,18 @@ _PATIENT_INSTANCES = (
 ATTRIBUTES: dict[str, Attribute] = {
     a.keyword: a
     for a in [
-        *_column(
-            "p",
-            P,
-            (
-                "PatientID",
-                "IssuerOfPatientID",
-                "PatientName",
-                "PatientBirthDate",
-                "PatientBirthTime",
-                "PatientSex",
-                "OtherPatientIDs",
-                "EthnicGroup",
-                "PatientComments",
-            ),
-        ),
+        *_column("p", P, PATIENT_COLUMNS),
         _attr("NumberOfPatientRelatedStudies", P, _PATIENT_STUDIES, Match.RETURN_ONLY),
         _attr("NumberOfPatientRelatedSeries", P, _PATIENT_SERIES, Match.RETURN_ONLY),
         _attr("NumberOfPatientRelatedInstances", P, _PATIENT_INSTANCES, Match.RETURN_ONLY),
-        *_column(
-            "st",
-            ST,
-            (
-                "StudyInstanceUID",
-                "StudyDate",
-                "StudyTime",
-                "AccessionNumber",
-                "StudyID",
-                "StudyDescription",
-                "ReferringPhysicianName",
-                "PatientAge",
-                "PatientSize",
-                "PatientWeight",
-                "TimezoneOffsetFromUTC",
-                "InstitutionName",
-            ),
-        ),
+        *_column("st", ST, STUDY_COLUMNS, exclude=("SpecificCharacterSet",)),
         _attr("ModalitiesInStudy", ST, _MODALITIES, Match.MODALITIES),
         _attr("SOPClassesInStudy", ST, _SOP_CLASSES, Match.RETURN_ONLY),
         _attr("NumberOfStudyRelatedSeries", ST, _STUDY_SERIES, Match.RETURN_ONLY),
         _attr("NumberOfStudyRelatedInstances", ST, _STUDY_INSTANCES, Match.RETURN_ONLY),
-        *_column(
-            "se",
-            SE,
-            (
-                "SeriesInstanceUID",
-                "Modality",
-                "SeriesNumber",
-                "SeriesDescription",
-                "SeriesDate",
-                "SeriesTime",
-                "BodyPartExamined",
-                "Laterality",
-                "PerformedProcedureStepStartDate",
-                "PerformedProcedureStepStartTime",
-                "ScheduledProcedureStepID",
-                "RequestedProcedureID",
-                "Manufacturer",
-                "StationName",
-                "OperatorsName",
-            ),
-        ),
+        *_column("se", SE, SERIES_COLUMNS, exclude=("StudyInstanceUID",)),
         _attr("NumberOfSeriesRelatedInstances", SE, _SERIES_INSTANCES, Match.RETURN_ONLY),
-        *_column(
-            "i",
-            IM,
-            (
-                "SOPInstanceUID",
-                "SOPClassUID",
-                "InstanceNumber",
-                "ContentDate",
-                "ContentTime",
-                "AcquisitionNumber",
-                "Rows",
-                "Columns",
-                "BitsAllocated",
-                "NumberOfFrames",
-                "ImageType",
-            ),
-        ),
+        *_column("i", IM, INSTANCE_COLUMNS, exclude=("SeriesInstanceUID", "StudyInstanceUID", "TransferSyntaxUID")),
         _attr("AvailableTransferSyntaxUID", IM, "i.TransferSyntaxUID", Match.UID),
     ]
 }
