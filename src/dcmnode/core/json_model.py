@@ -109,7 +109,7 @@ def _dataset(r: _Reader, end: int, top: bool = False) -> dict[str, Any]:
             if tag == ITEM_END:
                 r.pos = pos + 8
                 break
-            vr = _implicit_vr(tag, r.signed)
+            vr = implicit_vr(tag, r.signed)
             start = pos + 8
         else:
             group, elem, vr_bytes, length = explicit_header(data, pos)
@@ -124,7 +124,7 @@ def _dataset(r: _Reader, end: int, top: bool = False) -> dict[str, Any]:
             else:
                 start = pos + 8
             if vr == "UN" and length != UNDEFINED and r.little:
-                vr = _implicit_vr(tag, r.signed)  # a known attribute sent as UN: its dictionary VR (PS3.5 6.2.2)
+                vr = implicit_vr(tag, r.signed)  # a known attribute sent as UN: its dictionary VR (PS3.5 6.2.2)
         r.pos = start
         if vr == "SQ" or (length == UNDEFINED and vr == "UN" and tag != PIXEL_DATA):
             value = _sequence(r, length)
@@ -220,7 +220,9 @@ def _skip_fragments(r: _Reader) -> int:
     raise Unsupported("encapsulated value without an end")
 
 
-def _implicit_vr(tag: int, signed: bool) -> str:
+def implicit_vr(tag: int, signed: bool = False) -> str:
+    """The VR of an element read in implicit VR: private creators LO, other private UN, group lengths UL, the
+    data dictionary otherwise; ambiguous VRs resolved by PixelRepresentation (``signed``) and to OW."""
     if tag >> 16 & 1:  # private
         return "LO" if 0x10 <= (tag & 0xFFFF) <= 0xFF else "UN"
     if tag & 0xFFFF == 0:

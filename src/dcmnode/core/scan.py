@@ -1,6 +1,6 @@
 """One pass over a Part 10 file's bytes: checks that every element, item and sequence ends where it says (a
 truncated or garbled file fails), and keeps the raw values of the attributes ingest needs. Imports: stdlib,
-pydicom (data dictionary only).
+core.json_model (element layout, implicit VRs).
 
 pydicom's ``dcmread`` builds an object per element (~1.4 ms for a CT header with private groups); this walk costs
 ~0.3 ms, which is a tenth of a C-STORE's server time. ``core.parse`` uses it first and falls back to pydicom for
@@ -14,14 +14,10 @@ import struct
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from pydicom.datadict import dictionary_VR
+from dcmnode.core.json_model import ITEM, ITEM_END, LONG_VRS, PIXEL_DATA, SEQUENCE_END, UNDEFINED, implicit_vr
 
-UNDEFINED = 0xFFFFFFFF
-ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
 IMPLICIT_LITTLE = "1.2.840.10008.1.2"
-PIXEL_DATA = 0x7FE00010
 
 _EXPLICIT = struct.Struct("<HH2sH").unpack_from
 _IMPLICIT = struct.Struct("<HHL").unpack_from
@@ -90,7 +86,7 @@ class _Walker:
                 tag = group << 16 | elem
                 if tag == ITEM_END:
                     return pos + 8
-                vr = _implicit_vr(tag)
+                vr = implicit_vr(tag)
                 start = pos + 8
             else:
                 group, elem, vr_bytes, length = _EXPLICIT(data, pos)
@@ -170,15 +166,3 @@ class _Walker:
                 raise Unsupported("bad fragment")
             pos += length
         raise Unsupported("encapsulated pixel data without a delimiter")
-
-
-def _implicit_vr(tag: int) -> str:
-    if tag >> 16 & 1:
-        return "LO" if 0x10 <= (tag & 0xFFFF) <= 0xFF else "UN"
-    if tag & 0xFFFF == 0:
-        return "UL"
-    try:
-        vr = dictionary_VR(tag)
-    except KeyError:
-        return "UN"
-    return "OW" if " or " in vr and "OW" in vr and "US or SS" not in vr else vr.split(" or ")[0]
