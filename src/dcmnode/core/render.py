@@ -130,10 +130,11 @@ class Renderer:
 
 
 def render_file(path: Path, request: RenderRequest) -> bytes:
-    quick = _render_plain(path, request)
+    found = _scan_native(path)  # one pass over the header, shared by both fast paths
+    quick = _render_plain(path, request, found) if found is not None else None
     if quick is not None:
         return quick
-    simple = _simple_header(path)
+    simple = _simple_header(found) if found is not None else None
     if simple is not None:  # a plain grey image: the scan's header and one read at the frame's offset
         ds, offset = simple
         frames = pipeline.number_of_frames(ds)
@@ -179,6 +180,13 @@ def _read_native(path: Path, ds: pydicom.Dataset, offset: int, frame: int) -> np
         return None
     if bits not in (8, 16) or (signed and stored_bits != bits) or pipeline.is_color(ds):
         return None
+    return _read_frame(path, offset, frame, rows, cols, bits, stored_bits, signed)
+
+
+def _read_frame(
+    path: Path, offset: int, frame: int, rows: int, cols: int, bits: int, stored_bits: int, signed: bool
+) -> np.ndarray:
+    """Frame ``frame`` of native little-endian grey pixel data starting at ``offset``: one seek, one read."""
     size = rows * cols * bits // 8
     with open(path, "rb") as fp:
         fp.seek(offset + (frame - 1) * size)
@@ -349,9 +357,9 @@ _HEADER_TAGS = {int(pydicom.datadict.tag_for_keyword(k)) for k in _HEADER_KEYWOR
 _NEEDS_PYDICOM = {0x00283000, 0x00283010, 0x00281201}  # Modality LUT Seq, VOI LUT Seq, palette LUT data
 
 
-def _simple_header(path: Path) -> tuple[pydicom.Dataset, int] | None:
-    """(a Dataset of the render attributes, the Pixel Data offset) for an uncompressed little-endian grey image,
-    from one pass of ``core.scan``; None for anything else."""
+def _scan_native(path: Path) -> scan.Scanned | None:
+    """One pass of ``core.scan`` over an uncompressed little-endian file with native pixel data and nothing that
+    needs pydicom (LUT sequences, palette, overlays); None for anything else."""
     try:
         with open(path, "rb") as fp, mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as view:
             found = scan.scan(view, _HEADER_TAGS | _NEEDS_PYDICOM, ())  # type: ignore[arg-type]
@@ -361,6 +369,12 @@ def _simple_header(path: Path) -> tuple[pydicom.Dataset, int] | None:
         return None
     if any(0x6000 <= g <= 0x601E for g in found.groups) or _NEEDS_PYDICOM & found.values.keys():
         return None
+    return found
+
+
+def _simple_header(found: scan.Scanned) -> tuple[pydicom.Dataset, int] | None:
+    """(a Dataset of the render attributes, the Pixel Data offset) for a grey image, from the scan."""
+    assert found.pixel_offset is not None
     implicit = found.transfer_syntax == "1.2.840.10008.1.2"
     elements = {
         tag: RawDataElement(Tag(tag), vr, len(raw), raw, 0, implicit, True, True, False)
@@ -391,16 +405,8 @@ class _Plain:
     offset: int
 
 
-def _plain(path: Path) -> _Plain | None:
-    try:
-        with open(path, "rb") as fp, mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as view:
-            found = scan.scan(view, _HEADER_TAGS | _NEEDS_PYDICOM, ())  # type: ignore[arg-type]
-    except (scan.Unsupported, OSError, ValueError):
-        return None
-    if found.transfer_syntax not in _NATIVE or found.pixel_offset is None:
-        return None
-    if any(0x6000 <= g <= 0x601E for g in found.groups) or _NEEDS_PYDICOM & found.values.keys():
-        return None
+def _plain(found: scan.Scanned) -> _Plain | None:
+    assert found.pixel_offset is not None
     values = found.values
 
     def text(keyword: str) -> str:
@@ -440,28 +446,24 @@ def _plain(path: Path) -> _Plain | None:
     return _Plain(rows, cols, bits, stored_bits, signed, frames, window, slope, intercept, invert, found.pixel_offset)
 
 
-def _render_plain(path: Path, request: RenderRequest) -> bytes | None:
+def _render_plain(path: Path, request: RenderRequest, found: scan.Scanned | None = None) -> bytes | None:
     """The whole render for a plain grey image with a window and no enhancement: the same arithmetic as
-    ``render_array``'s lookup table, without building a pydicom data set. None: take the general path."""
+    ``render_array``'s lookup table, without building a pydicom data set. None: take the general path.
+    ``found``: the file's scan, if the caller has it already."""
     if request.enhance:
         return None
-    plain = _plain(path)
+    if found is None:
+        found = _scan_native(path)
+    plain = _plain(found) if found is not None else None
     if plain is None or (request.window or plain.window) is None:
         return None
     if request.frame > plain.frames:
         raise InvalidRequest(f"frame {request.frame} does not exist: the instance has {plain.frames} frame(s)")
-    size = plain.rows * plain.cols * plain.bits // 8
-    with open(path, "rb") as fp:
-        fp.seek(plain.offset + (request.frame - 1) * size)
-        data = fp.read(size)
-    if len(data) != size:
-        raise NotAcceptable(f"frame {request.frame} lies beyond the end of the pixel data")
-    dtype = np.dtype(f"<{'i' if plain.signed else 'u'}{plain.bits // 8}")
-    stored = np.frombuffer(data, dtype=dtype).reshape(plain.rows, plain.cols)
-    if not plain.signed and plain.stored_bits < plain.bits:
-        stored = stored & ((1 << plain.stored_bits) - 1)
+    stored = _read_frame(
+        path, plain.offset, request.frame, plain.rows, plain.cols, plain.bits, plain.stored_bits, plain.signed
+    )
     low, high = int(stored.min()), int(stored.max())
-    levels = np.arange(low, high + 1, dtype=np.int64).astype(dtype).astype(np.float32)
+    levels = np.arange(low, high + 1, dtype=np.int64).astype(stored.dtype).astype(np.float32)
     if plain.slope != 1.0:
         levels *= np.float32(plain.slope)
     if plain.intercept != 0.0:
