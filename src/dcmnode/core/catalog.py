@@ -34,7 +34,7 @@ class Catalog:
     def resource(self, study: str, series: str | None = None, sop: str | None = None) -> list[retrieve.StoredFile]:
         return retrieve.resource(self.store, study, series, sop)
 
-    def series_metadata(self, study: str, series: str) -> bytes:
+    def series_metadata(self, study: str, series: str) -> tuple[bytes, str]:
         return self.metadata.series_json(study, series)
 
     def study_series(self, study: str) -> list[str]:

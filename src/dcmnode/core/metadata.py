@@ -132,17 +132,18 @@ class MetadataCache:
             return None
         return SeriesStamp(row[0], series, int(row[1]), str(row[2]))
 
-    def series_json(self, study: str, series: str) -> bytes:
-        """The series' metadata as a JSON array (bytes) with the BASE placeholder; cached."""
+    def series_json(self, study: str, series: str) -> tuple[bytes, str]:
+        """(the series' metadata as a JSON array with the BASE placeholder, its version key); cached. The key
+        changes whenever the series does, so it serves as the ETag without hashing the JSON."""
         stamp = self.stamp(series)
         if stamp is None or stamp.study != study:
             raise NotFound(f"series {series} of study {study} is not stored here")
         path = self.folder / f"{stamp.key}.json"
         try:
-            return path.read_bytes()
+            return path.read_bytes(), stamp.key
         except FileNotFoundError:
             pass
-        return self._build(stamp, path)
+        return self._build(stamp, path), stamp.key
 
     def _build(self, stamp: SeriesStamp, path: Path, inline: bool = False) -> bytes:
         with self._lock:

@@ -164,13 +164,15 @@ class _GzipCache:
         self._size = size
         self._lock = threading.Lock()
 
-    def get(self, key: str, make: bytes) -> bytes:
+    def find(self, key: str) -> bytes | None:
         with self._lock:
             found = self._items.get(key)
             if found is not None:
                 self._items.move_to_end(key)
-                return found
-        packed = gzip.compress(make, compresslevel=1, mtime=0)  # JSON this repetitive packs ~8x even at level 1
+            return found
+
+    def add(self, key: str, body: bytes) -> bytes:
+        packed = gzip.compress(body, compresslevel=1, mtime=0)  # JSON this repetitive packs ~8x even at level 1
         with self._lock:
             self._items[key] = packed
             while len(self._items) > self._size:
@@ -186,24 +188,26 @@ async def series_metadata(request: Request) -> Response:
     assert series is not None
     accept.require_json(request.headers.get("accept"))
     catalog: Catalog = request.app.state.catalog
-    data = await run_in_threadpool(catalog.series_metadata, study, series)
-    return await _json(request, data, _etag(hashlib.sha1(data).hexdigest()))
+    data, version = await run_in_threadpool(catalog.series_metadata, study, series)
+    return await _json(request, data, _etag(version))
 
 
 async def study_metadata(request: Request) -> Response:
     study, _, _ = _uids(request)
     accept.require_json(request.headers.get("accept"))
     catalog: Catalog = request.app.state.catalog
-    data = await run_in_threadpool(_study_json, catalog, study)
-    return await _json(request, data, _etag(hashlib.sha1(data).hexdigest()))
+    data, versions = await run_in_threadpool(_study_json, catalog, study)
+    return await _json(request, data, _etag(*versions))
 
 
-def _study_json(catalog: Catalog, study: str) -> bytes:
+def _study_json(catalog: Catalog, study: str) -> tuple[bytes, list[str]]:
+    """The study's metadata (its series' arrays joined) and the version keys of those series."""
     series = catalog.study_series(study)
     if not series:
         catalog.resource(study)  # raises NotFound with the reason
-    parts = [catalog.series_metadata(study, s)[1:-1] for s in series]
-    return b"[" + b",".join(p for p in parts if p) + b"]"
+    found = [catalog.series_metadata(study, s) for s in series]
+    parts = [data[1:-1] for data, _ in found]
+    return b"[" + b",".join(p for p in parts if p) + b"]", [version for _, version in found]
 
 
 async def instance_metadata(request: Request) -> Response:
@@ -222,10 +226,14 @@ async def _json(request: Request, data: bytes, etag: str, cache: str = COLLECTIO
     headers = {"ETag": etag, "Cache-Control": cache, "Vary": "Accept-Encoding"}
     if _not_modified(request, etag):
         return Response(status_code=304, headers=headers)
+    gzipped = {**headers, "Content-Encoding": "gzip"}
+    wants_gzip = "gzip" in request.headers.get("accept-encoding", "")
+    if wants_gzip and (packed := _gzip_cache.find(etag)) is not None:
+        return Response(packed, media_type=DICOM_JSON, headers=gzipped)  # this version, packed before
     body = meta.with_base(data, base)
-    if "gzip" in request.headers.get("accept-encoding", "") and len(body) > 4096:
-        packed = await run_in_threadpool(_gzip_cache.get, etag, body)
-        return Response(packed, media_type=DICOM_JSON, headers={**headers, "Content-Encoding": "gzip"})
+    if wants_gzip and len(body) > 4096:
+        packed = await run_in_threadpool(_gzip_cache.add, etag, body)
+        return Response(packed, media_type=DICOM_JSON, headers=gzipped)
     return Response(body, media_type=DICOM_JSON, headers=headers)
 
 
