@@ -22,7 +22,7 @@ from dcmnode.core import render
 from dcmnode.core.catalog import Catalog
 from dcmnode.core.retrieve import StoredFile
 from dcmnode.dicomweb import accept
-from dcmnode.dicomweb.paths import path_uid
+from dcmnode.dicomweb.paths import etag_matches, resource_uids
 from dcmnode.errors import InvalidRequest, NotAcceptable
 
 THUMBNAIL_SIZE = 128
@@ -61,15 +61,6 @@ def request_from(request: Request, frame: int = 1, thumbnail: bool = False) -> r
     )
 
 
-def _uids(request: Request) -> tuple[str, str | None, str | None]:
-    p = request.path_params
-    return (
-        path_uid(p["study"], "StudyInstanceUID"),
-        path_uid(p["series"], "SeriesInstanceUID") if "series" in p else None,
-        path_uid(p["instance"], "SOPInstanceUID") if "instance" in p else None,
-    )
-
-
 async def _image(request: Request, uids: tuple[str, str | None, str | None], job: render.RenderRequest) -> Response:
     catalog: Catalog = request.app.state.catalog
     renderer: render.Renderer = request.app.state.renderer
@@ -94,22 +85,24 @@ def _find_and_render(
     items = catalog.resource(*uids)
     item = items[len(items) // 2]
     etag = renderer.etag(item, job)
-    if wanted and (wanted.strip() == "*" or f'"{etag}"' in [t.strip() for t in wanted.split(",")]):
+    if etag_matches(wanted, f'"{etag}"'):
         return None, etag, item, False
     data, etag, fresh = renderer.render_deferred(item, job)
     return data, etag, item, fresh
 
 
 async def instance(request: Request) -> Response:
-    return await _image(request, _uids(request), request_from(request))
+    return await _image(request, resource_uids(request), request_from(request))
 
 
 async def frames(request: Request) -> Response:
-    return await _image(request, _uids(request), request_from(request, frame=_frame_number(request)))
+    return await _image(request, resource_uids(request), request_from(request, frame=_frame_number(request)))
 
 
 async def frame_thumbnail(request: Request) -> Response:
-    return await _image(request, _uids(request), request_from(request, frame=_frame_number(request), thumbnail=True))
+    return await _image(
+        request, resource_uids(request), request_from(request, frame=_frame_number(request), thumbnail=True)
+    )
 
 
 def _frame_number(request: Request) -> int:
@@ -122,7 +115,7 @@ def _frame_number(request: Request) -> int:
 async def collection(request: Request) -> Response:
     """A study's or series' /rendered: one image per instance, multipart/related."""
     catalog: Catalog = request.app.state.catalog
-    items = await run_in_threadpool(catalog.resource, *_uids(request))
+    items = await run_in_threadpool(catalog.resource, *resource_uids(request))
     job = request_from(request)
     renderer: render.Renderer = request.app.state.renderer
     boundary = secrets.token_hex(16)
@@ -140,7 +133,7 @@ async def collection(request: Request) -> Response:
 
 
 async def thumbnail(request: Request) -> Response:
-    return await _image(request, _uids(request), request_from(request, thumbnail=True))
+    return await _image(request, resource_uids(request), request_from(request, thumbnail=True))
 
 
 async def wado_uri_image(request: Request, item: StoredFile, content_type: str) -> Response:
@@ -188,7 +181,7 @@ async def export(request: Request) -> Response:
     if fmt not in exporting.FORMATS:
         raise InvalidRequest(f"format={fmt!r}: one of {', '.join(exporting.FORMATS)}")
     catalog: Catalog = request.app.state.catalog
-    study, series, _ = _uids(request)
+    study, series, _ = resource_uids(request)
     items = await run_in_threadpool(catalog.resource, study, series)
     renderer: render.Renderer = request.app.state.renderer
     out = renderer.tmp_dir / f"export-{secrets.token_hex(8)}.{'zip' if fmt == 'zip' else 'nii.gz'}"

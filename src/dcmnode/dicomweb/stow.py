@@ -19,8 +19,9 @@ from starlette.responses import JSONResponse, Response
 from dcmnode.core.ingest import Ingest
 from dcmnode.core.parse import Expected
 from dcmnode.dicomweb.multipart import Part, PartSpooler, parse_media_type
-from dcmnode.errors import DcmnodeError, InvalidInstance, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
-from dcmnode.model import Source, SourceKind, StoredInstance, check_uid
+from dcmnode.dicomweb.paths import path_uid
+from dcmnode.errors import DcmnodeError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from dcmnode.model import Source, SourceKind, StoredInstance
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ async def store(request: Request) -> Response:
     limits: StowLimits = request.app.state.stow_limits
     study = request.path_params.get("study")
     if study is not None:
-        study = _path_uid(study)
+        study = path_uid(study, "StudyInstanceUID")
     boundary = _check_content_type(request.headers.get("content-type"))
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limits.max_request_bytes:
@@ -62,13 +63,6 @@ async def store(request: Request) -> Response:
     return JSONResponse(
         _response_body(stored, failed, study, base), status_code=_http_status(stored, failed), media_type=DICOM_JSON
     )
-
-
-def _path_uid(value: str) -> str:
-    try:
-        return check_uid(value, "StudyInstanceUID in the URL")
-    except InvalidInstance as exc:
-        raise InvalidRequest(exc.reason) from exc
 
 
 def _check_content_type(header: str | None) -> str:

@@ -34,7 +34,7 @@ from dcmnode.core import metadata as meta
 from dcmnode.core import retrieve
 from dcmnode.core.catalog import Catalog
 from dcmnode.dicomweb import accept, rendered
-from dcmnode.dicomweb.paths import base_url, path_uid
+from dcmnode.dicomweb.paths import base_url, etag_matches, path_uid, resource_uids
 from dcmnode.errors import InvalidRequest, NotAcceptable
 
 DICOM = "application/dicom"
@@ -84,23 +84,15 @@ def negotiate_dicom(header: str | None, stored: set[str], single_allowed: bool) 
 
 # -- instances ---------------------------------------------------------------------------------------------------
 async def retrieve_study(request: Request) -> Response:
-    return await _retrieve(request, _uids(request))
+    return await _retrieve(request, resource_uids(request))
 
 
 async def retrieve_series(request: Request) -> Response:
-    return await _retrieve(request, _uids(request))
+    return await _retrieve(request, resource_uids(request))
 
 
 async def retrieve_instance(request: Request) -> Response:
-    return await _retrieve(request, _uids(request))
-
-
-def _uids(request: Request) -> tuple[str, str | None, str | None]:
-    params = request.path_params
-    study = path_uid(params["study"], "StudyInstanceUID")
-    series = path_uid(params["series"], "SeriesInstanceUID") if "series" in params else None
-    sop = path_uid(params["instance"], "SOPInstanceUID") if "instance" in params else None
-    return study, series, sop
+    return await _retrieve(request, resource_uids(request))
 
 
 async def _retrieve(request: Request, uids: tuple[str, str | None, str | None]) -> Response:
@@ -184,7 +176,7 @@ _gzip_cache = _GzipCache()
 
 
 async def series_metadata(request: Request) -> Response:
-    study, series, _ = _uids(request)
+    study, series, _ = resource_uids(request)
     assert series is not None
     accept.require_json(request.headers.get("accept"))
     catalog: Catalog = request.app.state.catalog
@@ -193,7 +185,7 @@ async def series_metadata(request: Request) -> Response:
 
 
 async def study_metadata(request: Request) -> Response:
-    study, _, _ = _uids(request)
+    study, _, _ = resource_uids(request)
     accept.require_json(request.headers.get("accept"))
     catalog: Catalog = request.app.state.catalog
     data, versions = await run_in_threadpool(_study_json, catalog, study)
@@ -211,7 +203,7 @@ def _study_json(catalog: Catalog, study: str) -> tuple[bytes, list[str]]:
 
 
 async def instance_metadata(request: Request) -> Response:
-    study, series, sop = _uids(request)
+    study, series, sop = resource_uids(request)
     accept.require_json(request.headers.get("accept"))
     catalog: Catalog = request.app.state.catalog
     [item] = await run_in_threadpool(catalog.resource, study, series, sop)
@@ -275,7 +267,7 @@ def negotiate_frames(header: str | None, stored: str) -> FrameChoice:
 
 
 async def frames(request: Request) -> Response:
-    study, series, sop = _uids(request)
+    study, series, sop = resource_uids(request)
     numbers = frame_io.parse_frame_list(request.path_params["frames"])
     catalog: Catalog = request.app.state.catalog
     [item] = await run_in_threadpool(catalog.resource, study, series, sop)
@@ -306,7 +298,7 @@ def _read_frames(item: retrieve.StoredFile, numbers: list[int], choice: FrameCho
 
 
 async def bulkdata(request: Request) -> Response:
-    study, series, sop = _uids(request)
+    study, series, sop = resource_uids(request)
     tag_text = request.path_params["tag"]
     try:
         tag = int(tag_text, 16)
@@ -362,5 +354,4 @@ def _etag(*parts: str) -> str:
 
 
 def _not_modified(request: Request, etag: str) -> bool:
-    wanted = request.headers.get("if-none-match")
-    return bool(wanted) and (wanted.strip() == "*" or etag in [t.strip() for t in wanted.split(",")])
+    return etag_matches(request.headers.get("if-none-match"), etag)
