@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up dcmnode on a fresh machine: a virtual environment in .venv with dcmnode and its dependencies.
 #   bash scripts/setup.sh          the node
-#   bash scripts/setup.sh --test   the node, the test dependencies and the Debian packages the tests use (dcmtk)
+#   bash scripts/setup.sh --test   the node, the test dependencies and the Debian packages the tests use (dcmtk, dicom3tools, ...)
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,7 @@ if [[ $want_test -eq 1 ]]; then
   command -v chromium >/dev/null || missing+=(chromium)
   command -v npm >/dev/null || missing+=(npm)
   command -v Orthanc >/dev/null || missing+=(orthanc)
+  command -v dciodvfy >/dev/null || missing+=(dicom3tools)
   if [[ ${#missing[@]} -gt 0 ]]; then
     echo "setup: installing Debian packages for the tests (${missing[*]})"
     as_root apt-get update -qq

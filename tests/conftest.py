@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import socket
@@ -48,7 +49,7 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[..., Node]]:
             cfg = tmp_path / f"peers{len(nodes)}.toml"
             cfg.write_text(peers_toml)
             base = config.load(cfg)
-            settings = config.Settings(settings.node, settings.dimse, settings.http, settings.store, base.peers)
+            settings = dataclasses.replace(settings, peers=base.peers)
         node = Node(settings)
         node.start_dimse()
         nodes.append(node)

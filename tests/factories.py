@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 from pathlib import Path
 
@@ -101,6 +102,29 @@ def ct_series(
         else:
             pixels = rng.integers(0, 2000, size=(rows, cols), dtype=np.int16)
         ds.PixelData = pixels.tobytes()
+        out.append(ds)
+    return out
+
+
+def ct_small_series(n: int, patient_id: str = "SR-0001", shift: int = 3) -> list[Dataset]:
+    """A valid CT series (dciodvfy finds no error in it) of n slices made from pydicom's CT_small: its header,
+    its pixels moved by ``shift`` pixels per slice, fresh UIDs, positions 5 mm apart."""
+    source = pydicom.dcmread(bundled("CT_small.dcm"))
+    study, series = generate_uid(), generate_uid()
+    pixels = source.pixel_array
+    out = []
+    for i in range(n):
+        ds = copy.deepcopy(source)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.PatientID = patient_id
+        ds.SeriesNumber, ds.InstanceNumber = 7, i + 1
+        ds.SeriesDescription = "Axial CT_small"
+        x, y, z = source.ImagePositionPatient
+        ds.ImagePositionPatient = [x, y, f"{float(z) + 5.0 * i:.3f}"]
+        ds.SliceLocation = f"{float(z) + 5.0 * i:.3f}"
+        ds.PixelData = np.roll(pixels, shift * i, axis=1).astype(pixels.dtype).tobytes()
         out.append(ds)
     return out
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.factories import ct_series, write_series  # noqa: E402
+from tests.factories import ct_series, ct_small_series, write_series  # noqa: E402
 
 HOST = "127.0.0.1"
 DCMNODE_DIMSE, DCMNODE_HTTP, ORTHANC_DICOM, ORTHANC_HTTP = 11112, 8080, 4242, 8042
@@ -61,7 +61,13 @@ def main(work: Path) -> None:
     report["first"] = {"study": first[0].StudyInstanceUID, "sops": sorted(d.SOPInstanceUID for d in first)}
     report["second"] = {"study": second[0].StudyInstanceUID, "sops": sorted(d.SOPInstanceUID for d in second)}
 
-    (work / "dcmnode.toml").write_text(f"[peers.ORTHANC]\nhost = '{HOST}'\nport = {ORTHANC_DICOM}\n")
+    third = ct_small_series(2, patient_id="PEER-3")  # sent by Orthanc: the SR rule's input
+    report["third"] = {"series": third[0].SeriesInstanceUID, "sops": sorted(d.SOPInstanceUID for d in third)}
+    (work / "dcmnode.toml").write_text(
+        "[sr]\nquiet_seconds = 1.0\npoll_seconds = 0.2\n"
+        '[[sr.rules]]\nmodality = "CT"\ncalling_aet = "ORTHANC"\nmethod = "classical"\n'
+        f"[peers.ORTHANC]\nhost = '{HOST}'\nport = {ORTHANC_DICOM}\n"
+    )
     node_cmd = [sys.executable, "-m", "dcmnode"]
     subprocess.run([*node_cmd, "import", "--data", str(work / "data"), str(work / "in")], check=True, timeout=120)
     config = {
@@ -120,6 +126,9 @@ def main(work: Path) -> None:
             report["after_retrieve"] = sorted(
                 orthanc(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] for i in orthanc("/instances")
             )
+            # 4. Orthanc sends a CT series to dcmnode (C-STORE, calling AE ORTHANC): the SR rule fires when the
+            #    series is complete and the derived series come back to Orthanc
+            report["sr"] = super_resolution_round_trip(work, third)
         finally:
             for process in (node, pacs):
                 process.terminate()
@@ -128,6 +137,41 @@ def main(work: Path) -> None:
                 except subprocess.TimeoutExpired:
                     process.kill()
     (work / "report.json").write_text(json.dumps(report, indent=1))
+
+
+def super_resolution_round_trip(work: Path, series: list[Any]) -> dict[str, Any]:
+    paths = write_series(work / "sr-in", series)
+    ids = [orthanc_upload(p.read_bytes()) for p in paths]
+    parent = orthanc(f"/instances/{ids[0]}")["ParentSeries"]
+    orthanc("/modalities/DCMNODE/store", {"Resources": [parent], "Synchronous": True})
+    deadline = time.monotonic() + 180
+    while True:
+        derived = {}
+        for info in orthanc("/series?expand"):
+            number = str(info["MainDicomTags"].get("SeriesNumber", ""))
+            if number in ("1007", "2007", "3007"):
+                derived[number] = info
+        if len(derived) == 3 and [len(derived[n]["Instances"]) for n in ("1007", "2007", "3007")] == [2, 2, 1]:
+            break
+        if time.monotonic() > deadline:
+            return {"timeout": {n: len(i["Instances"]) for n, i in derived.items()}}
+        time.sleep(0.5)
+    tags = [orthanc(f"/instances/{i}/simplified-tags") for i in derived["1007"]["Instances"]]
+    report_tags = orthanc(f"/instances/{derived['3007']['Instances'][0]}/simplified-tags")
+    return {
+        "counts": {n: len(i["Instances"]) for n, i in derived.items()},
+        "rows": sorted(int(t["Rows"]) for t in tags),
+        "image_type": tags[0]["ImageType"],
+        "study": tags[0]["StudyInstanceUID"],
+        "sources": sorted(t["SourceImageSequence"][0]["ReferencedSOPInstanceUID"] for t in tags),
+        "report_modality": report_tags["Modality"],
+    }
+
+
+def orthanc_upload(raw: bytes) -> str:
+    request = urllib.request.Request(f"http://{HOST}:{ORTHANC_HTTP}/instances", data=raw, method="POST")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return str(json.loads(response.read())["ID"])
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def test_dimse_processes_share_the_port_and_die_with_the_node(
 ) -> None:
     server = cli_server_factory(tmp_path / "data", env={"DCMNODE_DIMSE_PROCESSES": "3"})
     workers = children_of(server.proc.pid)
-    assert len(workers) == 3
+    assert len(workers) == 4  # three DIMSE processes and the SR worker
     associations = [associate(server.dimse_port) for _ in range(3)]  # three at once, over the shared socket
     assert all(a.is_established for a in associations)
     assert [a.send_c_store(ds).Status for a, ds in zip(associations, ct_series(3), strict=True)] == [0, 0, 0]
@@ -64,12 +64,12 @@ def test_dimse_processes_share_the_port_and_die_with_the_node(
     while any(
         Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2] for pid in workers
     ):
-        assert time.monotonic() < deadline, "DIMSE processes outlived the node"
+        assert time.monotonic() < deadline, "DIMSE or SR processes outlived the node"
         time.sleep(0.05)
 
 
 def test_dimse_in_the_http_process(tmp_path: Path, cli_server_factory: Callable[..., CliServer]) -> None:
-    server = cli_server_factory(tmp_path / "data", env={"DCMNODE_DIMSE_PROCESSES": "0"})
+    server = cli_server_factory(tmp_path / "data", env={"DCMNODE_DIMSE_PROCESSES": "0", "DCMNODE_SR_WORKER": "thread"})
     assert children_of(server.proc.pid) == []
     assoc = associate(server.dimse_port)
     assert assoc.send_c_store(ct_series(1)[0]).Status == 0

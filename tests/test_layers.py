@@ -15,19 +15,23 @@ ALLOWED: dict[str, set[str]] = {
     "store": {"errors", "model"},
     "imaging": {"errors"},
     "core": {"errors", "model", "config", "store", "imaging"},
+    "sr": {"errors", "model", "config", "store", "imaging", "core"},
     "dimse": {"errors", "model", "config", "core"},
     "dicomweb": {"errors", "model", "config", "core"},
-    "api": {"errors", "model", "config", "core"},
-    "app": {"errors", "model", "config", "store", "core", "dimse", "dicomweb", "api"},
-    "cli": {"errors", "model", "config", "store", "imaging", "core", "app", "server", "__version__"},
-    "server": {"errors", "model", "config", "dimse", "app", "__version__"},
+    "api": {"errors", "model", "config", "core", "sr"},
+    "upload": {"errors", "model", "config", "core"},
+    "worker": {"errors", "model", "config", "store", "core", "sr", "dimse"},
+    "app": {"errors", "model", "config", "store", "core", "sr", "dimse", "dicomweb", "api", "upload"},
+    "cli": {"errors", "model", "config", "store", "imaging", "core", "sr", "worker", "app", "server", "__version__"},
+    "server": {"errors", "model", "config", "dimse", "app", "worker", "__version__"},
     "__main__": {"cli"},
     "__init__": set(),
 }
 # Third-party packages confined to the layer that adapts them.
 CONFINED = {
     "pynetdicom": {"dimse", "app"},
-    "starlette": {"dicomweb", "api", "app"},
+    "highdicom": {"sr"},
+    "starlette": {"dicomweb", "api", "upload", "app"},
     "uvicorn": {"server"},
     "torch": {"sr"},
 }

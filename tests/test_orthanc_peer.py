@@ -1,5 +1,6 @@
 """Orthanc (Debian's package) as a real PACS peer: it queries dcmnode with C-FIND, receives a study that
-dcmnode sends by C-MOVE, and retrieves another by its own C-MOVE. Both run in a private network namespace
+dcmnode sends by C-MOVE, retrieves another by its own C-MOVE, and sends a CT series whose super-resolved
+derived series an SR rule sends back to it. Both run in a private network namespace
 (see orthanc_peer.py), because Orthanc 1.10 listens on every interface."""
 
 from __future__ import annotations
@@ -40,3 +41,8 @@ def test_orthanc_queries_receives_and_retrieves(tmp_path: Path) -> None:
     assert report["movescu_rc"] == 0
     assert report["after_move"] == report["first"]["sops"], logs
     assert report["after_retrieve"] == sorted(report["first"]["sops"] + report["second"]["sops"]), logs
+
+    sr = report["sr"]  # the super-resolved series came back to Orthanc, with its uncertainty map and SR report
+    assert sr.get("counts") == {"1007": 2, "2007": 2, "3007": 1}, (sr, logs)
+    assert sr["rows"] == [256, 256] and sr["image_type"].split("\\")[:2] == ["DERIVED", "SECONDARY"]
+    assert sr["sources"] == report["third"]["sops"] and sr["report_modality"] == "SR"

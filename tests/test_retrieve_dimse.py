@@ -32,13 +32,13 @@ from tests.factories import bundled, ct_series, part10
 class StorageScp:
     """A pynetdicom storage SCP on a free port that records what it receives."""
 
-    def __init__(self, ae_title: str = "DEST", transfer_syntaxes: list[str] | None = None) -> None:
+    def __init__(self, ae_title: str = "DEST", transfer_syntaxes: list[str] | None = None, port: int = 0) -> None:
         self.received: list[tuple[Dataset, str]] = []
         ae = AE(ae_title=ae_title)
         ae.add_supported_context(Verification)
         for context in StoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, transfer_syntaxes or context.transfer_syntax)
-        self.server = ae.start_server((HOST, 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        self.server = ae.start_server((HOST, port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
         self.port = self.server.server_address[1]
 
     def _store(self, event: evt.Event) -> int:

@@ -1,12 +1,20 @@
-"""The node's own JSON API (not DICOMweb): health and store statistics. Imports: starlette, core."""
+"""The node's own JSON API (not DICOMweb): health, store statistics, super-resolution jobs.
+
+Imports: starlette, config, errors, core, sr (the job queue, not the numerical core).
+"""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dcmnode.core.ingest import Ingest
+from dcmnode.errors import InvalidRequest, UnsupportedMediaType
+from dcmnode.sr.jobs import FACTORS, METHODS, Jobs, check_send_to
 
 
 def status(request: Request) -> JSONResponse:
@@ -17,6 +25,7 @@ def status(request: Request) -> JSONResponse:
             "ae_title": settings.node.ae_title,
             "dimse_port": request.app.state.dimse_port,
             "counts": ingest.store.index.counts(),
+            "sr_worker": settings.sr.worker,
         }
     )
 
@@ -25,5 +34,70 @@ def health(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True})
 
 
+# -- super-resolution jobs ----------------------------------------------------------------------------------------
+def _jobs(request: Request) -> Jobs:
+    jobs: Jobs = request.app.state.sr_jobs
+    return jobs
+
+
+def _job_id(request: Request) -> int:
+    text = request.path_params["job"]
+    if not text.isdigit():
+        raise InvalidRequest(f"job id {text!r}: a number")
+    return int(text)
+
+
+async def submit_job(request: Request) -> JSONResponse:
+    """``POST /api/sr/jobs {"series": UID, "factor": 2, "method": "learned", "send_to": AET|null}``: 202 with the
+    queued job and its Location."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise UnsupportedMediaType("send the job as application/json")
+    try:
+        body: Any = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the body is not JSON: {exc}") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("series"), str):
+        raise InvalidRequest('the body is {"series": "<Series Instance UID>", "factor": 2, "method": "learned"}')
+    unknown = set(body) - {"series", "factor", "method", "send_to"}
+    if unknown:
+        raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+    factor, method, send_to = body.get("factor", 2), body.get("method", "learned"), body.get("send_to")
+    if not isinstance(factor, int) or factor not in FACTORS:
+        raise InvalidRequest(f"factor {factor!r}: one of {', '.join(map(str, FACTORS))}")
+    if method not in METHODS:
+        raise InvalidRequest(f"method {method!r}: one of {', '.join(METHODS)}")
+    if send_to is not None and not isinstance(send_to, str):
+        raise InvalidRequest('send_to is an AE title, "-" (do not send) or null (back to the sender)')
+    check_send_to(request.app.state.settings, send_to)
+    job = _jobs(request).submit(body["series"], factor, method, send_to, origin="api")
+    return JSONResponse(job.to_json(), status_code=202, headers={"Location": f"/api/sr/jobs/{job.id}"})
+
+
+def list_jobs(request: Request) -> JSONResponse:
+    params = request.query_params
+    limit = params.get("limit", "100")
+    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+        raise InvalidRequest(f"limit={limit!r}: 1-1000")
+    jobs = _jobs(request).list(params.get("status"), params.get("series"), int(limit))
+    return JSONResponse([j.to_json() for j in jobs])
+
+
+def get_job(request: Request) -> JSONResponse:
+    return JSONResponse(_jobs(request).get(_job_id(request)).to_json())
+
+
+def cancel_job(request: Request) -> Response:
+    """``DELETE``: a queued job is cancelled at once, a running one within a second or so (202 until then)."""
+    job = _jobs(request).cancel(_job_id(request))
+    return JSONResponse(job.to_json(), status_code=200 if job.status == "cancelled" else 202)
+
+
 def routes() -> list[Route]:
-    return [Route("/status", status), Route("/health", health)]
+    return [
+        Route("/status", status),
+        Route("/health", health),
+        Route("/sr/jobs", submit_job, methods=["POST"]),
+        Route("/sr/jobs", list_jobs, methods=["GET"]),
+        Route("/sr/jobs/{job}", get_job, methods=["GET"]),
+        Route("/sr/jobs/{job}", cancel_job, methods=["DELETE"]),
+    ]

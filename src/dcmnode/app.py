@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from dcmnode import api
+from dcmnode import api, upload
 from dcmnode.config import Settings
 from dcmnode.core import metadata, render
 from dcmnode.core.catalog import Catalog
@@ -38,6 +38,7 @@ from dcmnode.errors import (
     StorageFull,
     UnsupportedMediaType,
 )
+from dcmnode.sr.jobs import Jobs
 from dcmnode.store import Store
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class Node:
                     routes=dicomweb_routes.routes(),
                     middleware=dicomweb_routes.middleware(self.settings.http.cors_origins),
                 ),
-                Mount("/api", routes=api.routes()),
+                Mount("/api", routes=api.routes() + upload.routes()),
                 Mount("/", app=StaticFiles(directory=web_root(), html=True)),
             ],
             exception_handlers={DcmnodeError: handle_error, HTTPException: handle_http_exception},
@@ -105,6 +106,8 @@ class Node:
         app.state.renderer = render.Renderer(
             self.store.root / "cache" / "rendered", self.store.files.tmp_dir, self.settings.http.render_cache_mb * MIB
         )
+        app.state.sr_jobs = Jobs(self.store.index)
+        app.state.imports = upload.Registry(self.ingest, self.settings)
         app.state.qido_limits = QidoLimits(self.settings.http.max_query_results)
         app.state.dicomweb_prefix = DICOMWEB_PREFIX
         app.state.dimse_port = self.dimse_port

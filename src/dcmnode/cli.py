@@ -1,4 +1,5 @@
-"""Command line: serve | import | status | reindex. Imports: everything (entry point)."""
+"""Command line: serve | import | status | reindex | render | export | sr | worker | send. Imports: everything
+(entry point)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     imp = sub.add_parser(
         "import",
         parents=[common],
-        help="store DICOM files and folders (recursive)",
-        description="Store files and folders (recursive) through the same checks as C-STORE.",
+        help="store DICOM files, folders (recursive) and ZIP/TAR/TAR.GZ archives",
+        description="Store files, folders (recursive) and ZIP/TAR/TAR.GZ archives (read as streams) through the "
+        "same checks as C-STORE.",
     )
     imp.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     imp.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -114,6 +117,40 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("-o", "--output", type=Path, required=True)
     exp.add_argument("--format", choices=["zip", "nifti"], default="zip")
     exp.set_defaults(func=cmd_export)
+
+    srp = sub.add_parser(
+        "sr",
+        parents=[common],
+        help="super-resolve a stored series (queue a job; --wait to follow it)",
+        description="Queue a super-resolution job for a stored series. The running node's worker takes it; "
+        "--here runs it in this process instead (no node needed). The derived series, its uncertainty map and "
+        "an SR report are stored, then sent to --send-to (default: the AE that sent the series, if declared).",
+    )
+    srp.add_argument("series", help="Series Instance UID")
+    srp.add_argument("--factor", type=int, choices=[2, 4], default=2)
+    srp.add_argument("--method", choices=["learned", "classical"], default="learned")
+    srp.add_argument("--send-to", help='AE title of a declared peer; "-" = do not send')
+    srp.add_argument("--wait", action="store_true", help="follow the job with a progress bar until it ends")
+    srp.add_argument("--here", action="store_true", help="run the job in this process (implies --wait)")
+    srp.set_defaults(func=cmd_sr)
+
+    work = sub.add_parser(
+        "worker",
+        parents=[common],
+        help="run the SR worker alone (beside a node started with sr.worker = off)",
+        description="Run queued super-resolution jobs and the [[sr.rules]] until stopped (Ctrl-C).",
+    )
+    work.set_defaults(func=cmd_worker)
+
+    snd = sub.add_parser(
+        "send",
+        parents=[common],
+        help="send a stored series to a declared peer (C-STORE)",
+        description="Send every instance of a stored series to a peer declared under [peers], with retries.",
+    )
+    snd.add_argument("series", help="Series Instance UID")
+    snd.add_argument("ae_title", metavar="AET", help="the peer's AE title")
+    snd.set_defaults(func=cmd_send)
     return parser
 
 
@@ -146,33 +183,41 @@ def cmd_serve(args: argparse.Namespace, settings: config.Settings) -> int:
 def cmd_import(args: argparse.Namespace, settings: config.Settings) -> int:
     from tqdm import tqdm
 
-    from dcmnode.core.importer import import_files, iter_files
+    from dcmnode.core.archives import Limits
+    from dcmnode.core.importer import ImportReport, import_files, iter_files
     from dcmnode.core.ingest import Ingest
     from dcmnode.store import Store
 
     logging.getLogger("dcmnode.core.ingest").setLevel(logging.WARNING)  # the bar and summary say it all
-    files = list(iter_files(args.paths))
+    logging.getLogger("dcmnode.core.importer").setLevel(logging.WARNING)
+    logging.getLogger("dcmnode.core.archives").setLevel(logging.ERROR)  # refusals are listed in the summary
+    files = list(iter_files(args.paths))  # archives (ZIP, TAR, TAR.GZ, by content) among them are expanded
     store = Store.open(settings.data_dir, fsync=settings.store.fsync)
     try:
         ingest = Ingest(store, settings.store.on_duplicate)
         with tqdm(total=len(files), unit="file", disable=args.no_progress, file=sys.stderr, mininterval=0.5) as bar:
 
-            def progress(path: Path, report: Any) -> None:
+            def progress(path: str, report: ImportReport) -> None:
+                bar.total = max(bar.total, report.files_total, report.expected)  # archives bring their members
                 bar.update(1)
                 # refresh=False: redraw at tqdm's pace, not once per file (a log file got every file)
                 bar.set_postfix(
                     stored=report.stored, duplicate=report.duplicate, failed=len(report.failed), refresh=False
                 )
 
-            report = import_files(ingest, files, progress)
+            limits = Limits(max_member_bytes=settings.http.max_part_mb * 1024 * 1024)
+            report = import_files(ingest, files, progress, limits)
     finally:
         store.close()
     print(
-        f"imported {len(files)} file(s): {report.stored} stored ({report.bytes / 1e6:.1f} MB, "
-        f"{len(report.studies)} studies), {report.duplicate} duplicate, {len(report.failed)} failed"
+        f"imported {report.files_total} file(s): {report.stored} stored ({report.bytes / 1e6:.1f} MB, "
+        f"{len(report.studies)} studies), {report.duplicate} duplicate, {len(report.failed)} failed, "
+        f"{len(report.skipped)} skipped"
     )
     for path, reason in report.failed:
         print(f"  failed: {path}: {reason}")
+    for path, reason in report.skipped:
+        print(f"  skipped: {path}: {reason}")
     return 1 if report.failed and not (report.stored or report.duplicate) else 0
 
 
@@ -255,3 +300,82 @@ def cmd_export(args: argparse.Namespace, settings: config.Settings) -> int:
         store.close()
     print(f"wrote {args.output} ({len(items)} instance(s))")
     return 0
+
+
+def cmd_sr(args: argparse.Namespace, settings: config.Settings) -> int:
+    from dcmnode.sr.jobs import ENDED, Jobs, Status, check_send_to
+    from dcmnode.store import Store
+
+    check_send_to(settings, args.send_to)
+    store = Store.open(settings.data_dir, fsync=settings.store.fsync)
+    try:
+        jobs = Jobs(store.index)
+        job = jobs.submit(args.series, args.factor, args.method, args.send_to, origin="cli")
+    finally:
+        store.close()
+    print(f"SR job {job.id} queued: series {job.series} x{job.factor} ({job.method})")
+    if args.here:
+        from dcmnode import worker
+
+        runner = threading.Thread(target=worker.run_job_here, args=(settings, job.id), daemon=True)
+        runner.start()
+    if not (args.wait or args.here):
+        return 0
+    store = Store.open(settings.data_dir, fsync=settings.store.fsync)
+    try:
+        job = _follow(Jobs(store.index), job.id, ENDED)
+    finally:
+        store.close()
+    print(f"SR job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
+    if job.status == Status.DONE:
+        series = job.result.get("series", {})
+        for kind, label in (("sr", "derived series"), ("unc", "uncertainty"), ("report", "report")):
+            print(f"  {label}: {series.get(kind)}")
+    if job.send_status:
+        print(f"  send: {job.send_status}")
+    return 0 if job.status == Status.DONE else 1
+
+
+def _follow(jobs: Any, job_id: int, ended: tuple[str, ...]) -> Any:
+    import time
+
+    from tqdm import tqdm
+
+    with tqdm(total=100, unit="%", file=sys.stderr, bar_format="{l_bar}{bar}| {postfix}") as bar:
+        while True:
+            job = jobs.get(job_id)
+            bar.n = round(job.progress * 100)
+            bar.set_postfix_str(f"{job.status}: {job.stage}"[:60], refresh=True)
+            if job.status in ended and not (job.status == "done" and job.send_status == "sending"):
+                return job
+            time.sleep(0.5)
+
+
+def cmd_worker(args: argparse.Namespace, settings: config.Settings) -> int:
+    from dcmnode import worker
+
+    return worker.run_process(settings, nice=0)
+
+
+def cmd_send(args: argparse.Namespace, settings: config.Settings) -> int:
+    from dcmnode import worker
+    from dcmnode.core.catalog import Catalog
+    from dcmnode.store import Store
+
+    peer = settings.peers.get(args.ae_title)
+    if peer is None:
+        raise InvalidRequest(f"{args.ae_title} is not a declared peer ([peers.{args.ae_title}] host/port)")
+    store = Store.open(settings.data_dir, fsync=settings.store.fsync)
+    try:
+        files = worker.series_files(Catalog(store), args.series)
+        if not files:
+            raise NotFound(f"series {args.series} is not stored here")
+        outcomes = worker.send_series(settings, files, peer)
+    finally:
+        store.close()
+    sent = [o for o in outcomes if o.status == "sent"]
+    print(f"sent {len(sent)} of {len(outcomes)} instance(s) to {peer.ae_title} ({peer.host}:{peer.port})")
+    for o in outcomes:
+        if o.status != "sent":
+            print(f"  failed: {o.sop}: {o.reason} {o.to_json()['dicom_status'] or ''}".rstrip())
+    return 0 if len(sent) == len(outcomes) else 1

@@ -78,6 +78,43 @@ class StoreSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SrSettings:
+    worker: str = _default(
+        "process", "where SR jobs run: process (a low-priority child of serve), thread (inside serve), or off"
+    )
+    threads: int = _default(0, "CPU threads torch may use for SR; 0 = all cores")
+    seed: int = _default(0, "random seed of SR training (same seed, same input: same output)")
+    train_steps: int = _default(0, "training steps of the learned model; 0 = its default (stops early on time)")
+    max_train_seconds: float = _default(55.0, "longest training of the learned model per series and grid")
+    max_output_side: int = _default(8192, "largest output row or column; a larger SR job fails with the reason")
+    quiet_seconds: float = _default(30.0, "a series counts as complete this long after its last instance (rules)")
+    rule_lookback_hours: float = _default(24.0, "rules look at series received this recently (not the whole store)")
+    poll_seconds: float = _default(1.0, "how often an idle worker looks for queued jobs and complete series")
+    send_attempts: int = _default(5, "associations tried when sending a derived series back")
+    send_backoff: float = _default(2.0, "seconds before the second send attempt; doubled each time")
+    send_backoff_max: float = _default(60.0, "longest wait between send attempts")
+
+
+@dataclass(frozen=True, slots=True)
+class SrRule:
+    """``[[sr.rules]]``: start an SR job when a complete series matches (empty fields match anything)."""
+
+    modality: str = ""
+    calling_aet: str = ""
+    description: str = ""  # regular expression searched in Series Description (case-insensitive)
+    factor: int = 2
+    method: str = "learned"
+    send_to: str = ""  # AE title; empty = the calling AE that sent the series, when declared; "-" = keep here
+
+    def matches(self, modality: str, calling_aet: str, description: str) -> bool:
+        return (
+            (not self.modality or self.modality.upper() == modality.upper())
+            and (not self.calling_aet or self.calling_aet == calling_aet)
+            and (not self.description or re.search(self.description, description, re.IGNORECASE) is not None)
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Peer:
     ae_title: str
     host: str
@@ -91,7 +128,9 @@ class Settings:
     dimse: DimseSettings = field(default_factory=DimseSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    sr: SrSettings = field(default_factory=SrSettings)
     peers: dict[str, Peer] = field(default_factory=dict)
+    sr_rules: tuple[SrRule, ...] = ()
 
     @property
     def data_dir(self) -> Path:
@@ -103,7 +142,9 @@ SECTIONS: dict[str, type[Any]] = {
     "dimse": DimseSettings,
     "http": HttpSettings,
     "store": StoreSettings,
+    "sr": SrSettings,
 }
+SR_WORKERS = ("process", "thread", "off")
 PEER_KEYS = {"host", "port", "description", "ae_title"}
 
 
@@ -117,11 +158,12 @@ def load(
     peers: dict[str, Any] = {}
     if path is not None:
         peers = _merge_file(raw, path)
+    rules = raw["sr"].pop("rules", [])
     _merge_env(raw, env or {})
     for section, values in (overrides or {}).items():
         raw[section].update({k: v for k, v in values.items() if v is not None})
     sections = {name: _build(cls, raw[name], name) for name, cls in SECTIONS.items()}
-    settings = Settings(**sections, peers=_build_peers(peers))
+    settings = Settings(**sections, peers=_build_peers(peers), sr_rules=_build_rules(rules))
     _validate(settings)
     return settings
 
@@ -206,6 +248,22 @@ def _build_peers(tables: dict[str, Any]) -> dict[str, Peer]:
     return peers
 
 
+def _build_rules(tables: Any) -> tuple[SrRule, ...]:
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError("[[sr.rules]] must be an array of tables")
+    rules = []
+    for n, table in enumerate(tables, 1):
+        try:
+            rule = _build(SrRule, table, f"sr.rules[{n}]")
+            re.compile(rule.description)
+        except re.error as exc:
+            raise ConfigError(f"sr.rules[{n}].description is not a regular expression: {exc}") from exc
+        if rule.factor not in (2, 4) or rule.method not in ("learned", "classical"):
+            raise ConfigError(f"sr.rules[{n}]: factor 2 or 4, method learned or classical")
+        rules.append(rule)
+    return tuple(rules)
+
+
 def _validate(settings: Settings) -> None:
     titles = [settings.node.ae_title, *settings.peers, *settings.dimse.allowed_callers]
     for title in titles:
@@ -225,6 +283,11 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"http.metadata_workers must be 0-64, not {settings.http.metadata_workers}")
     if settings.http.max_query_results < 1:
         raise ConfigError(f"http.max_query_results must be at least 1, not {settings.http.max_query_results}")
+    if settings.sr.worker not in SR_WORKERS:
+        raise ConfigError(f"sr.worker must be one of {SR_WORKERS}, not {settings.sr.worker!r}")
+    for rule in settings.sr_rules:
+        if rule.send_to not in ("", "-") and not AE_TITLE.match(rule.send_to):
+            raise ConfigError(f"sr.rules: send_to {rule.send_to!r} is not an AE title")
     if settings.node.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"node.log_level must be DEBUG, INFO, WARNING or ERROR, not {settings.node.log_level}")
 

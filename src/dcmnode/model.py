@@ -43,6 +43,7 @@ class SourceKind(StrEnum):
     STOW = "stow"
     IMPORT = "import"
     REINDEX = "reindex"
+    DERIVED = "derived"  # made by this node (super-resolution)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,11 @@
-"""``dcmnode serve``: the processes of a running node. Imports: stdlib, uvicorn, config, dimse, app.
+"""``dcmnode serve``: the processes of a running node. Imports: stdlib, uvicorn, config, dimse, app, worker.
 
 The parent process serves HTTP (DICOMweb, API, viewer). DIMSE associations are served by ``dimse.processes``
 child processes that share one listening socket: each association runs in whichever process accepts it, so
 parallel associations use every core (pynetdicom holds the GIL for most of its work). With ``processes = 0``
 the SCP runs as threads inside the HTTP process. Children are forked before the parent starts any thread,
-and die with the parent (PR_SET_PDEATHSIG), so a ``kill -9`` of the node leaves no stray process.
+and die with the parent (PR_SET_PDEATHSIG), so a ``kill -9`` of the node leaves no stray process. The SR worker
+(``sr.worker = "process"``) is one more such child, at a lower priority.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 import threading
 import time
 
-from dcmnode import __version__
+from dcmnode import __version__, worker
 from dcmnode.app import Node
 from dcmnode.config import Settings
 from dcmnode.dimse import scp
@@ -35,8 +36,10 @@ def run(settings: Settings) -> int:
     http_sock = _listen_http(settings.http.host, settings.http.port)
     dimse_sock = scp.listen(settings.dimse.host, settings.dimse.port)
     children = _fork_dimse_processes(settings, dimse_sock, http_sock, settings.dimse.processes)
+    sr_child = _fork_worker(settings, [dimse_sock, http_sock]) if settings.sr.worker == "process" else None
     stopping = threading.Event()
     node = Node(settings)
+    sr_thread = worker.start_thread(settings)[0] if settings.sr.worker == "thread" else None
     try:
         if not children:
             node.start_dimse(dimse_sock)
@@ -47,7 +50,9 @@ def run(settings: Settings) -> int:
         _serve_http(node, http_sock)
     finally:
         stopping.set()
-        _stop_children(children)
+        if sr_thread is not None:
+            sr_thread.stop()
+        _stop_children(children + ([sr_child] if sr_child else []))
         node.close()
     return 0
 
@@ -146,6 +151,30 @@ def _dimse_child(settings: Settings, sock: socket.socket, ready_fd: int, parent:
     node.close()
     sys.stdout.flush()
     return 0
+
+
+def _fork_worker(settings: Settings, sockets: list[socket.socket]) -> int:
+    """The SR worker as a child process at lower priority: torch's training never slows DIMSE or HTTP."""
+    parent = os.getpid()
+    pid = os.fork()
+    if pid != 0:
+        return pid
+    code = 1
+    try:
+        for sock in sockets:
+            sock.close()
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == parent:
+            stop = threading.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda signum, frame: stop.set())
+            code = worker.run_process(settings, stop)
+    except BaseException:
+        log.exception("SR worker process failed")
+    finally:
+        sys.stdout.flush()
+        os._exit(code)
 
 
 def _watch_children(children: list[int], stopping: threading.Event) -> None:

@@ -26,6 +26,7 @@ from dcmnode.config import Settings
 from dcmnode.core import query as q
 from dcmnode.core import retrieve
 from dcmnode.core.catalog import Catalog
+from dcmnode.dimse import send
 from dcmnode.errors import DcmnodeError, InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ def handle_move(event: evt.Event, catalog: Catalog, settings: Settings) -> Itera
         yield _failure(IDENTIFIER_MISMATCH, err.reason), None
         return
     accepted: dict[str, list[str]] = {}
-    contexts = _proposal(files)
+    contexts = send.proposal(files)
     yield peer.host, peer.port, {"contexts": contexts, "evt_handlers": [(evt.EVT_ACCEPTED, _remember, [accepted])]}
     yield len(files)
     log.info("C-MOVE from %s: %d instances to %s (%s:%d)", requestor.ae_title, len(files), destination, *_at(peer))
@@ -178,24 +179,6 @@ def _at(peer: Any) -> tuple[str, int]:
 def _remember(event: evt.Event, accepted: dict[str, list[str]]) -> None:
     for cx in event.assoc.accepted_contexts:
         accepted.setdefault(str(cx.abstract_syntax), []).extend(str(ts) for ts in cx.transfer_syntax)
-
-
-def _proposal(files: list[retrieve.StoredFile]) -> list[Any]:
-    """Presentation contexts for a C-MOVE sub-association: per SOP class, the stored syntaxes in one context
-    and the uncompressed ones in another, so that the peer can refuse compression and still receive
-    (at most 128 contexts, PS3.8 §9.3.2.2)."""
-    stored: dict[str, set[str]] = {}
-    for f in files:
-        stored.setdefault(f.sop_class, set()).add(f.transfer_syntax)
-    contexts = []
-    for sop_class, syntaxes in sorted(stored.items()):
-        compressed = sorted(s for s in syntaxes if s not in retrieve.UNCOMPRESSED)
-        for syntax in compressed:
-            contexts.append(build_context(sop_class, [syntax]))
-        contexts.append(build_context(sop_class, [str(s) for s in retrieve.UNCOMPRESSED[:3]]))
-    if len(contexts) > 128:
-        raise InvalidRequest(f"{len(contexts)} presentation contexts needed; at most 128 fit one association")
-    return contexts
 
 
 def _sub_operations(

@@ -172,3 +172,34 @@ CREATE TABLE instances (
         for cols in columns:
             name = f"ix_{table}_" + cols.replace(", ", "_")
             db.execute(f"CREATE INDEX {name} ON {table} ({cols})")
+
+
+@migrations()
+def m002_sr_jobs(db: Database) -> None:
+    """The super-resolution job queue (``sr.jobs``): persistent, so that a restart resumes it."""
+    db.execute("""
+CREATE TABLE sr_jobs (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  series TEXT NOT NULL,
+  study TEXT NOT NULL,
+  factor INTEGER NOT NULL,
+  method TEXT NOT NULL,
+  send_to TEXT,
+  origin TEXT NOT NULL,
+  status TEXT NOT NULL,
+  progress REAL NOT NULL DEFAULT 0,
+  stage TEXT NOT NULL DEFAULT '',
+  attempts INTEGER NOT NULL DEFAULT 0,
+  cancel_requested INTEGER NOT NULL DEFAULT 0,
+  worker TEXT NOT NULL DEFAULT '',
+  created_at TEXT NOT NULL,
+  started_at TEXT,
+  finished_at TEXT,
+  heartbeat_at TEXT,
+  error TEXT,
+  result TEXT,
+  send_status TEXT NOT NULL DEFAULT '',
+  sends TEXT
+)""")
+    db.execute("CREATE INDEX ix_sr_jobs_status ON sr_jobs (status, id)")
+    db.execute("CREATE INDEX ix_sr_jobs_series ON sr_jobs (series)")
