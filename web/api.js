@@ -1,0 +1,84 @@
+// HTTP helpers: every request of the viewer goes through here, so every failure becomes an HttpError that names
+// the status and the server's reason (the node answers errors as JSON {"error": reason, "status": code}).
+
+export const DICOMWEB = "dicom-web"; // relative to the page, so the viewer also works behind a path prefix
+
+export class HttpError extends Error {
+  constructor(status, reason, method, url) {
+    super(`HTTP ${status}${reason ? `: ${reason}` : ""} (${method} ${shortUrl(url)})`);
+    this.name = "HttpError";
+    this.status = status;
+    this.reason = reason;
+  }
+}
+
+function shortUrl(url) {
+  const text = String(url);
+  return text.length > 120 ? `${text.slice(0, 117)}…` : text;
+}
+
+/** The server's reason for a failed response: the JSON error field, else the text, else the status text. */
+export async function reasonOf(response) {
+  let text = "";
+  try {
+    text = await response.text();
+  } catch {
+    return response.statusText;
+  }
+  try {
+    const body = JSON.parse(text);
+    const reason = body.error ?? body.reason ?? body.detail;
+    if (reason) return typeof reason === "string" ? reason : JSON.stringify(reason);
+  } catch {
+    // not JSON: use the text itself
+  }
+  return text.trim().slice(0, 300) || response.statusText;
+}
+
+/** fetch() that throws HttpError for any non-2xx answer and a readable Error when the node is unreachable. */
+export async function request(url, { method = "GET", headers = {}, body, signal, cache } = {}) {
+  let response;
+  try {
+    response = await fetch(url, { method, headers, body, signal, cache });
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw new Error(`cannot reach the node (${method} ${shortUrl(url)}): ${err.message}`);
+  }
+  if (!response.ok) throw new HttpError(response.status, await reasonOf(response), method, url);
+  return response;
+}
+
+export async function getJSON(url, options = {}) {
+  const response = await request(url, { ...options, headers: { Accept: "application/json", ...options.headers } });
+  return response.status === 204 ? null : response.json();
+}
+
+export async function sendJSON(url, method, data) {
+  const response = await request(url, {
+    method,
+    headers: { "Content-Type": "application/json", Accept: "application/json" },
+    body: data === undefined ? undefined : JSON.stringify(data),
+  });
+  const text = await response.text();
+  return text ? JSON.parse(text) : null;
+}
+
+/** QIDO-RS: path under /dicom-web, params as an object (arrays become repeated parameters; empty ones dropped). */
+export function qido(path, params = {}, options = {}) {
+  const query = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) {
+    for (const one of Array.isArray(value) ? value : [value]) {
+      if (one !== undefined && one !== null && one !== "") query.append(key, String(one));
+    }
+  }
+  const url = `${DICOMWEB}/${path}${query.size ? `?${query}` : ""}`;
+  return getJSON(url, { ...options, headers: { Accept: "application/dicom+json" } });
+}
+
+export function seriesPath(study, series) {
+  return `${DICOMWEB}/studies/${study}/series/${series}`;
+}
+
+export function instancePath(study, series, instance) {
+  return `${seriesPath(study, series)}/instances/${instance}`;
+}

@@ -1,0 +1,166 @@
+// The study list: QIDO-RS search (name, ID, accession, date range, modality), sortable columns, limit/offset paging.
+
+import { qido } from "./api.js";
+import { TAG, formatDate, formatName, number, text, value } from "./dicom.js";
+import { showError } from "./toast.js";
+
+const INCLUDE = ["StudyDescription", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "ModalitiesInStudy"];
+
+// Column → how a row sorts on it (sorting orders the rows of the current page: QIDO has no sort parameter).
+const SORT_KEYS = {
+  name: (s) => s.name.toLowerCase(),
+  pid: (s) => s.pid,
+  date: (s) => s.date + s.time,
+  accession: (s) => s.accession,
+  description: (s) => s.description.toLowerCase(),
+  modalities: (s) => s.modalities,
+  series: (s) => s.series,
+  instances: (s) => s.instances,
+};
+
+export class StudiesView {
+  constructor(root) {
+    this.root = root;
+    this.form = root.querySelector("#study-search");
+    this.body = root.querySelector("#study-table tbody");
+    this.offset = 0;
+    this.rows = [];
+    this.sort = { key: "date", dir: -1 };
+    this.loaded = false;
+    this.form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.offset = 0;
+      this.search();
+    });
+    this.form.addEventListener("reset", () => setTimeout(() => this.form.requestSubmit()));
+    root.querySelector("#page-prev").addEventListener("click", () => this.page(-1));
+    root.querySelector("#page-next").addEventListener("click", () => this.page(1));
+    root.querySelector("#page-size").addEventListener("change", () => {
+      this.offset = 0;
+      this.search();
+    });
+    for (const th of root.querySelectorAll("th[data-sort]")) {
+      th.querySelector("button").addEventListener("click", () => this.sortBy(th.dataset.sort));
+    }
+    this.body.addEventListener("click", (event) => this.open(event.target.closest("tr")));
+    this.body.addEventListener("keydown", (event) => {
+      const tr = event.target.closest("tr");
+      if (event.key === "Enter") this.open(tr);
+      else if (event.key === "ArrowDown") tr?.nextElementSibling?.focus();
+      else if (event.key === "ArrowUp") tr?.previousElementSibling?.focus();
+      else return;
+      event.preventDefault();
+      event.stopPropagation();
+    });
+  }
+
+  get pageSize() {
+    return Number(this.root.querySelector("#page-size").value);
+  }
+
+  async enter() {
+    if (!this.loaded) await this.search();
+  }
+
+  onKey(event) {
+    if (event.key === "/") {
+      this.form.elements.PatientName.focus();
+      return true;
+    }
+    return false;
+  }
+
+  /** The QIDO parameters of the form. A name without a wildcard is a prefix search ("doe" finds "Doe^John"). */
+  params() {
+    const f = this.form.elements;
+    let name = f.PatientName.value.trim();
+    const fuzzy = f.fuzzy.checked;
+    if (name && !fuzzy && !/[*?]/.test(name)) name += "*";
+    const from = f.dateFrom.value.replaceAll("-", "");
+    const to = f.dateTo.value.replaceAll("-", "");
+    return {
+      PatientName: name,
+      PatientID: f.PatientID.value.trim(),
+      AccessionNumber: f.AccessionNumber.value.trim(),
+      StudyDate: from || to ? `${from}-${to}` : "",
+      ModalitiesInStudy: f.ModalitiesInStudy.value,
+      fuzzymatching: fuzzy && name ? "true" : "",
+      includefield: INCLUDE.join(","),
+      limit: this.pageSize + 1, // one more than shown tells whether there is a next page
+      offset: this.offset,
+    };
+  }
+
+  async search() {
+    this.loaded = true;
+    this.body.innerHTML = `<tr><td colspan="8" class="empty">Searching…</td></tr>`;
+    let found;
+    try {
+      found = await qido("studies", this.params());
+    } catch (err) {
+      this.body.innerHTML = `<tr><td colspan="8" class="empty">The search failed.</td></tr>`;
+      showError(err, "Study search");
+      return;
+    }
+    this.more = found.length > this.pageSize;
+    this.rows = found.slice(0, this.pageSize).map(studyRow);
+    this.render();
+  }
+
+  page(step) {
+    this.offset = Math.max(0, this.offset + step * this.pageSize);
+    this.search();
+  }
+
+  sortBy(key) {
+    this.sort = { key, dir: this.sort.key === key ? -this.sort.dir : 1 };
+    this.render();
+  }
+
+  render() {
+    const { key, dir } = this.sort;
+    const by = SORT_KEYS[key];
+    const rows = [...this.rows].sort((a, b) => (by(a) < by(b) ? -dir : by(a) > by(b) ? dir : 0));
+    for (const th of this.root.querySelectorAll("th[data-sort]")) {
+      th.setAttribute("aria-sort", th.dataset.sort !== key ? "none" : dir > 0 ? "ascending" : "descending");
+    }
+    this.body.replaceChildren();
+    if (!rows.length) {
+      this.body.innerHTML = `<tr><td colspan="8" class="empty">No study matches.</td></tr>`;
+    }
+    for (const s of rows) {
+      const tr = this.body.insertRow();
+      tr.tabIndex = 0;
+      tr.dataset.study = s.uid;
+      const cells = [s.name, s.pid, formatDate(s.date), s.accession, s.description, s.modalities, s.series, s.instances];
+      cells.forEach((v, i) => {
+        const td = tr.insertCell();
+        td.textContent = v ?? "";
+        if (i >= 6) td.className = "num";
+      });
+    }
+    const first = this.rows.length ? this.offset + 1 : 0;
+    this.root.querySelector("#page-info").textContent = `Studies ${first}–${this.offset + this.rows.length}`;
+    this.root.querySelector("#page-prev").disabled = this.offset === 0;
+    this.root.querySelector("#page-next").disabled = !this.more;
+  }
+
+  open(tr) {
+    if (tr?.dataset.study) location.hash = `#/viewer/${encodeURIComponent(tr.dataset.study)}`;
+  }
+}
+
+function studyRow(ds) {
+  return {
+    uid: value(ds, TAG.StudyInstanceUID),
+    name: formatName(value(ds, TAG.PatientName)),
+    pid: text(ds, TAG.PatientID),
+    date: text(ds, TAG.StudyDate),
+    time: text(ds, TAG.StudyTime),
+    accession: text(ds, TAG.AccessionNumber),
+    description: text(ds, TAG.StudyDescription),
+    modalities: text(ds, TAG.ModalitiesInStudy).replaceAll("\\", ", "),
+    series: number(ds, TAG.NumberOfStudyRelatedSeries) ?? 0,
+    instances: number(ds, TAG.NumberOfStudyRelatedInstances) ?? 0,
+  };
+}
