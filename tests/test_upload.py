@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from pydicom.dataset import Dataset
 
 from dcmnode.model import Source, SourceKind
@@ -387,3 +388,15 @@ def test_cli_imports_zip_and_tar_gz(tmp_path: Path) -> None:
     assert status["instances"] == 9 and status["series"] == 2
     again = run_cli("import", str(tmp_path / "in"), "--data", str(data), "--no-progress")
     assert "0 stored" in again.stdout and "9 duplicate" in again.stdout
+
+
+def test_an_open_job_whose_uploader_went_away_is_cancelled(live: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dcmnode import upload
+
+    base = f"{live.url}/api/imports"
+    first = httpx.post(base, json={"name": "left open"}).json()
+    monkeypatch.setattr(upload, "ABANDONED_SECONDS", 0.2)
+    time.sleep(0.4)
+    httpx.post(base, json={"name": "next"})  # creating a job tidies the registry
+    job = httpx.get(f"{base}/{first['id']}").json()
+    assert job["state"] == "cancelled" and job["finished_at"]

@@ -75,6 +75,7 @@ class Node:
         self.precomputer = metadata.Precomputer(self.catalog.metadata)
         self.scp: scp.Scp | None = None
         self.dimse_port = 0  # where DIMSE listens, in this process or in the DIMSE processes
+        self.imports: upload.Registry | None = None  # bulk upload jobs, once the HTTP app exists
 
     def start_dimse(self, sock: socket.socket | None = None) -> scp.Scp:
         """Serve DIMSE in this process (threads), on ``sock`` or a new socket from the settings."""
@@ -107,7 +108,7 @@ class Node:
             self.store.root / "cache" / "rendered", self.store.files.tmp_dir, self.settings.http.render_cache_mb * MIB
         )
         app.state.sr_jobs = Jobs(self.store.index)
-        app.state.imports = upload.Registry(self.ingest, self.settings)
+        self.imports = app.state.imports = upload.Registry(self.ingest, self.settings)
         app.state.qido_limits = QidoLimits(self.settings.http.max_query_results)
         app.state.dicomweb_prefix = DICOMWEB_PREFIX
         app.state.dimse_port = self.dimse_port
@@ -116,6 +117,8 @@ class Node:
         return app
 
     def close(self) -> None:
+        if self.imports is not None:
+            self.imports.cancel_all()  # stop between members; what was stored stays stored
         self.precomputer.stop()
         self.catalog.close()
         if self.scp is not None:

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 FLUSH_BYTES = MIB  # body chunks are gathered to this size before each write (one thread hop per MiB)
 KEEP_ENDED_SECONDS = 3600.0
+ABANDONED_SECONDS = 3600.0  # an open job that got no file for this long is cancelled (its page went away)
 EVENT_POLL_SECONDS = 0.25
 KEEPALIVE_SECONDS = 15.0
 MAX_NAME = 200
@@ -84,6 +85,9 @@ class Registry:
     def _prune(self) -> None:  # under the lock
         cutoff = time.monotonic() - KEEP_ENDED_SECONDS
         for job_id, job in list(self._jobs.items()):
+            if job.abandoned(ABANDONED_SECONDS):
+                log.warning("import %s: no file for %.0f s and never finished; cancelled", job_id, ABANDONED_SECONDS)
+                job.cancel()
             ended = job.ended_since()
             if ended is not None and ended < cutoff:
                 del self._jobs[job_id]

@@ -164,6 +164,7 @@ class ImportJob:
         self._progress = progress
         self._t0 = time.monotonic()
         self._t1: float | None = None
+        self._active = self._t0  # the last time a file or a chunk of one arrived
         self._lock = threading.Lock()
         self._queue: deque[tuple[Path, str]] = deque()
         self._receiving = 0  # files being received or ingested by request threads
@@ -177,6 +178,7 @@ class ImportJob:
         with self._lock:
             self._check_open()
             self._receiving += 1
+            self._active = time.monotonic()
         try:
             yield
         finally:
@@ -192,6 +194,7 @@ class ImportJob:
         with self._lock:
             self.bytes_received += count
             self.version += 1
+            self._active = time.monotonic()
 
     def add_temp(self, temp: Path, path: str) -> FileResult:
         """A complete file spooled into the store's tmp folder (an upload). Takes ownership of ``temp``: a DICOM
@@ -258,6 +261,11 @@ class ImportJob:
     @property
     def ended(self) -> bool:
         return self.state in ENDED
+
+    def abandoned(self, idle_seconds: float) -> bool:
+        """Open, nothing in flight, and no file for ``idle_seconds``: its uploader went away."""
+        with self._lock:
+            return self.state == OPEN and not self._receiving and time.monotonic() - self._active > idle_seconds
 
     def ended_since(self) -> float | None:
         """Monotonic time the job ended, or None while it runs."""
