@@ -68,6 +68,45 @@ def test_dimse_processes_share_the_port_and_die_with_the_node(
         time.sleep(0.05)
 
 
+def descendants(pid: int) -> dict[int, str]:
+    """Every process whose parent is ``pid`` (whichever thread started it), with its command line."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            found[int(entry.name)] = cmdline
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+
+
+def test_kill_9_leaves_no_process_behind(tmp_path: Path, cli_server_factory: Callable[..., CliServer]) -> None:
+    """The forked DIMSE and SR children and the spawned /metadata workers all end with the node."""
+    server = cli_server_factory(tmp_path / "data")
+    deadline = time.monotonic() + 20
+    while sum("multiprocessing.spawn" in c for c in descendants(server.proc.pid).values()) < 2:
+        assert time.monotonic() < deadline, f"the metadata workers did not start: {descendants(server.proc.pid)}"
+        time.sleep(0.2)
+    family = descendants(server.proc.pid)
+    assert sum("serve" in c for c in family.values()) >= 3  # 2 DIMSE processes and the SR worker
+    server.kill9()
+    deadline = time.monotonic() + 15
+    while left := {pid: c for pid, c in family.items() if alive(pid)}:
+        assert time.monotonic() < deadline, f"outlived the node: {left}"
+        time.sleep(0.1)
+
+
 def test_dimse_in_the_http_process(tmp_path: Path, cli_server_factory: Callable[..., CliServer]) -> None:
     server = cli_server_factory(tmp_path / "data", env={"DCMNODE_DIMSE_PROCESSES": "0", "DCMNODE_SR_WORKER": "thread"})
     assert children_of(server.proc.pid) == []

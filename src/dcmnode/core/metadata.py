@@ -201,7 +201,9 @@ class MetadataCache:
         with self._lock:
             if self._pool is None:
                 context = multiprocessing.get_context("spawn")  # never fork a process that runs threads
-                self._pool = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=context)
+                self._pool = concurrent.futures.ProcessPoolExecutor(
+                    self.workers, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
+                )
             return self._pool
 
     def start_workers(self) -> None:
@@ -290,3 +292,15 @@ class Precomputer:
             if new != watermark:
                 watermark = new
                 mark.write_text(watermark)
+
+
+def _die_with_parent(parent: int) -> None:
+    """In each worker process: exit once the node that spawned it is gone (a ``kill -9`` of the node leaves no
+    worker behind). A watcher thread, not PR_SET_PDEATHSIG, which fires when the spawning *thread* ends."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
