@@ -23,6 +23,13 @@ from dcmnode import config
 from dcmnode.app import Node
 
 HOST = "127.0.0.1"
+
+# pynetdicom installs its own echoscu/storescu/findscu/movescu/getscu into the virtualenv's bin, which comes first
+# on PATH when the virtualenv is activated. The tests mean dcmtk's (Debian's), so that folder goes last.
+_VENV_BIN = str(Path(sys.executable).parent)
+os.environ["PATH"] = os.pathsep.join(
+    [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != _VENV_BIN] + [_VENV_BIN]
+)
 READY = re.compile(r"ready: DIMSE (\S+)@[\d.]+:(\d+)\s+HTTP http://[\d.]+:(\d+)/")
 
 
