@@ -140,6 +140,7 @@ def test_queue_requeues_a_dead_workers_job_and_gives_up_after_three_attempts(tmp
         assert ended.status == "failed" and "3 attempts" in (ended.error or "")
         with pytest.raises(Conflict):
             queue.cancel(job.id)
+        assert queue.submit_once(ds.SeriesInstanceUID, 2, "learned", None, "rule") is None  # it has a job already
         second = queue.submit(ds.SeriesInstanceUID, method="classical")
         assert queue.cancel(second.id).status == "cancelled"
         third = queue.submit(ds.SeriesInstanceUID)

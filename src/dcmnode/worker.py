@@ -96,7 +96,9 @@ class Worker:
             if rule is None:
                 continue
             send_to = rule.send_to or None
-            job = self.jobs.submit(series["SeriesInstanceUID"], rule.factor, rule.method, send_to, origin="rule")
+            job = self.jobs.submit_once(series["SeriesInstanceUID"], rule.factor, rule.method, send_to, "rule")
+            if job is None:  # another worker fired it first
+                continue
             log.info("SR rule fired for series %s (%s): job %d", job.series, series["Modality"], job.id)
             started.append(job.id)
         return started

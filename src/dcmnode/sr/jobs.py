@@ -104,6 +104,18 @@ class Jobs:
     def submit(
         self, series: str, factor: int = 2, method: str = "learned", send_to: str | None = None, origin: str = "api"
     ) -> Job:
+        job = self._insert(series, factor, method, send_to, origin, once=False)
+        assert job is not None
+        return job
+
+    def submit_once(self, series: str, factor: int, method: str, send_to: str | None, origin: str) -> Job | None:
+        """Queue a job only if the series has none yet (rules), decided inside the write transaction: two
+        workers firing the same rule queue one job, and the other gets None."""
+        return self._insert(series, factor, method, send_to, origin, once=True)
+
+    def _insert(
+        self, series: str, factor: int, method: str, send_to: str | None, origin: str, once: bool
+    ) -> Job | None:
         if factor not in FACTORS:
             raise InvalidRequest(f"factor {factor!r}: one of {', '.join(map(str, FACTORS))}")
         if method not in METHODS:
@@ -116,6 +128,8 @@ class Jobs:
         if row is None:
             raise NotFound(f"series {series} is not stored here")
         with self.index.write() as conn:
+            if once and conn.execute("SELECT 1 FROM sr_jobs WHERE series = ? LIMIT 1", (series,)).fetchone():
+                return None
             job_id = conn.execute(
                 "INSERT INTO sr_jobs (series, study, factor, method, send_to, origin, status, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
