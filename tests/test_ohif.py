@@ -44,9 +44,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 TIMEOUT_MS = 60_000
-# The visible canvas cornerstone3D draws into: how much of it is not black, and how many grey levels.
-CANVAS_STATS = """() => {
-  const c = document.querySelector('canvas.cornerstone-canvas');
+# A canvas (the visible one cornerstone3D draws into unless a selector is given): how much of it is not black, and
+# how many grey levels. The built-in viewer's tests use it too, on their own canvases.
+CANVAS_STATS = """(sel) => {
+  const c = document.querySelector(sel || 'canvas.cornerstone-canvas');
   if (!c || !c.width || !c.height) return null;
   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
   let lit = 0; const levels = new Set();

@@ -29,7 +29,7 @@ from dcmnode import worker
 from dcmnode.model import Source, SourceKind
 from tests.conftest import LiveServer
 from tests.factories import bundled, ct_series, part10
-from tests.test_ohif import CHROMIUM, CHROMIUM_ARGS
+from tests.test_ohif import CANVAS_STATS, CHROMIUM, CHROMIUM_ARGS
 
 TIMEOUT_MS = 30_000
 REPO = Path(__file__).resolve().parents[1]
@@ -46,15 +46,7 @@ ENHANCE_DEFAULTS = {  # every toggle of the enhancement panel and the enhance= t
     "unsharp": "unsharp:1:0.5",
     "denoise": "denoise:bilateral:0.05",
 }
-# The first pane's canvas: how much of it is not black, and how many grey levels (as test_ohif.CANVAS_STATS).
-CANVAS_STATS = """(sel) => {
-  const c = document.querySelector(sel || '.pane canvas');
-  if (!c || !c.width || !c.height) return null;
-  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-  let lit = 0; const levels = new Set();
-  for (let i = 0; i < d.length; i += 4) { if (d[i] + d[i+1] + d[i+2] > 30) lit++; levels.add(d[i]); }
-  return {lit: lit / (c.width * c.height), levels: levels.size};
-}"""
+PANE_CANVAS = ".pane canvas"  # the first pane's canvas, for test_ohif.CANVAS_STATS
 # Keep the first pane's pixels, then compare against them: mean absolute difference and the share of pixels that
 # changed by more than 8 levels (in any channel), over the whole canvas or one side of it.
 SNAPSHOT = """() => { const c = document.querySelector('.pane canvas');
@@ -167,7 +159,7 @@ def viewer_url(ds: Dataset) -> str:
 def open_viewer(s: Session, ds: Dataset) -> dict[str, Any]:
     s.goto(viewer_url(ds))
     s.drawn()
-    return s.page.evaluate(CANVAS_STATS)
+    return s.page.evaluate(CANVAS_STATS, PANE_CANVAS)
 
 
 def window_of(url: str) -> str:
@@ -214,7 +206,8 @@ def test_search_finds_a_seeded_study_and_opens_its_series(live: LiveServer, sess
 
     rows.first.click()
     stats = s.settle(
-        f"(() => {{ const s = ({CANVAS_STATS})(); return s && s.lit > 0.05 && s.levels > 16 ? s : null; }})"
+        f"(() => {{ const s = ({CANVAS_STATS})('{PANE_CANVAS}');"
+        " return s && s.lit > 0.05 && s.levels > 16 ? s : null; })"
     )
     assert stats["lit"] > 0.05 and stats["levels"] > 16, stats
     strip = s.page.locator(".series-item").first
@@ -314,7 +307,7 @@ def test_multi_frame_instance_scrolls_and_plays_its_frames(live: LiveServer, ses
     assert s.page.evaluate("() => window.__dcmnodeLastDraw.index") == stopped
     frames = {u.split("/frames/")[1].split("/")[0] for u in s.rendered() if "/frames/" in u}
     assert {"1", "2", "5", "9"} <= frames, sorted(frames)
-    stats = s.page.evaluate(CANVAS_STATS)
+    stats = s.page.evaluate(CANVAS_STATS, PANE_CANVAS)
     assert stats["lit"] > 0.05, stats
     s.shot("05-multi-frame")
 

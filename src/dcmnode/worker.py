@@ -13,7 +13,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -227,12 +226,7 @@ class _CancelWatch:
     def should_stop(self) -> bool:
         now = time.monotonic()
         if now - self.last >= CANCEL_CHECK_SECONDS:
-            row = (
-                self.jobs.index.connection()
-                .execute("SELECT cancel_requested FROM sr_jobs WHERE id = ?", (self.job_id,))
-                .fetchone()
-            )
-            self.cancel = bool(row and row[0]) or self.cancel
+            self.cancel = self.jobs.cancel_requested(self.job_id) or self.cancel
             self.last = now
         return self.cancel
 
@@ -275,20 +269,14 @@ def _limit_cores(threads: int) -> None:
         os.sched_setaffinity(0, cores[:threads])
 
 
-def run_job_here(settings: Settings, job_id: int, on_progress: Callable[[sr_jobs.Job], None] | None = None) -> None:
-    """``dcmnode sr --here``: claim this job in this process and run it (no node needed)."""
+def run_job_here(settings: Settings, job_id: int) -> None:
+    """``dcmnode sr --here``: claim this job in this process and run it (no node needed); nothing happens when a
+    node's worker took it first."""
     services = Services.open(settings)
     try:
         worker = Worker(settings, services)
-        job = worker.jobs.get(job_id)
-        if job.status != sr_jobs.Status.QUEUED:
-            return
-        with services.store.index.write() as conn:
-            conn.execute(
-                "UPDATE sr_jobs SET status = ?, worker = ?, started_at = ?, attempts = attempts + 1 "
-                "WHERE id = ? AND status = ?",
-                (sr_jobs.Status.RUNNING, worker.worker_id, datetime.now(UTC).isoformat(), job_id, "queued"),
-            )
-        worker.execute(worker.jobs.get(job_id))
+        job = worker.jobs.claim(worker.worker_id, job_id)
+        if job is not None:
+            worker.execute(job)
     finally:
         services.close()

@@ -279,6 +279,11 @@ def part10(ds: Dataset, implementation_version: str) -> bytes:
     meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = implementation_version[:16]
     ds.file_meta = meta
+    return encoded(ds)
+
+
+def encoded(ds: Dataset) -> bytes:
+    """``ds`` (with its File Meta) as Part 10 bytes."""
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()

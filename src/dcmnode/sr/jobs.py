@@ -180,16 +180,22 @@ class Jobs:
         return row is not None
 
     # -- working -----------------------------------------------------------------------------------------------
-    def claim(self, worker: str) -> Job | None:
-        """The oldest queued job, now running under ``worker``; None when the queue is empty."""
+    def claim(self, worker: str, job_id: int | None = None) -> Job | None:
+        """The oldest queued job (or job ``job_id`` if it is still queued), now running under ``worker``; None
+        when there is none to take."""
+        only = "" if job_id is None else " AND id = ?"
         with self.index.write() as conn:
             row = conn.execute(
                 "UPDATE sr_jobs SET status = ?, worker = ?, started_at = ?, heartbeat_at = ?, attempts = attempts + 1,"
                 " progress = 0, stage = 'starting', error = NULL "
-                "WHERE id = (SELECT id FROM sr_jobs WHERE status = ? ORDER BY id LIMIT 1) RETURNING id",
-                (Status.RUNNING, worker, now(), now(), Status.QUEUED),
+                f"WHERE id = (SELECT id FROM sr_jobs WHERE status = ?{only} ORDER BY id LIMIT 1) RETURNING id",
+                (Status.RUNNING, worker, now(), now(), Status.QUEUED, *(() if job_id is None else (job_id,))),
             ).fetchone()
         return None if row is None else self.get(int(row[0]))
+
+    def cancel_requested(self, job_id: int) -> bool:
+        row = self.index.connection().execute("SELECT cancel_requested FROM sr_jobs WHERE id = ?", (job_id,)).fetchone()
+        return bool(row and row[0])
 
     def progress(self, job_id: int, fraction: float, stage: str) -> bool:
         """Record progress (and a heartbeat); True when a cancel was asked for."""

@@ -155,7 +155,7 @@ def run(
         sources, made, outcome.run, uids["report"], derive.uid_for("dcmnode-sr", str(job.id), "report-sop"),
         numbers[2], VERSION, "HU" if first.get("Modality") == "CT" else "1",
     )  # fmt: skip
-    ingest.store_bytes(_part10_sr(doc), Source(SourceKind.DERIVED))
+    ingest.store_bytes(derive.encoded(doc), Source(SourceKind.DERIVED))
     outcome.instances = {"sr": len(sources), "unc": len(sources), "report": 1}
     progress(0.95, "derived series stored")
     return outcome
@@ -195,11 +195,3 @@ def _summary(job: Job, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "groups": len(runs),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-
-
-def _part10_sr(ds: Dataset) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
