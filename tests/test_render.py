@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
 
-from dcmnode.core import render
-from dcmnode.errors import InvalidInstance, InvalidRequest, NotAcceptable
+from dcmnode.core import parse, render
+from dcmnode.errors import DcmnodeError, InvalidInstance, InvalidRequest, NotAcceptable
 from dcmnode.imaging import pipeline
 from tests.factories import DEID_FILES, TEST_FILES, ct_series
 
@@ -220,3 +220,31 @@ def test_the_plain_fast_path_renders_like_the_general_path(request_: render.Rend
         pixels = [np.asarray(Image.open(io.BytesIO(data))) for data in (fast, general)]
         assert np.array_equal(*pixels), path
     assert taken >= 3  # the test is only worth something if the fast path was taken
+
+
+def test_the_render_summary_kept_at_ingest_renders_like_the_general_path() -> None:
+    """Ingest keeps a summary of each plain grey image (``instances.render``, core/pixel_header.py); a render
+    from it gives the general path's pixels, with the stored window and with a requested one. Colour,
+    compressed, big-endian and overlay images get none (they render from their file)."""
+    jobs = [render.RenderRequest("image/png"), render.RenderRequest("image/png", window=pipeline.Window(100, 500))]
+    taken, refused = 0, set()
+    for path in FILES:
+        try:
+            header = parse.parse_file(path).record.instance.get("render")
+        except DcmnodeError:
+            continue
+        if header is None:
+            refused.add(path.name)
+            continue
+        ds = read(path)
+        assert ds is not None, path
+        for job in jobs:
+            if job.window is None and "WindowCenter" not in ds:
+                continue
+            from_summary = render.render_file(path, job, header)
+            general = render.encode(render.render_array(ds, pipeline.decode(ds, 1), job), job)
+            pixels = [np.asarray(Image.open(io.BytesIO(data))) for data in (from_summary, general)]
+            assert np.array_equal(*pixels), path
+        taken += 1
+    assert taken >= 5
+    assert {"SC_rgb_small_odd.dcm", "JPEG2000.dcm", "MR_small_bigendian.dcm", "examples_overlay.dcm"} <= refused

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from dcmnode.core import render
+from dcmnode.dicomweb.fastpath import RenderedFastPath
 from dcmnode.imaging import pipeline
 from dcmnode.model import Source, SourceKind
 from tests.conftest import LiveServer
@@ -53,6 +54,41 @@ def test_instance_png_is_the_pipeline_output(rendered_live: Any) -> None:
     assert response.headers["content-type"] == "image/png"
     expected = pipeline.render(series[2], 1)  # the stored first window, W400/C40
     assert np.array_equal(image(response), expected)
+
+
+def test_single_images_skip_the_router_and_answer_like_the_full_app(rendered_live: Any) -> None:
+    """``dicomweb/fastpath.py`` answers plain single-image requests in front of Starlette; the same request with an
+    Origin header (CORS: the full app's job) must get the same image and headers, and failures go to the full app
+    for their usual status and reason."""
+    live, series = rendered_live
+    fast = live.server.config.app
+    assert isinstance(fast, RenderedFastPath)
+    full, seen = fast.app, []
+
+    async def counting(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["path"])
+        await full(scope, receive, send)
+
+    fast.app = counting
+    origin = {"Origin": live.url}
+    ds = series[1]
+    for suffix, accept in (("/rendered", "image/jpeg"), ("/frames/1/rendered", "image/png"), ("/thumbnail", "*/*")):
+        for params in ({}, {"window": "0,300", "viewport": "32,32"}):
+            quick = httpx.get(url(live, ds, suffix), params=params, headers={"Accept": accept})
+            assert quick.status_code == 200 and seen == [], (suffix, quick.text)
+            routed = httpx.get(url(live, ds, suffix), params=params, headers={"Accept": accept, **origin})
+            assert seen and routed.headers["access-control-allow-origin"] == live.url
+            seen.clear()
+            assert quick.content == routed.content
+            for header in ("content-type", "etag", "cache-control", "cross-origin-resource-policy"):
+                assert quick.headers.get(header) == routed.headers.get(header), header
+            revalidate = {"Accept": accept, "If-None-Match": quick.headers["etag"]}
+            again = httpx.get(url(live, ds, suffix), params=params, headers=revalidate)
+            assert again.status_code == 304 and seen == []
+    missing = httpx.get(f"{live.url}/dicom-web/studies/1.2/series/3.4/instances/5.6/rendered")
+    assert missing.status_code == 404 and "not stored" in missing.json()["error"] and len(seen) == 1
+    bad = httpx.get(url(live, ds, "/frames/9/rendered"))
+    assert bad.status_code == 400 and "frame 9" in bad.json()["error"] and len(seen) == 2
 
 
 def test_jpeg_by_default_window_quality_and_viewport(rendered_live: Any) -> None:

@@ -23,6 +23,7 @@ from dcmnode.core import metadata, render
 from dcmnode.core.catalog import Catalog
 from dcmnode.core.ingest import Ingest
 from dcmnode.dicomweb import routes as dicomweb_routes
+from dcmnode.dicomweb.fastpath import RenderedFastPath
 from dcmnode.dicomweb.qido import QidoLimits
 from dcmnode.dicomweb.stow import StowLimits
 from dcmnode.dimse import scp
@@ -84,8 +85,9 @@ class Node:
         self.dimse_port = self.scp.port
         return self.scp
 
-    def asgi(self) -> Starlette:
-        """The HTTP app. The process that serves it also keeps series metadata precomputed."""
+    def asgi(self) -> RenderedFastPath:
+        """The HTTP app (single rendered frames answered in front of it: ``dicomweb/fastpath.py``). The process
+        that serves it also keeps series metadata precomputed."""
         if not self.precomputer.started:
             self.catalog.metadata.start_workers()
             self.precomputer.start()
@@ -114,7 +116,7 @@ class Node:
         app.state.dimse_port = self.dimse_port
         http = self.settings.http
         app.state.stow_limits = StowLimits(http.max_request_mb * MIB, http.max_part_mb * MIB, self.settings.store.fsync)
-        return app
+        return RenderedFastPath(app, DICOMWEB_PREFIX, cross_origin_policy=bool(http.cors_origins))
 
     def close(self) -> None:
         if self.imports is not None:

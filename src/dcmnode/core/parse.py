@@ -24,7 +24,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
-from dcmnode.core import scan
+from dcmnode.core import pixel_header, scan
 from dcmnode.errors import Conflict, DcmnodeError, InvalidInstance, SopClassMismatch
 from dcmnode.model import InstanceKey, check_uid
 from dcmnode.store.index import InstanceRecord
@@ -113,7 +113,10 @@ def _parse_fast(raw: bytes | memoryview | mmap.mmap, expected: Expected | None) 
     size = len(raw)
     try:
         _check_expected(values.meta_text(0x00020002), sop_class, key, expected or Expected())
-        return Parsed(key, sop_class, transfer_syntax, size, _record(values, transfer_syntax))
+        record = _record(values, transfer_syntax)
+        plain = pixel_header.plain_image(found)
+        record.instance["render"] = plain.to_text() if plain is not None else None
+        return Parsed(key, sop_class, transfer_syntax, size, record)
     except DcmnodeError as err:
         err.sop_class, err.sop_instance = sop_class, key.sop
         raise
@@ -284,5 +287,5 @@ class _ScannedValues:
 
 _BINARY_NUMBERS = {"US": "<H", "SS": "<h", "UL": "<L", "SL": "<l"}
 _REQUEST_ATTRIBUTES = 0x00400275  # RequestAttributesSequence
-_SCAN_TAGS = {*(int(t) for t in _TAGS.values()), 0x00080005}
+_SCAN_TAGS = {*(int(t) for t in _TAGS.values()), 0x00080005, *pixel_header.SCAN_TAGS}
 _SCAN_SEQUENCES = {_REQUEST_ATTRIBUTES}

@@ -409,7 +409,7 @@ def instance_sql(matches: Mapping[str, str], level: Level = Level.IMAGE) -> tupl
             where.append(clause)
     sql = (
         "SELECT i.StudyInstanceUID, i.SeriesInstanceUID, i.SOPInstanceUID, i.SOPClassUID, i.TransferSyntaxUID,"
-        f" i.path, i.size FROM {_FROM[Level.IMAGE]}"
+        f" i.path, i.size, i.render FROM {_FROM[Level.IMAGE]}"
     )
     if where:
         sql += " WHERE " + " AND ".join(where)

@@ -39,6 +39,7 @@ class StoredFile:
     transfer_syntax: str
     path: Path
     size: int
+    render: str | None = None  # the render summary kept at ingest (core.pixel_header), NULL for older rows
 
 
 def select(store: Store, matches: Mapping[str, str], level: q.Level = q.Level.IMAGE) -> list[StoredFile]:
@@ -54,6 +55,7 @@ def select(store: Store, matches: Mapping[str, str], level: q.Level = q.Level.IM
             transfer_syntax=r["TransferSyntaxUID"],
             path=store.files.absolute(r["path"]),
             size=int(r["size"]),
+            render=r["render"],
         )
         for r in rows
     ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import secrets
+from collections.abc import Mapping
 
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -40,7 +41,13 @@ def media_type(header: str | None, default: str = "image/jpeg") -> str:
 
 
 def request_from(request: Request, frame: int = 1, thumbnail: bool = False) -> render.RenderRequest:
-    params = request.query_params
+    return job_from(request.query_params, request.headers.get("accept"), frame, thumbnail)
+
+
+def job_from(
+    params: Mapping[str, str], accept_header: str | None, frame: int = 1, thumbnail: bool = False
+) -> render.RenderRequest:
+    """The render job a rendered/thumbnail request names: its query parameters and Accept header."""
     known = {"window", "viewport", "quality", "enhance", "annotation", "charset"}
     unknown = sorted(set(params) - known)
     if unknown:
@@ -52,7 +59,7 @@ def request_from(request: Request, frame: int = 1, thumbnail: bool = False) -> r
     if thumbnail and viewport is None:
         viewport = render.Viewport(THUMBNAIL_SIZE, THUMBNAIL_SIZE)
     return render.RenderRequest(
-        media_type=media_type(request.headers.get("accept")),
+        media_type=media_type(accept_header),
         frame=frame,
         window=render.parse_window(params.get("window")),
         viewport=viewport,
@@ -65,16 +72,21 @@ async def _image(request: Request, uids: tuple[str, str | None, str | None], job
     catalog: Catalog = request.app.state.catalog
     renderer: render.Renderer = request.app.state.renderer
     wanted = request.headers.get("if-none-match")
-    data, etag, item, fresh = await run_in_threadpool(_find_and_render, catalog, renderer, uids, job, wanted)
+    data, etag, item, fresh = await run_in_threadpool(find_and_render, catalog, renderer, uids, job, wanted)
     headers = {"ETag": f'"{etag}"', "Cache-Control": CACHE_CONTROL}
     if data is None:
         return Response(status_code=304, headers=headers)
-    if fresh:  # a new image goes to the cache beside the answer, not before it (nor before the next request)
-        _cache_writer.submit(renderer.keep, item, etag, job, data)
+    if fresh:
+        keep_later(renderer, item, etag, job, data)
     return Response(data, media_type=job.media_type, headers=headers)
 
 
-def _find_and_render(
+def keep_later(renderer: render.Renderer, item: StoredFile, etag: str, job: render.RenderRequest, data: bytes) -> None:
+    """A new image goes to the cache beside the answer, not before it (nor before the next request)."""
+    _cache_writer.submit(renderer.keep, item, etag, job, data)
+
+
+def find_and_render(
     catalog: Catalog,
     renderer: render.Renderer,
     uids: tuple[str, str | None, str | None],

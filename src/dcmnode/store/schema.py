@@ -203,3 +203,10 @@ CREATE TABLE sr_jobs (
 )""")
     db.execute("CREATE INDEX ix_sr_jobs_status ON sr_jobs (status, id)")
     db.execute("CREATE INDEX ix_sr_jobs_series ON sr_jobs (series)")
+
+
+@migrations()
+def m003_render_summary(db: Database) -> None:
+    """What a plain grey image renders from (``core.pixel_header``), kept at ingest; NULL for rows indexed before
+    (they are rendered from their file's header, as before)."""
+    db.execute("ALTER TABLE instances ADD COLUMN render TEXT")
