@@ -15,7 +15,7 @@ from dataclasses import astuple, dataclass
 
 from dcmnode.core import scan
 
-_NATIVE = {scan.EXPLICIT_LITTLE, scan.IMPLICIT_LITTLE}
+NATIVE = {scan.EXPLICIT_LITTLE, scan.IMPLICIT_LITTLE}
 TAGS = {
     "Rows": 0x00280010,
     "Columns": 0x00280011,
@@ -70,12 +70,18 @@ class PlainImage:
             return None
 
 
+def without_pydicom(found: scan.Scanned) -> bool:
+    """Native pixel data in an uncompressed little-endian file, and nothing that needs pydicom's view of the
+    header (LUT sequences, palette, overlay groups)."""
+    if found.transfer_syntax not in NATIVE or found.pixel_offset is None:
+        return False
+    return not (any(0x6000 <= g <= 0x601E for g in found.groups) or NEEDS_PYDICOM & found.values.keys())
+
+
 def plain_image(found: scan.Scanned) -> PlainImage | None:
     """The render summary of a scanned file, or None when it is not a plain grey image (or holds odd values:
     the general path then decides, and explains)."""
-    if found.transfer_syntax not in _NATIVE or found.pixel_offset is None:
-        return None
-    if any(0x6000 <= g <= 0x601E for g in found.groups) or NEEDS_PYDICOM & found.values.keys():
+    if not without_pydicom(found):
         return None
     values = found.values
 

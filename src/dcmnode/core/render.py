@@ -164,13 +164,10 @@ def render_file(path: Path, request: RenderRequest, header: str | None = None) -
     return encode(render_array(ds, stored, request), request)
 
 
-_NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
-
-
 def _native_frame(path: Path, ds: pydicom.Dataset, frame: int) -> np.ndarray | None:
     """A grey frame of an uncompressed little-endian file, read straight from its offset; None where pydicom's
     decoder is needed (colour, odd bit depths, signed values narrower than their container)."""
-    if str(ds.file_meta.get("TransferSyntaxUID", "")) not in _NATIVE:
+    if str(ds.file_meta.get("TransferSyntaxUID", "")) not in pixel_header.NATIVE:
         return None
     element = ds.get_item(0x7FE00010, keep_deferred=True)
     offset = getattr(element, "value_tell", None)
@@ -359,11 +356,7 @@ def _scan_native(path: Path) -> scan.Scanned | None:
             found = scan.scan(view, pixel_header.SCAN_TAGS, ())  # type: ignore[arg-type]
     except (scan.Unsupported, OSError, ValueError):
         return None
-    if found.transfer_syntax not in _NATIVE or found.pixel_offset is None:
-        return None
-    if any(0x6000 <= g <= 0x601E for g in found.groups) or pixel_header.NEEDS_PYDICOM & found.values.keys():
-        return None
-    return found
+    return found if pixel_header.without_pydicom(found) else None
 
 
 def _simple_header(found: scan.Scanned) -> tuple[pydicom.Dataset, int] | None:
