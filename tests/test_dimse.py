@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -221,3 +222,22 @@ def test_sixteen_concurrent_associations(node: Node) -> None:
     assert all(statuses == [0] * per_association for statuses in results.values())
     counts = node.store.index.counts()
     assert counts["instances"] == 16 * per_association and counts["patients"] == 16
+
+
+def test_an_association_socket_is_closed_even_when_its_peer_left_first() -> None:
+    """pynetdicom 3.0.4 skips close() when shutdown() raises; under load a released association's socket then
+    waited for garbage collection (a ResourceWarning that failed test_sixteen_concurrent_associations once)."""
+    from pynetdicom.transport import AssociationSocket
+
+    import dcmnode.dimse  # noqa: F401  (applies the fix to pynetdicom's AssociationSocket)
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    accepted, _ = listener.accept()
+    accepted.close()
+    listener.close()
+    client.shutdown(socket.SHUT_RDWR)  # a second shutdown now raises ENOTCONN
+    holder = AssociationSocket.__new__(AssociationSocket)
+    holder.socket = client
+    holder._shutdown_socket()
+    assert client.fileno() == -1
