@@ -165,20 +165,6 @@ def test_sons_of_blurred_fathers_get_the_noise_of_the_input() -> None:
     father_noise = float(classical.noise_sigma(fathers).median())
     assert father_noise < 0.5 * noise
     cfg = model.TrainConfig(kernels=(("area", 1.0, 0.0),), noise_scale=(1.0, 1.0))
-    sons, _, _ = model.make_pairs(fathers, 2, cfg, noise, np.random.default_rng(0), gen, father_noise)
+    sons, _ = model.make_pairs(fathers, 2, cfg, noise, np.random.default_rng(0), gen, father_noise)
     son_noise = float(classical.noise_sigma(sons).median())
     assert abs(son_noise - noise) < 0.05 * noise  # without the top-up: 0.090
-
-
-def test_the_held_out_stripe_is_never_a_training_target() -> None:
-    """Rows under a zero of the loss mask come back masked, at full scale and in the coarser pyramid levels."""
-    h = w = 64
-    rows = torch.arange(h, dtype=torch.float32).view(1, 1, h, 1).expand(1, 1, h, w).contiguous()
-    keep = torch.ones_like(rows)
-    keep[..., 24:40, :] = 0
-    sampler = model.CropSampler([rows], 32, (1.0, 0.75, 0.5), 0.2, np.random.default_rng(0), [keep])
-    crops, masks = sampler.batch(400)
-    targets = crops[masks > 0]
-    assert targets.size > 0 and (masks == 0).any()
-    assert not ((targets > 23.5) & (targets < 39.5)).any()  # no target pixel carries a value of rows 24..39
-    assert model.holdout_stripe(64, 0.25) == (24, 40) and model.holdout_stripe(8, 0.25) is None

@@ -155,64 +155,47 @@ def _window_sums(a: np.ndarray, size: int) -> np.ndarray:
 
 
 class CropSampler:
-    """Gradient-weighted random crops from a pyramid of the normalised training parts (each (N, 1, h, w)), with
-    the matching crops of their loss masks (1 = a training target, 0 = held out)."""
+    """Gradient-weighted random crops from a pyramid of the normalised training parts (each (N, 1, h, w))."""
 
-    def __init__(
-        self,
-        parts: list[torch.Tensor],
-        crop: int,
-        scales: tuple[float, ...],
-        uniform: float,
-        rng,
-        masks: list[torch.Tensor] | None = None,
-    ) -> None:
+    def __init__(self, parts: list[torch.Tensor], crop: int, scales: tuple[float, ...], uniform: float, rng) -> None:
         self.rng = rng
         self.images: list[np.ndarray] = []
-        self.masks: list[np.ndarray] = []
         self.cdfs: list[np.ndarray] = []
         self.widths: list[int] = []
-        masks = masks or [torch.ones_like(p) for p in parts]
-        usable = [(p, m) for p, m in zip(parts, masks, strict=True) if min(p.shape[-2:]) >= 16]
-        usable = usable or list(zip(parts, masks, strict=True))
-        crop = min(crop, *(min(p.shape[-2:]) for p, _ in usable))
+        usable = [p for p in parts if min(p.shape[-2:]) >= 16] or parts
+        crop = min(crop, *(min(p.shape[-2:]) for p in usable))
         self.crop = crop - crop % 2
         areas = []
-        for part, mask in usable:
+        for part in usable:
             for scale in scales:
                 level = part if scale == 1.0 else resample.resize_by(part, scale)
                 if min(level.shape[-2:]) < self.crop:
                     continue
-                # a coarser level's pixel is a target only if every pixel it comes from is one
-                keep = mask if scale == 1.0 else (resample.resize_by(mask, scale) > 0.999).float()
-                areas += self._add(level, keep, uniform)
+                areas += self._add(level, uniform)
         self.pick = np.asarray(areas, dtype=np.float64) / np.sum(areas)
 
-    def _add(self, level: torch.Tensor, keep: torch.Tensor, uniform: float) -> list[int]:
-        grad = (classical.gradient_magnitude(level) * keep)[:, 0].numpy()
+    def _add(self, level: torch.Tensor, uniform: float) -> list[int]:
+        grad = classical.gradient_magnitude(level)[:, 0].numpy()
         areas = []
-        for img, m, g in zip(level[:, 0].numpy(), keep[:, 0].numpy(), grad, strict=True):
+        for img, g in zip(level[:, 0].numpy(), grad, strict=True):
             w = _window_sums(g.astype(np.float64), self.crop)
             w = w / w.sum() if w.sum() > 0 else np.full_like(w, 1.0 / w.size)
             p = (1 - uniform) * w + uniform / w.size
             self.images.append(img)
-            self.masks.append(m)
             self.cdfs.append(np.cumsum(p.ravel()))
             self.widths.append(w.shape[1])
             areas.append(w.size)
         return areas
 
-    def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def batch(self, n: int) -> np.ndarray:
         which = self.rng.choice(len(self.images), size=n, p=self.pick)
         out = np.empty((n, 1, self.crop, self.crop), dtype=np.float32)
-        keep = np.empty_like(out)
         for i, k in enumerate(which):
             cdf = self.cdfs[k]
             pos = min(int(np.searchsorted(cdf, self.rng.random() * cdf[-1])), cdf.size - 1)
             r, c = divmod(pos, self.widths[k])
             out[i, 0] = self.images[k][r : r + self.crop, c : c + self.crop]
-            keep[i, 0] = self.masks[k][r : r + self.crop, c : c + self.crop]
-        return out, keep
+        return out
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -248,34 +231,35 @@ def make_pairs(
     rng,
     gen: torch.Generator,
     father_noise: float | None = None,
-    keep: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Sons (``fathers`` downsampled, noise brought back to the input's level ``noise``), the fathers and their
-    loss mask ``keep``, all under the same random dihedral transform."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sons (``fathers`` downsampled, noise brought back to the input's level ``noise``) and the fathers."""
     kernel, sigma = _draw_kernel(cfg, rng)
     k = int(rng.integers(8))
     fathers = dihedral(fathers, k).contiguous()
-    keep = None if keep is None else dihedral(keep, k).contiguous()
     sons = resample.downsample(fathers, factor, kernel, sigma)
     if cfg.noise_match and noise > 0:
         left = _kernel_noise_gain(factor, kernel, sigma) * (noise if father_noise is None else father_noise)
         extra = math.sqrt(max(0.0, noise * noise - left * left)) * float(rng.uniform(*cfg.noise_scale))
         sons = sons + extra * torch.randn(sons.shape, generator=gen, dtype=sons.dtype).to(sons.device)
-    return sons, fathers, keep
+    return sons, fathers
 
 
 def _median_noise(parts: list[torch.Tensor]) -> float:
     return float(torch.cat([classical.noise_sigma(p) for p in parts if min(p.shape[-2:]) >= 3]).median())
 
 
-def holdout_stripe(h: int, fraction: float) -> tuple[int, int] | None:
-    """First and last+1 row of the central validation stripe of an image ``h`` rows high (an even number of rows),
-    or None when there is no room for one."""
+def split_holdout(
+    pool: torch.Tensor, fraction: float, min_rows: int = 16
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """Training parts and a held-out validation stripe (the central rows of every slice), never trained on; no
+    stripe (None) when it would leave fewer than ``min_rows`` rows above or below it (small images)."""
+    h = pool.shape[-2]
     rows = int(round(h * fraction / 2)) * 2
-    if fraction <= 0 or rows < 4 or h - rows < 8:
-        return None
+    if fraction <= 0 or rows < 8 or (h - rows) // 2 < min_rows:
+        return [pool], None
     top = (h - rows) // 2
-    return top, top + rows
+    parts = [p for p in (pool[..., :top, :], pool[..., top + rows :, :]) if p.shape[-2] >= 4]
+    return parts, pool[..., top : top + rows, : pool.shape[-1] - pool.shape[-1] % 2]
 
 
 def _schedule(cfg: TrainConfig) -> Callable[[int], float]:
@@ -297,10 +281,8 @@ def fit(
     device: torch.device,
     check: Check,
     blur: float = 0.0,
-    masks: list[torch.Tensor] | None = None,
 ) -> tuple[ResidualESPCN, TrainStats]:
-    """Train one x``factor`` model on normalised training parts of the series, fathers blurred by ``blur``; the
-    pixels where ``masks`` (one per part, 1 = target) is 0 are never a training target."""
+    """Train one x``factor`` model on normalised training parts of the series, fathers blurred by ``blur``."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -314,8 +296,7 @@ def fit(
     if blur > 0:
         cpu_parts = [classical.gaussian_blur(p, blur) for p in cpu_parts]
     father_noise = _median_noise(cpu_parts)
-    crop = cfg.crop - cfg.crop % factor
-    sampler = CropSampler(cpu_parts, crop, cfg.scales, cfg.uniform_fraction, rng, masks and [m.cpu() for m in masks])
+    sampler = CropSampler(cpu_parts, cfg.crop - cfg.crop % factor, cfg.scales, cfg.uniform_fraction, rng)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
     stats = TrainStats()
@@ -324,13 +305,12 @@ def fit(
     averaged = [p.detach().clone() for p in model.parameters()] if cfg.ema else None
     for step in range(cfg.steps):
         check(step / cfg.steps, "training")
-        crops, keep = (torch.from_numpy(a).to(device) for a in sampler.batch(cfg.batch))
-        sons, fathers, keep = make_pairs(crops, factor, cfg, noise, rng, gen, father_noise, keep)
+        fathers = torch.from_numpy(sampler.batch(cfg.batch)).to(device)
+        sons, fathers = make_pairs(fathers, factor, cfg, noise, rng, gen, father_noise)
         pred = model(sons)
         if cfg.bp_in_loss:
             pred = resample.back_project(pred, sons, factor, cfg.bp_in_loss, cfg.bp_kernel)
-        err = (pred - fathers).abs() if cfg.loss == "l1" else (pred - fathers) ** 2
-        loss = (err * keep).sum() / keep.sum().clamp_min(1.0)
+        loss = F.l1_loss(pred, fathers) if cfg.loss == "l1" else F.mse_loss(pred, fathers)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -371,22 +351,13 @@ def train(
     """Train one member per ``cfg.father_blur`` (seeds seed, seed+1, ...) on the series minus a held-out stripe,
     and measure each on the stripe against the classical path (see ``validation_gain``)."""
     pool = slices if slices.shape[0] <= cfg.max_train_slices else slices[_even_pick(slices.shape[0], cfg)]
+    parts, val = split_holdout(pool, cfg.holdout)  # None: too small to check, the caller falls back (NaN gains)
     blurs = cfg.father_blur or (0.0,)
-    stripe = holdout_stripe(pool.shape[-2], cfg.holdout)
-    val, masks = None, None
-    if stripe is not None:  # a held-out central stripe of every slice: never a training target (nor, blurred
-        top, bottom = stripe  # into its neighbours, are the rows within 3 sigma of it)
-        margin = math.ceil(3 * max(blurs))
-        keep = torch.ones_like(pool)
-        keep[..., max(0, top - margin) : bottom + margin, :] = 0
-        val, masks = pool[..., top:bottom, : pool.shape[-1] - pool.shape[-1] % factor], [keep]
     n = len(blurs)
     sub = cfg if n == 1 else TrainConfig(**(asdict(cfg) | {"max_train_seconds": cfg.max_train_seconds / n}))
     members, gains, total = [], [], TrainStats()
     for k, blur in enumerate(blurs):
-        net, stats = fit(
-            [pool], factor, sub, seed=seed + k, device=device, check=_sub(check, k, n), blur=blur, masks=masks
-        )
+        net, stats = fit(parts, factor, sub, seed=seed + k, device=device, check=_sub(check, k, n), blur=blur)
         total.steps_run += stats.steps_run
         total.seconds += stats.seconds
         total.losses += stats.losses
