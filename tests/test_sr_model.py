@@ -73,7 +73,8 @@ def test_learned_beats_bicubic_and_reports(ct_small: np.ndarray) -> None:
     assert res.uncertainty.min() >= 0 and res.report["uncertainty_mean"] > 0
     rep = res.report
     assert rep["method"] == "learned" and rep["factor"] == 2 and rep["steps_run"] == 120  # two members x 60 steps
-    assert len(rep["validation_gain_db"]) == 2 and not rep["used_classical"]
+    assert len(rep["validation_gain_db"]) == 2  # x is 64 rows: no room for a held-out stripe
+    assert rep["validation"].startswith("training rows")
     assert rep["train_seconds"] > 0 and rep["infer_seconds"] > 0 and rep["device"] == "cpu"
     assert rep["self_consistency_psnr_db"] > 50  # back-projection: D(SR(x)) reproduces x
     assert {"channels", "depth", "tta", "bp_iterations", "lr", "steps"} <= set(rep["params"])

@@ -31,7 +31,6 @@ CT_OFFSET, CT_SCALE = -1024.0, 4096.0
 # Every ensemble member must beat the classical path on its own self-check (model.validation_gain: its training
 # task, on a held-out stripe). A sanity gate against a failed training, not a forecast of the gain at the target
 # scale: that the blurred fathers transfer to the target scale was measured on the dev set of bench/sr_eval.py.
-# An image too small for a held-out stripe (about 40 rows or fewer) cannot be checked: it gets the classical output.
 FALLBACK_MARGIN_DB = 0.0
 
 
@@ -253,6 +252,7 @@ class _Run:
             "steps_run": ens.stats.steps_run,
             "final_train_loss": ens.stats.final_loss,
             "validation_gain_db": ens.val_gains_db,
+            "validation": "training rows (no room for a held-out stripe)" if ens.in_sample else "held-out stripe",
             "used_classical": use_classical,
             "fallback_slices": list(range(len(x))) if use_classical else [],
         }

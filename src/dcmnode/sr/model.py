@@ -342,7 +342,8 @@ def _ema_update(averaged: list[torch.Tensor], model: nn.Module, decay: float, in
 class Ensemble:
     members: list[ResidualESPCN]
     stats: TrainStats
-    val_gains_db: list[float]  # per member: learned minus classical PSNR on its own self-check (x only); NaN: none
+    val_gains_db: list[float]  # per member: learned minus classical PSNR on its own self-check (x only)
+    in_sample: bool = False  # the image was too small for a held-out stripe: the check ran on training rows
 
 
 def train(
@@ -351,7 +352,10 @@ def train(
     """Train one member per ``cfg.father_blur`` (seeds seed, seed+1, ...) on the series minus a held-out stripe,
     and measure each on the stripe against the classical path (see ``validation_gain``)."""
     pool = slices if slices.shape[0] <= cfg.max_train_slices else slices[_even_pick(slices.shape[0], cfg)]
-    parts, val = split_holdout(pool, cfg.holdout)  # None: too small to check, the caller falls back (NaN gains)
+    parts, val = split_holdout(pool, cfg.holdout, min_rows=cfg.crop)
+    in_sample = val is None  # a small image: the self-check runs on the training rows
+    if val is None:
+        val = pool[..., : pool.shape[-2] - pool.shape[-2] % factor, : pool.shape[-1] - pool.shape[-1] % factor]
     blurs = cfg.father_blur or (0.0,)
     n = len(blurs)
     sub = cfg if n == 1 else TrainConfig(**(asdict(cfg) | {"max_train_seconds": cfg.max_train_seconds / n}))
@@ -362,9 +366,9 @@ def train(
         total.seconds += stats.seconds
         total.losses += stats.losses
         members.append(net)
-        gains.append(validation_gain(net, val, factor, infer, blur, check) if val is not None else float("nan"))
+        gains.append(validation_gain(net, val, factor, infer, blur, check))
     total.final_loss = float(np.mean(total.losses[-20:])) if total.losses else float("nan")
-    return Ensemble(members, total, gains)
+    return Ensemble(members, total, gains, in_sample)
 
 
 def _sub(check: Check, k: int, n: int) -> Check:
