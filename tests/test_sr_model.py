@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 from dcmnode.sr import api, classical, model, resample  # noqa: E402
 
-FAST = {"steps": 40, "father_blur": (0.8,), "batch": 8, "crop": 32, "tta": 2}
+FAST = {"steps": 40, "candidates": 1, "batch": 8, "crop": 32, "tta": 2}
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +67,12 @@ def test_classical_beats_bicubic_on_real_ct(ct_small: np.ndarray) -> None:
 def test_learned_beats_bicubic_and_reports(ct_small: np.ndarray) -> None:
     x = resample.np_downsample(ct_small, 2, "area")
     bicubic = api.super_resolve(x, 2, method="bicubic", modality="CT")[0]
-    res = api.super_resolve_report(x, 2, modality="CT", fallback=False, steps=60, tta=4)
+    res = api.super_resolve_report(x, 2, modality="CT", fallback=False, steps=120, candidates=1, tta=4)
     assert psnr(res.upscaled, ct_small) > psnr(bicubic, ct_small) + 0.5
     assert res.uncertainty.shape == res.upscaled.shape == ct_small.shape
     assert res.uncertainty.min() >= 0 and res.report["uncertainty_mean"] > 0
     rep = res.report
-    assert rep["method"] == "learned" and rep["factor"] == 2 and rep["steps_run"] == 120  # two members x 60 steps
-    assert len(rep["validation_gain_db"]) == 2  # x is 64 rows: no room for a held-out stripe
-    assert rep["validation"].startswith("training rows")
+    assert rep["method"] == "learned" and rep["factor"] == 2 and rep["steps_run"] == 120
     assert rep["train_seconds"] > 0 and rep["infer_seconds"] > 0 and rep["device"] == "cpu"
     assert rep["self_consistency_psnr_db"] > 50  # back-projection: D(SR(x)) reproduces x
     assert {"channels", "depth", "tta", "bp_iterations", "lr", "steps"} <= set(rep["params"])
@@ -127,7 +125,7 @@ def test_should_stop_cancels_promptly() -> None:
         return calls["n"] > 5
 
     with pytest.raises(api.Cancelled):
-        api.super_resolve(blocks(), 2, modality="CT", should_stop=stop, steps=10_000, father_blur=(0.8,))
+        api.super_resolve(blocks(), 2, modality="CT", should_stop=stop, steps=10_000, candidates=1)
     assert calls["n"] == 6
 
 
@@ -142,7 +140,7 @@ def test_progress_reports_training_and_inference() -> None:
 def test_flat_region_bias_under_one_hu() -> None:
     truth = blocks(64, seed=1)
     x = resample.np_downsample(truth, 2)
-    up, _ = api.super_resolve(x, 2, modality="CT", fallback=False, steps=80, father_blur=(0.8,), crop=32)
+    up, _ = api.super_resolve(x, 2, modality="CT", fallback=False, steps=80, candidates=1, crop=32)
     flat = np.zeros_like(truth, dtype=bool)
     flat[30:60, 4:14] = True  # water, away from both objects
     assert abs(float(np.mean(up[flat] - truth[flat]))) < 1.0
@@ -156,16 +154,3 @@ def test_noise_estimate_and_bad_arguments() -> None:
         api.super_resolve(blocks(), 3)
     with pytest.raises(ValueError, match="unknown"):
         api.super_resolve(blocks(), 2, nonsense=1)
-
-
-def test_sons_of_blurred_fathers_get_the_noise_of_the_input() -> None:
-    """Blurred fathers carry less noise than the input; their sons must be topped up to the input's level."""
-    gen = torch.Generator().manual_seed(0)
-    noise = 0.1
-    fathers = classical.gaussian_blur(noise * torch.randn(64, 1, 32, 32, generator=gen), 1.2)
-    father_noise = float(classical.noise_sigma(fathers).median())
-    assert father_noise < 0.5 * noise
-    cfg = model.TrainConfig(kernels=(("area", 1.0, 0.0),), noise_scale=(1.0, 1.0))
-    sons, _ = model.make_pairs(fathers, 2, cfg, noise, np.random.default_rng(0), gen, father_noise)
-    son_noise = float(classical.noise_sigma(sons).median())
-    assert abs(son_noise - noise) < 0.05 * noise  # without the top-up: 0.090

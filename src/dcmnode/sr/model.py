@@ -7,15 +7,8 @@
   downsampled x2 with a kernel drawn per batch (area, Gaussian, Lanczos3), plus Gaussian noise that brings the
   son's noise back to the level estimated on the input. Dihedral augmentation, L1 loss, Adam with a cosine decay,
   a fixed step budget (deterministic for a seed) and a wall-clock cap as a safety net.
-* Blurred fathers: a CT, MR or DX image is band-limited, so one scale down it looks twice as sharp relative to its
-  pixel grid as the x2 output should look relative to its own. A net trained on plain self-pairs learns to add the
-  detail of the sharper scale and over-sharpens at the target (on the dev set of bench/sr_eval.py: -1.0 dB against
-  the classical path on a CT crop). Each father is therefore blurred by a Gaussian first (ZSSR's kernel argument:
-  the pairs must look like the target pair). Two members, blurred by sigma 0.8 and 1.2 father pixels, make the
-  ensemble; its members share the test-time passes.
-* Inference: overlapping tiles with a halo and linear blending (so a 3000x3000 X-ray fits in memory), the members'
-  dihedral test-time predictions averaged, their per-pixel standard deviation is the uncertainty, then
-  back-projection to the input.
+* Inference: overlapping tiles with a halo and linear blending (so a 3000x3000 X-ray fits in memory), a dihedral
+  test-time ensemble whose per-pixel standard deviation is the uncertainty, then back-projection to the input.
 """
 
 from __future__ import annotations
@@ -59,12 +52,10 @@ class TrainConfig:
     highpass: float = 0.0
     slope: float = 0.1  # LeakyReLU negative slope (0 = ReLU, which collapsed to bicubic on some seeds)
     warmup: int = 0
+    candidates: int = 2  # models trained with consecutive seeds; the best on the held-out stripe is kept
     holdout: float = 0.25  # fraction of rows (a central stripe of every slice) kept out of training
     ema: float = 0.98  # exponential moving average of the weights (0 = off); the average is the returned model
     init_weights: str | None = None
-    # one ensemble member per entry, trained with seed + k: the Gaussian sigma (father pixels) that blurs every
-    # father before its son is made, so that a father is as smooth relative to its grid as the x2 output should be
-    father_blur: tuple[float, ...] = (0.8, 1.2)
 
 
 @dataclass
@@ -224,38 +215,24 @@ def _draw_kernel(cfg: TrainConfig, rng) -> tuple[str, float]:
 
 
 def make_pairs(
-    fathers: torch.Tensor,
-    factor: int,
-    cfg: TrainConfig,
-    noise: float,
-    rng,
-    gen: torch.Generator,
-    father_noise: float | None = None,
+    fathers: torch.Tensor, factor: int, cfg: TrainConfig, noise: float, rng, gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sons (``fathers`` downsampled, noise brought back to the input's level ``noise``) and the fathers."""
     kernel, sigma = _draw_kernel(cfg, rng)
     k = int(rng.integers(8))
     fathers = dihedral(fathers, k).contiguous()
     sons = resample.downsample(fathers, factor, kernel, sigma)
     if cfg.noise_match and noise > 0:
-        left = _kernel_noise_gain(factor, kernel, sigma) * (noise if father_noise is None else father_noise)
-        extra = math.sqrt(max(0.0, noise * noise - left * left)) * float(rng.uniform(*cfg.noise_scale))
+        gain = _kernel_noise_gain(factor, kernel, sigma)
+        extra = noise * math.sqrt(max(0.0, 1.0 - gain * gain)) * float(rng.uniform(*cfg.noise_scale))
         sons = sons + extra * torch.randn(sons.shape, generator=gen, dtype=sons.dtype).to(sons.device)
     return sons, fathers
 
 
-def _median_noise(parts: list[torch.Tensor]) -> float:
-    return float(torch.cat([classical.noise_sigma(p) for p in parts if min(p.shape[-2:]) >= 3]).median())
-
-
-def split_holdout(
-    pool: torch.Tensor, fraction: float, min_rows: int = 16
-) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-    """Training parts and a held-out validation stripe (the central rows of every slice), never trained on; no
-    stripe (None) when it would leave fewer than ``min_rows`` rows above or below it (small images)."""
+def split_holdout(pool: torch.Tensor, fraction: float) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """Training parts and a held-out validation stripe (the central rows of every slice), never trained on."""
     h = pool.shape[-2]
     rows = int(round(h * fraction / 2)) * 2
-    if fraction <= 0 or rows < 8 or (h - rows) // 2 < min_rows:
+    if fraction <= 0 or rows < 8 or h - rows < 16:
         return [pool], None
     top = (h - rows) // 2
     parts = [p for p in (pool[..., :top, :], pool[..., top + rows :, :]) if p.shape[-2] >= 4]
@@ -273,16 +250,9 @@ def _schedule(cfg: TrainConfig) -> Callable[[int], float]:
 
 
 def fit(
-    parts: list[torch.Tensor],
-    factor: int,
-    cfg: TrainConfig,
-    *,
-    seed: int,
-    device: torch.device,
-    check: Check,
-    blur: float = 0.0,
+    parts: list[torch.Tensor], factor: int, cfg: TrainConfig, *, seed: int, device: torch.device, check: Check
 ) -> tuple[ResidualESPCN, TrainStats]:
-    """Train one x``factor`` model on normalised training parts of the series, fathers blurred by ``blur``."""
+    """Train one x``factor`` model on normalised training parts of the series."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -292,11 +262,8 @@ def fit(
     else:
         model.standardise_on(torch.cat([p.flatten() for p in parts]).view(1, 1, 1, -1).to(device))
     cpu_parts = [p.cpu() for p in parts]
-    noise = _median_noise(cpu_parts)
-    if blur > 0:
-        cpu_parts = [classical.gaussian_blur(p, blur) for p in cpu_parts]
-    father_noise = _median_noise(cpu_parts)
     sampler = CropSampler(cpu_parts, cfg.crop - cfg.crop % factor, cfg.scales, cfg.uniform_fraction, rng)
+    noise = float(torch.cat([classical.noise_sigma(p) for p in cpu_parts if min(p.shape[-2:]) >= 3]).median())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
     stats = TrainStats()
@@ -306,7 +273,7 @@ def fit(
     for step in range(cfg.steps):
         check(step / cfg.steps, "training")
         fathers = torch.from_numpy(sampler.batch(cfg.batch)).to(device)
-        sons, fathers = make_pairs(fathers, factor, cfg, noise, rng, gen, father_noise)
+        sons, fathers = make_pairs(fathers, factor, cfg, noise, rng, gen)
         pred = model(sons)
         if cfg.bp_in_loss:
             pred = resample.back_project(pred, sons, factor, cfg.bp_in_loss, cfg.bp_kernel)
@@ -339,36 +306,36 @@ def _ema_update(averaged: list[torch.Tensor], model: nn.Module, decay: float, in
 
 
 @dataclass
-class Ensemble:
-    members: list[ResidualESPCN]
+class Selection:
+    model: ResidualESPCN
     stats: TrainStats
-    val_gains_db: list[float]  # per member: learned minus classical PSNR on its own self-check (x only)
-    in_sample: bool = False  # the image was too small for a held-out stripe: the check ran on training rows
+    val_gains_db: list[float]  # per candidate: learned minus classical PSNR on the held-out stripe (x only)
+    chosen: int
 
 
 def train(
     slices: torch.Tensor, factor: int, cfg: TrainConfig, infer: InferConfig, *, seed: int, device, check: Check
-) -> Ensemble:
-    """Train one member per ``cfg.father_blur`` (seeds seed, seed+1, ...) on the series minus a held-out stripe,
-    and measure each on the stripe against the classical path (see ``validation_gain``)."""
+) -> Selection:
+    """Train ``cfg.candidates`` models (seeds seed, seed+1, ...) on the series minus a held-out stripe and keep the
+    one that does best there against the classical path, one scale down (the stripe downsampled → the stripe)."""
     pool = slices if slices.shape[0] <= cfg.max_train_slices else slices[_even_pick(slices.shape[0], cfg)]
-    parts, val = split_holdout(pool, cfg.holdout, min_rows=cfg.crop)
-    in_sample = val is None  # a small image: the self-check runs on the training rows
-    if val is None:
-        val = pool[..., : pool.shape[-2] - pool.shape[-2] % factor, : pool.shape[-1] - pool.shape[-1] % factor]
-    blurs = cfg.father_blur or (0.0,)
-    n = len(blurs)
-    sub = cfg if n == 1 else TrainConfig(**(asdict(cfg) | {"max_train_seconds": cfg.max_train_seconds / n}))
-    members, gains, total = [], [], TrainStats()
-    for k, blur in enumerate(blurs):
-        net, stats = fit(parts, factor, sub, seed=seed + k, device=device, check=_sub(check, k, n), blur=blur)
+    parts, val = split_holdout(pool, cfg.holdout)
+    n = max(1, cfg.candidates)
+    best: Selection | None = None
+    gains: list[float] = []
+    total = TrainStats()
+    for k in range(n):
+        sub = cfg if n == 1 else TrainConfig(**(asdict(cfg) | {"max_train_seconds": cfg.max_train_seconds / n}))
+        net, stats = fit(parts, factor, sub, seed=seed + k, device=device, check=_sub(check, k, n))
         total.steps_run += stats.steps_run
         total.seconds += stats.seconds
         total.losses += stats.losses
-        members.append(net)
-        gains.append(validation_gain(net, val, factor, infer, blur, check))
-    total.final_loss = float(np.mean(total.losses[-20:])) if total.losses else float("nan")
-    return Ensemble(members, total, gains, in_sample)
+        gains.append(validation_gain(net, val, factor, infer, check) if val is not None else float("nan"))
+        if best is None or (gains[-1] > gains[best.chosen]):
+            best = Selection(net, stats, gains, k)
+    assert best is not None
+    total.final_loss = best.stats.final_loss
+    return Selection(best.model, total, gains, best.chosen)
 
 
 def _sub(check: Check, k: int, n: int) -> Check:
@@ -381,20 +348,16 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.inference_mode()
-def validation_gain(
-    net: ResidualESPCN, val: torch.Tensor, factor: int, cfg: InferConfig, father_blur: float, check: Check
-) -> float:
-    """PSNR(learned) - PSNR(classical) on the task the net was trained for, on the validation rows: the rows as a
-    father (blurred like the training fathers) rebuilt from its own downscale."""
-    target = classical.gaussian_blur(val, father_blur) if father_blur > 0 else val
-    lr = resample.downsample(target, factor, cfg.bp_kernel)
+def validation_gain(net: ResidualESPCN, val: torch.Tensor, factor: int, cfg: InferConfig, check: Check) -> float:
+    """PSNR(learned) - PSNR(classical) for reconstructing the held-out stripe from its own downscale."""
+    lr = resample.downsample(val, factor, cfg.bp_kernel)
     learned, plain = [], []
     for i in range(len(val)):
         check(1.0, "validation")
         y, _ = upscale_learned([net], lr[i : i + 1], factor, cfg, lambda: None)
         learned.append(y)
         plain.append(classical.upscale(lr[i : i + 1], factor, bp_iterations=cfg.bp_iterations, down=cfg.bp_kernel))
-    return _psnr(torch.cat(learned), target) - _psnr(torch.cat(plain), target)
+    return _psnr(torch.cat(learned), val) - _psnr(torch.cat(plain), val)
 
 
 def _even_pick(n: int, cfg: TrainConfig) -> list[int]:
@@ -472,16 +435,13 @@ TTA_ORDER = (0, 5, 2, 7, 1, 4, 3, 6)  # the first four mix rotations and flips
 
 
 def predict_tta(
-    models: list[ResidualESPCN], x: torch.Tensor, cfg: InferConfig, check: Callable[[], None] = lambda: None
+    model: ResidualESPCN, x: torch.Tensor, cfg: InferConfig, check: Callable[[], None] = lambda: None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and per-pixel population std of the ensemble's predictions for one (1, 1, h, w) image: ``cfg.tta``
-    passes (at least one per member), each a dihedral transform, dealt to the members in turn so that every
-    pass sees a different transform."""
+    """Mean and per-pixel population std of the dihedral test-time ensemble, for one (1, 1, h, w) image."""
     mean = m2 = None
-    n = max(len(models), min(8, cfg.tta))
-    for i in range(n):
-        net, k = models[i % len(models)], TTA_ORDER[i % len(TTA_ORDER)]
-        pred = undo_dihedral(predict_tiled(net, dihedral(x, k).contiguous(), cfg, check), k)
+    n = max(1, min(8, cfg.tta))
+    for i, k in enumerate(TTA_ORDER[:n]):
+        pred = undo_dihedral(predict_tiled(model, dihedral(x, k).contiguous(), cfg, check), k)
         if mean is None:
             mean, m2 = pred.clone(), torch.zeros_like(pred)
             continue
@@ -494,12 +454,11 @@ def predict_tta(
 def upscale_learned(
     models: list[ResidualESPCN], x: torch.Tensor, factor: int, cfg: InferConfig, check: Callable[[], None]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x``factor`` by repeated x2 steps of the ensemble ``models``, each followed by back-projection to ``x``."""
+    """x``factor`` via repeated x2 (or one x``factor``) model steps, then back-projection to ``x``."""
     y, spread, done = x, None, 1
-    while done < factor:
-        y, s = predict_tta(models, y, cfg, check)
-        spread = s if spread is None else torch.sqrt(resample.upsample(spread, 2) ** 2 + s * s)
-        done *= 2
+    for model in models:
+        y, s = predict_tta(model, y, cfg, check)
+        spread = s if spread is None else torch.sqrt(resample.upsample(spread, model.factor) ** 2 + s * s)
+        done *= model.factor
         y = resample.back_project(y, x, done, cfg.bp_iterations, cfg.bp_kernel)
-    assert spread is not None
     return y, spread
