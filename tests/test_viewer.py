@@ -182,7 +182,8 @@ def test_search_finds_a_seeded_study_and_opens_its_series(live: LiveServer, sess
     form.locator("[name=dateTo]").fill("2024-03-31")
     form.locator("[name=ModalitiesInStudy]").select_option("CT")
     form.locator("button[type=submit]").click()
-    rows.filter(has_text="Other, Person").wait_for(state="detached")
+    rows.filter(has_text="Other, Person").wait_for(state="detached")  # the table shows "Searching…" meanwhile
+    rows.filter(has_text="VIEW-1").wait_for()
     assert rows.count() == 1
     row = rows.first.inner_text()
     assert "Viewer, Probe" in row and "VIEW-1" in row and "12" in row, row
