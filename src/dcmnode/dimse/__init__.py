@@ -10,7 +10,8 @@ from pynetdicom.transport import AssociationSocket
 def _close_even_if_shutdown_fails(self: AssociationSocket) -> None:
     """pynetdicom 3.0.4 calls ``close()`` in the same ``try`` as ``shutdown()``: when the peer has gone first,
     ``shutdown`` raises ENOTCONN and the socket stays open until garbage collection (a ResourceWarning, and a
-    descriptor held for nothing meanwhile). Upstream fixed it after 3.0.4 (pydicom/pynetdicom#999)."""
+    descriptor held for nothing meanwhile). Upstream works on the same problem in pydicom/pynetdicom#999; this
+    replacement is harmless where pynetdicom already closes the socket."""
     sock = self.socket
     if sock is None:
         return
