@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
 
-from dcmnode.core import parse, render
+from dcmnode.core import parse, pixel_header, render
 from dcmnode.errors import DcmnodeError, InvalidInstance, InvalidRequest, NotAcceptable
 from dcmnode.imaging import pipeline
 from tests.factories import DEID_FILES, TEST_FILES, ct_series
@@ -212,7 +212,9 @@ def test_the_plain_fast_path_renders_like_the_general_path(request_: render.Rend
         ds = read(path)
         if ds is None:
             continue
-        fast = render._render_plain(path, request_)
+        found = render._scan_native(path)
+        plain = pixel_header.plain_image(found) if found is not None else None
+        fast = render._render_plain(path, request_, plain) if plain is not None else None
         if fast is None:
             continue
         taken += 1

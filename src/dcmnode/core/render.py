@@ -375,16 +375,11 @@ def _simple_header(found: scan.Scanned) -> tuple[pydicom.Dataset, int] | None:
     return ds, found.pixel_offset
 
 
-def _render_plain(path: Path, request: RenderRequest, plain: pixel_header.PlainImage | None = None) -> bytes | None:
-    """The whole render for a plain grey image with a window and no enhancement: the same arithmetic as
-    ``render_array``'s lookup table, without building a pydicom data set. None: take the general path.
-    ``plain``: the file's summary, if the caller has it (else the file is scanned)."""
-    if request.enhance:
-        return None
-    if plain is None:
-        found = _scan_native(path)
-        plain = pixel_header.plain_image(found) if found is not None else None
-    if plain is None or plain.rows * plain.cols > pipeline.MAX_PIXELS:
+def _render_plain(path: Path, request: RenderRequest, plain: pixel_header.PlainImage) -> bytes | None:
+    """The whole render for a plain grey image (``plain``: its summary, see ``render_file``) with a window and no
+    enhancement: the same arithmetic as ``render_array``'s lookup table, without building a pydicom data set.
+    None: take the general path."""
+    if request.enhance or plain.rows * plain.cols > pipeline.MAX_PIXELS:
         return None
     window = request.window
     if window is None and plain.window is not None:
