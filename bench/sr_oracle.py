@@ -180,7 +180,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--degradations", nargs="*", default=list(sr_eval.DEGRADATIONS))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = []
     for deg in args.degradations:
         for case in sr_eval.load_cases(args.set):
