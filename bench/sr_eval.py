@@ -168,6 +168,11 @@ def uniform_mask(case: Case, mask: np.ndarray) -> np.ndarray:
     return inner & (std <= np.percentile(std[inner], 25))
 
 
+def psnr(case: Case, out: np.ndarray, mask: np.ndarray) -> float:
+    err = out.astype(np.float64) - case.y
+    return float(10 * np.log10(case.data_range**2 / np.mean(err[mask] ** 2)))
+
+
 def score(case: Case, out: np.ndarray, mask: np.ndarray, flat: np.ndarray) -> dict[str, float]:
     err = out.astype(np.float64) - case.y
     mse = float(np.mean(err[mask] ** 2))
@@ -183,7 +188,7 @@ def score(case: Case, out: np.ndarray, mask: np.ndarray, flat: np.ndarray) -> di
         full=True,
     )
     return {
-        "psnr": 10 * np.log10(case.data_range**2 / mse),
+        "psnr": psnr(case, out, mask),
         "ssim": float(ssim_map[mask].mean()),
         "bias": float(err[flat].mean()) if flat.any() else float("nan"),
         "rmse": float(np.sqrt(mse)),

@@ -81,7 +81,8 @@ def _train_masked(xn: torch.Tensor, yn: torch.Tensor, keep: torch.Tensor, steps:
     """The learned path's network on true pairs, the loss counted only where ``keep`` (high-resolution grid)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    net = model.ResidualESPCN(32, 4, FACTOR, slope=0.1)
+    cfg = model.TrainConfig()  # the learned path's defaults
+    net = model.ResidualESPCN(cfg.channels, cfg.depth, FACTOR, cfg.base, cfg.highpass, cfg.slope)
     net.standardise_on(xn)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=1e-5)
@@ -118,24 +119,21 @@ def cnn_oracle(x: np.ndarray, y: np.ndarray, modality: str, steps: int, seed: in
     return norm.back(resample.back_project(out, xn, FACTOR, 5, "area"))[0]
 
 
-def psnr(case: sr_eval.Case, out: np.ndarray, mask: np.ndarray) -> float:
-    err = out.astype(np.float64) - case.y
-    return float(10 * np.log10(case.data_range**2 / np.mean(err[mask] ** 2)))
-
-
 def run(case: sr_eval.Case, degradation: str, seed: int) -> dict[str, object]:
     kernel, sigma = sr_eval.DEGRADATIONS[degradation]
     x = resample.np_downsample(case.y, FACTOR, kernel, sigma)
     mask = sr_eval.body_mask(case)
     base = api.super_resolve(x, FACTOR, method="classical", modality=case.modality)[0].astype(np.float64)
-    classical_db = psnr(case, base, mask)
+    classical_db = sr_eval.psnr(case, base, mask)
     row: dict[str, object] = {"image": case.name, "degradation": degradation, "classical_psnr": round(classical_db, 3)}
     t0 = time.perf_counter()
     x64, y64 = x.astype(np.float64), case.y.astype(np.float64)
-    lin = {f"k{k}_ridge{g:g}": psnr(case, linear_oracle(x64, y64, base, k, g), mask) - classical_db for k, g in LINEAR}
+    lin = {}
+    for k, ridge in LINEAR:
+        lin[f"k{k}_ridge{ridge:g}"] = sr_eval.psnr(case, linear_oracle(x64, y64, base, k, ridge), mask) - classical_db
     row["linear_gain"] = round(max(lin.values()), 3)
     row["linear_best"] = max(lin, key=lin.__getitem__)
-    cnn = {s: psnr(case, cnn_oracle(x, case.y, case.modality, s, seed), mask) - classical_db for s in CNN_STEPS}
+    cnn = {s: sr_eval.psnr(case, cnn_oracle(x, case.y, case.modality, s, seed), mask) - classical_db for s in CNN_STEPS}
     row["cnn_gain"] = round(max(cnn.values()), 3)
     row["cnn_best_steps"] = max(cnn, key=cnn.__getitem__)
     row["cnn_gain_by_steps"] = {str(k): round(v, 3) for k, v in cnn.items()}
