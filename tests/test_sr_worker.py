@@ -114,6 +114,62 @@ def test_derived_instances_keep_the_source_geometry_and_scale_and_pass_dciodvfy(
     assert evidence == {ds.SOPInstanceUID for ds in [*sources, *made]}
 
 
+def test_runner_streams_slices_like_the_whole_stack_api_and_a_cancel_takes_back_what_it_stored(tmp_path: Path) -> None:
+    from dcmnode.core.catalog import Catalog
+    from dcmnode.core.ingest import Ingest
+    from dcmnode.core.query import Level
+    from dcmnode.sr import runner
+
+    sources = ct_small_series(3)
+    store = Store.open(tmp_path / "data")
+    catalog, ingest = Catalog(store), Ingest(store)
+    try:
+        for ds in sources:
+            ingest.store_bytes(part10(ds), Source(SourceKind.IMPORT))
+        queue = jobs.Jobs(store.index)
+        series = sources[0].SeriesInstanceUID
+
+        def derived() -> list[Any]:
+            return [i for i in catalog.select({}, level=Level.IMAGE) if i.series != series]
+
+        def files() -> set[Path]:
+            return {p for p in store.files.dicom_dir.rglob("*") if p.is_file()}
+
+        # cancelled while the third slice is being made: the two stored slices (x2 kinds) are removed again
+        cancelled = queue.submit(series, method="classical")
+        stages: list[str] = []
+
+        def progress(fraction: float, stage: str) -> None:
+            stages.append(stage)
+
+        def stop_at_third_slice() -> bool:
+            return stages.count("inference") >= 3
+
+        before = files()
+        with pytest.raises(jobs.Cancelled):
+            runner.run(cancelled, catalog, ingest, progress, stop_at_third_slice)
+        assert derived() == [] and files() == before
+        assert len(catalog.select({"SeriesInstanceUID": series}, level=Level.IMAGE)) == 3  # the source is untouched
+
+        # a whole job: each stored slice holds what the whole-stack API computes for it
+        job = queue.submit(series, method="classical")
+        outcome = runner.run(job, catalog, ingest, lambda f, s: None, lambda: False)
+        assert outcome.instances == {"sr": 3, "unc": 3, "report": 1} and len(derived()) == 7
+        hu = np.stack([pipeline.modality(ds, ds.pixel_array) for ds in sources])
+        limits = derive.value_range(sources[0])
+        whole = super_resolve_report(hu, 2, method="classical", modality="CT", value_range=limits)
+        stored = {}
+        for item in catalog.select({"SeriesInstanceUID": outcome.series["sr"]}, level=Level.IMAGE):
+            ds = pydicom.dcmread(item.path)
+            stored[ds.SourceImageSequence[0].ReferencedSOPInstanceUID] = pipeline.modality(ds, ds.pixel_array)
+        for src, expected in zip(sources, whole.upscaled, strict=True):
+            assert np.abs(stored[src.SOPInstanceUID] - expected).max() <= float(src.RescaleSlope) / 2 + 1e-3
+        assert outcome.run["uncertainty_mean"] == pytest.approx(whole.report["uncertainty_mean"], rel=1e-5)
+    finally:
+        catalog.close()
+        store.close()
+
+
 # -- the queue ----------------------------------------------------------------------------------------------------
 def test_queue_requeues_a_dead_workers_job_and_gives_up_after_three_attempts(tmp_path: Path) -> None:
     from dcmnode.core.ingest import Ingest

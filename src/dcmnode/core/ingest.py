@@ -68,6 +68,23 @@ class Ingest:
             shutil.copyfileobj(src, out, 1024 * 1024)
         return self._commit(temp, parsed, source)
 
+    def remove(self, sop_uids: list[str]) -> int:
+        """Delete stored instances: their rows (and series/study/patient rows left empty) in one transaction, then
+        their files. Unknown UIDs are skipped. Used to take back a super-resolution job's partial output."""
+        files, index = self.store.files, self.store.index
+        paths = []
+        with index.write() as conn:
+            for sop in sop_uids:
+                row = index.instance(sop, conn)
+                if row is not None:
+                    index.delete_instance(conn, sop)
+                    paths.append(files.absolute(row["path"]))
+        for path in paths:  # after COMMIT: a crash here leaves a file without a row, never a row without a file
+            files.remove(path)
+        if paths:
+            log.info("removed %d instance(s)", len(paths))
+        return len(paths)
+
     def _undo(self, temp: Path, final: Path, remove_final: bool) -> None:
         self.store.files.discard(temp)
         if remove_final:

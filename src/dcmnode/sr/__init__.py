@@ -1,7 +1,8 @@
 """Super-resolution of stored series (issue 5).
 
 The numerical core (``api``, ``model``, ``classical``, ``resample``) imports torch; this package does not, so
-``import dcmnode.sr.jobs`` stays cheap. ``super_resolve`` and ``SRResult`` are loaded on first use.
+``import dcmnode.sr.jobs`` stays cheap. ``super_resolve``, ``Upscaler`` and ``SRResult`` are loaded on
+first use.
 """
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dcmnode.sr.api import SRResult
+    from dcmnode.sr.api import SRResult, Upscaler  # noqa: F401
 
-__all__ = ["SRResult", "super_resolve", "super_resolve_report"]
+__all__ = ["SRResult", "Upscaler", "super_resolve", "super_resolve_report"]
 
 
 def super_resolve(images: Any, factor: int, **kwargs: Any) -> Any:
@@ -29,7 +30,7 @@ def super_resolve_report(images: Any, factor: int, **kwargs: Any) -> SRResult:
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("SRResult", "Cancelled"):
+    if name in ("SRResult", "Cancelled", "Upscaler"):
         from dcmnode.sr import api
 
         return getattr(api, name)

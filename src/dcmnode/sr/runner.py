@@ -1,11 +1,13 @@
 """One super-resolution job, from a stored series to stored derived series. Imports: stdlib, numpy, pydicom,
-errors, model, store, core, imaging, sr (torch only through ``dcmnode.sr.super_resolve_report``).
+errors, model, store, core, imaging, sr (torch only through ``dcmnode.sr.Upscaler``).
 
 Steps: read the series' images on the modality scale (HU for CT) grouped by grid (rows, columns, pixel spacing:
-one model per acquisition geometry, as the notes advise); super-resolve each group; write three derived series
-through the one ingest path: the super-resolved images, their uncertainty map, and an SR document recording
-the run. UIDs depend only on the job and the source instance, so a job retried after a crash rewrites the same
-instances (kept as duplicates) instead of leaving a second, partial series.
+one model per acquisition geometry, as the notes advise); super-resolve each group a slice at a time, storing each
+output as it is made so that memory does not grow with the series. Three derived series go through the one
+ingest path: the super-resolved images, their uncertainty map, and an SR document recording the run. A job that
+is cancelled or fails removes what it had stored. UIDs depend only on the job and the source instance, so a job
+retried after a crash (which cannot clean up) rewrites the same instances (kept as duplicates) instead of
+leaving a second, partial series.
 """
 
 from __future__ import annotations
@@ -100,10 +102,31 @@ def run(
     max_output_side: int = 8192,
     params: dict[str, Any] | None = None,
 ) -> Outcome:
-    from dcmnode.sr import super_resolve_report
-
     progress(0.0, "reading the series")
     groups = load(catalog, job.series, max_output_side, job.factor)
+    written: list[str] = []  # SOP Instance UIDs this attempt stored
+    try:
+        return _derive(job, groups, ingest, progress, should_stop, seed, params or {}, written)
+    except BaseException:  # cancelled or failed: take back what this attempt wrote, so no partial series is left
+        try:
+            ingest.remove(written)
+        except Exception:
+            log.exception("SR job %d: could not remove its partial output", job.id)
+        raise
+
+
+def _derive(
+    job: Job,
+    groups: list[list[Slice]],
+    ingest: Ingest,
+    progress: Progress,
+    should_stop: Callable[[], bool],
+    seed: int,
+    params: dict[str, Any],
+    written: list[str],
+) -> Outcome:
+    from dcmnode.sr import Upscaler
+
     total = sum(len(g) for g in groups)
     first = groups[0][0].header
     numbers = derive.series_numbers(first.get("SeriesNumber"))
@@ -118,9 +141,8 @@ def run(
         def group_progress(fraction: float, stage: str, base: float = done / total, span: float = span) -> None:
             progress(0.05 + 0.8 * (base + span * fraction), stage)
 
-        stack = np.stack([s.values for s in group])
-        result = super_resolve_report(
-            stack,
+        upscaler = Upscaler(
+            np.stack([s.values for s in group]),
             job.factor,
             method=job.method,
             value_range=derive.value_range(group[0].header),
@@ -128,11 +150,11 @@ def run(
             seed=seed,
             progress=group_progress,
             should_stop=should_stop,
-            **(params or {}),
+            **params,
         )
-        runs.append(result.report)
-        progress(0.05 + 0.8 * (done + len(group)) / total, "writing the derived series")
-        for s, up, unc in zip(group, result.upscaled, result.uncertainty, strict=True):
+        upscaler.fit()
+        for index, s in enumerate(group):  # each slice is stored as soon as it is made: memory stays flat
+            up, unc = upscaler.upscale(index)
             if should_stop():
                 raise Cancelled(f"job {job.id} cancelled")
             padding = _finer(s.padding, job.factor)
@@ -145,16 +167,19 @@ def run(
                 f"SR x{job.factor} uncertainty of {source_desc}", kind=derive.UNCERTAINTY,
             )  # fmt: skip
             for ds in (sr_ds, unc_ds):
+                written.append(str(ds.SOPInstanceUID))
                 ingest.store_bytes(derive.part10(ds, VERSION.replace(" ", "_")), Source(SourceKind.DERIVED))
                 del ds.PixelData  # the SR document needs headers only
             sources.append(s.header)
             made.extend((sr_ds, unc_ds))
+        runs.append(upscaler.report())
         done += len(group)
     outcome.run = _summary(job, runs)
     doc = report.document(
         sources, made, outcome.run, uids["report"], derive.uid_for("dcmnode-sr", str(job.id), "report-sop"),
         numbers[2], VERSION, "HU" if first.get("Modality") == "CT" else "1",
     )  # fmt: skip
+    written.append(str(doc.SOPInstanceUID))
     ingest.store_bytes(derive.encoded(doc), Source(SourceKind.DERIVED))
     outcome.instances = {"sr": len(sources), "unc": len(sources), "report": 1}
     progress(0.95, "derived series stored")
