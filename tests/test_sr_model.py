@@ -154,3 +154,5 @@ def test_noise_estimate_and_bad_arguments() -> None:
         api.super_resolve(blocks(), 3)
     with pytest.raises(ValueError, match="unknown"):
         api.super_resolve(blocks(), 2, nonsense=1)
+    with pytest.raises(RuntimeError, match="fit"):
+        api.Upscaler(blocks(), 2, modality="CT").upscale(0)  # the learned path without its training

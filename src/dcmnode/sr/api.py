@@ -251,6 +251,8 @@ class Upscaler:
     def upscale(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Slice ``i`` upscaled (modality values) and its uncertainty map, both (H * factor, W * factor)."""
         learned = self.method == "learned"
+        if learned and not self._extra:
+            raise RuntimeError("Upscaler.fit() must run before upscale() for the learned method")
         self.check((0.6 + 0.4 * i / len(self.x)) if learned else i / len(self.x), "inference")
         t0 = time.perf_counter()
         xi = self.x[i : i + 1]
