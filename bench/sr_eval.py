@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """Hold-out evaluation of dcmnode's super-resolution core (notes/super-resolution.md, section 3).
 
-For every image: y = the original on the modality scale (HU for CT), x = D(y) (x2 area average; also a mismatched
-Gaussian-PSF degradation), then bicubic (Keys a=-0.5), Lanczos3, the classical path and the learned path run on x
-ALONE (y is used only for scoring). Scores against y, inside a body mask (CT: y > -500 HU, others: Otsu on y), with
-a 2*factor border shaved, on a fixed stated data range (CT 4096 HU; MR p99.9-p0.1 of y; X-ray/8-bit 2^bits-1):
-PSNR, SSIM (Gaussian sigma 1.5, K1 0.01, K2 0.03), mean bias in uniform regions, training and inference seconds.
+For every image: y = the original on the modality scale (HU for CT), x = D(y) (the degradations are below), then
+bicubic (Keys a=-0.5), Lanczos3, the classical path and the learned path run on x ALONE (y is used only for
+scoring). Scores against y, inside a body mask (CT: y > -500 HU, others: Otsu on y), with a 2*factor border
+shaved, on a fixed stated data range (CT 4096 HU; MR p99.9-p0.1 of y; X-ray/8-bit 2^bits-1):
+PSNR, SSIM (Gaussian sigma 1.5, K1 0.01, K2 0.03), mean bias in uniform regions, training and inference seconds;
+per degradation the median [IQR] of the paired gains and a Wilcoxon signed-rank p (with n = 5, p >= 0.0625).
+Degradations: x2 area average, a Gaussian PSF (sigma 1 high-resolution px) then decimation, and the central
+quarter of k-space (how MR is acquired at half the matrix; mismatched for both paths, which back-project with
+the area kernel).
 
     nice -n 19 python bench/sr_eval.py                     # test set → bench/results/2026-11-22-sr/
     nice -n 19 python bench/sr_eval.py --set dev --out /tmp/sr-dev   # the images the design was tuned on
@@ -43,7 +47,9 @@ FACTOR = 2
 DEID = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
 DEID = DEID / "deid_data" / "data"
 METHODS = ("bicubic", "lanczos3", "classical", "learned")
-DEGRADATIONS = {"area": ("area", 0.5), "gauss": ("gauss", 0.5)}  # Gaussian PSF sigma 0.5 LR px = 1 HR px
+# Gaussian PSF sigma 0.5 LR px = 1 HR px; "kspace" = the central quarter of the Fourier spectrum (an MR acquired
+# at half the matrix; notes section 3), not a kernel of the super-resolution core
+DEGRADATIONS = {"area": ("area", 0.5), "gauss": ("gauss", 0.5), "kspace": ("kspace", 0.0)}
 
 
 @dataclass
@@ -198,9 +204,29 @@ def score(case: Case, out: np.ndarray, mask: np.ndarray, flat: np.ndarray) -> di
 # ---- runs -------------------------------------------------------------------------------------------------------
 
 
-def run_case(case: Case, degradation: str, seed: int) -> dict[str, object]:
+def kspace_downsample(y: np.ndarray, factor: int = FACTOR) -> np.ndarray:
+    """Keep the central 1/factor of the spectrum along each axis (Gibbs ringing included, as in a smaller MR
+    matrix), on the pixel-centre grid of the other kernels: the spectrum is first shifted by half a
+    high-resolution pixel, so low-resolution pixel j sits at high-resolution position factor*j + (factor-1)/2."""
+    h, w = y.shape
+    spec = np.fft.fft2(y.astype(np.float64))
+    shift = (factor - 1) / 2
+    ky, kx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
+    spec = spec * np.exp(2j * np.pi * shift * (ky + kx))
+    ch, cw = h // factor, w // factor
+    centred = np.fft.fftshift(spec)[(h - ch) // 2 : (h - ch) // 2 + ch, (w - cw) // 2 : (w - cw) // 2 + cw]
+    return (np.real(np.fft.ifft2(np.fft.ifftshift(centred))) / factor**2).astype(np.float32)
+
+
+def degrade(y: np.ndarray, degradation: str) -> np.ndarray:
     kernel, sigma = DEGRADATIONS[degradation]
-    x = resample.np_downsample(case.y, FACTOR, kernel, sigma)
+    if kernel == "kspace":
+        return kspace_downsample(y)
+    return resample.np_downsample(y, FACTOR, kernel, sigma)
+
+
+def run_case(case: Case, degradation: str, seed: int) -> dict[str, object]:
+    x = degrade(case.y, degradation)
     mask, flat = body_mask(case), None
     flat = uniform_mask(case, mask)
     row: dict[str, object] = {"image": case.name, "degradation": degradation, "modality": case.modality}
@@ -248,6 +274,19 @@ def time_inference(seed: int, repeats: int = 2) -> dict[str, float]:
     }
 
 
+def _iqr(values: list[float]) -> list[float]:
+    return [round(float(v), 3) for v in np.percentile(values, [25, 75])]
+
+
+def _wilcoxon_p(differences: list[float]) -> float:
+    """Two-sided Wilcoxon signed-rank p of the paired differences (NaN when all are zero: no test)."""
+    from scipy.stats import wilcoxon
+
+    if not any(differences):
+        return float("nan")
+    return round(float(wilcoxon(differences).pvalue), 4)
+
+
 def summary(rows: list[dict[str, object]]) -> dict[str, dict[str, float]]:
     out = {}
     for deg in DEGRADATIONS:
@@ -260,6 +299,9 @@ def summary(rows: list[dict[str, object]]) -> dict[str, dict[str, float]]:
 
         out[deg] = {
             "n": len(sel),
+            "iqr_gain_vs_classical": _iqr([float(r["gain_vs_classical"]) for r in sel]),
+            "wilcoxon_p_vs_lanczos3": _wilcoxon_p([float(r["gain_vs_lanczos3"]) for r in sel]),
+            "wilcoxon_p_vs_classical": _wilcoxon_p([float(r["gain_vs_classical"]) for r in sel]),
             "median_gain_vs_bicubic": med("gain_vs_bicubic"),
             "median_gain_vs_lanczos3": med("gain_vs_lanczos3"),
             "median_gain_vs_classical": med("gain_vs_classical"),
@@ -296,14 +338,17 @@ def markdown(rows: list[dict[str, object]], summ: dict, timing: dict, command: s
         )
     lines += [
         "",
-        "| degradation | median Δ bicubic | median Δ lanczos3 | median Δ classical | classical Δ bicubic"
-        " | worse than classical by > 0.1 dB | max abs bias | max train s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| degradation | median Δ bicubic | median Δ lanczos3 | median Δ classical [IQR] | Wilcoxon p vs lanczos3"
+        " / classical | classical Δ bicubic | worse than classical by > 0.1 dB | max abs bias | max train s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for deg, s in summ.items():
+        q1, q3 = s["iqr_gain_vs_classical"]
         lines.append(
             f"| {deg} (n={s['n']}) | {s['median_gain_vs_bicubic']:+.2f} | {s['median_gain_vs_lanczos3']:+.2f} |"
-            f" {s['median_gain_vs_classical']:+.2f} | {s['median_classical_gain_vs_bicubic']:+.2f} |"
+            f" {s['median_gain_vs_classical']:+.2f} [{q1:+.2f}, {q3:+.2f}] |"
+            f" {s['wilcoxon_p_vs_lanczos3']:.3f} / {s['wilcoxon_p_vs_classical']:.3f} |"
+            f" {s['median_classical_gain_vs_bicubic']:+.2f} |"
             f" {s['frac_worse_than_classical_0.1db']:.0%} | {s['max_abs_bias_learned']:.2f} | {s['max_train_s']:.1f} |"
         )
     lines += [
