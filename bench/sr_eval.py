@@ -214,7 +214,8 @@ def kspace_downsample(y: np.ndarray, factor: int = FACTOR) -> np.ndarray:
     ky, kx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
     spec = spec * np.exp(2j * np.pi * shift * (ky + kx))
     ch, cw = h // factor, w // factor
-    centred = np.fft.fftshift(spec)[(h - ch) // 2 : (h - ch) // 2 + ch, (w - cw) // 2 : (w - cw) // 2 + cw]
+    r0, c0 = h // 2 - ch // 2, w // 2 - cw // 2  # the zero frequency lands where ifftshift expects it, odd or even
+    centred = np.fft.fftshift(spec)[r0 : r0 + ch, c0 : c0 + cw]
     return (np.real(np.fft.ifft2(np.fft.ifftshift(centred))) / factor**2).astype(np.float32)
 
 
