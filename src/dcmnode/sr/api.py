@@ -200,7 +200,7 @@ class Upscaler:
         **params: Any,
     ) -> None:
         stack = _validated(images, factor, method)
-        self.factor, self.method, self.modality, self.seed = factor, method, modality, seed
+        self.factor, self.method, self.seed = factor, method, seed
         self.value_range = value_range
         self.progress = progress or (lambda fraction, stage: None)
         self.should_stop = should_stop or (lambda: False)
