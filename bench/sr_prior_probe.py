@@ -40,9 +40,8 @@ FOLDS = [["693", "emri", "RG3"], ["eCT", "MR2", "NM", "US"], ["badseq", "MRov"],
 def values(name: str, frame: int | None = None) -> np.ndarray:
     """Modality values (MONOCHROME1 inverted) of one pydicom test file, or of one frame of it."""
     ds = pydicom.dcmread(get_testdata_file(name))
-    a = ds.pixel_array.astype(np.float32)
+    a = sr_eval._modality_values(ds)
     a = a[frame] if frame is not None else a
-    a = a * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
     return a.max() - a if ds.get("PhotometricInterpretation") == "MONOCHROME1" else a
 
 
