@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Peak memory of one super-resolution job (``dcmnode.sr.runner.run``) against the number of slices.
+"""Peak memory of one super-resolution job (``dcmnode.core.jobs.runner.run``) against the number of slices.
 
 Builds a CT series of N 512x512 slices (pydicom's CT_small header, a Shepp-Logan phantom in HU as pixels), stores
 it in a fresh data folder, runs one job in this process and reports the process's peak RSS during the job above
@@ -65,8 +65,9 @@ def one(slices: int, factor: int, method: str) -> dict[str, object]:
 
     from dcmnode.core.catalog import Catalog
     from dcmnode.core.ingest import Ingest
+    from dcmnode.core.jobs import queue as jobs
+    from dcmnode.core.jobs import runner
     from dcmnode.model import Source, SourceKind
-    from dcmnode.sr import jobs, runner
     from dcmnode.store import Store
 
     with tempfile.TemporaryDirectory() as tmp:

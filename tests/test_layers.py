@@ -14,8 +14,8 @@ ALLOWED: dict[str, set[str]] = {
     "model": {"errors"},
     "store": {"errors", "model"},
     "imaging": {"errors"},
-    "core": {"errors", "model", "config", "store", "imaging"},
-    "sr": {"errors", "model", "config", "store", "imaging", "core"},
+    "core": {"errors", "model", "config", "store", "imaging", "sr"},
+    "sr": {"errors"},
     "dimse": {"errors", "model", "config", "core"},
     "dicomweb": {"errors", "model", "config", "core"},
     "api": {"errors", "model", "config", "core", "sr"},
@@ -30,7 +30,7 @@ ALLOWED: dict[str, set[str]] = {
 # Third-party packages confined to the layer that adapts them.
 CONFINED = {
     "pynetdicom": {"dimse", "app"},
-    "highdicom": {"sr"},
+    "highdicom": {"core"},
     "starlette": {"dicomweb", "api", "upload", "app"},
     "uvicorn": {"server"},
     "torch": {"sr"},

@@ -19,10 +19,12 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from dcmnode.errors import Conflict, InvalidRequest, NotFound
+from dcmnode.core.jobs import derive, report
+from dcmnode.core.jobs import queue as jobs
+from dcmnode.errors import Cancelled, Conflict, InvalidRequest, NotFound
 from dcmnode.imaging import pipeline
 from dcmnode.model import Source, SourceKind
-from dcmnode.sr import derive, jobs, report, super_resolve_report
+from dcmnode.sr import super_resolve_report
 from dcmnode.store import Store
 from tests.conftest import HOST, CliServer, run_cli
 from tests.factories import ct_small_series, part10, write_series
@@ -117,8 +119,8 @@ def test_derived_instances_keep_the_source_geometry_and_scale_and_pass_dciodvfy(
 def test_runner_streams_slices_like_the_whole_stack_api_and_a_cancel_takes_back_what_it_stored(tmp_path: Path) -> None:
     from dcmnode.core.catalog import Catalog
     from dcmnode.core.ingest import Ingest
+    from dcmnode.core.jobs import runner
     from dcmnode.core.query import Level
-    from dcmnode.sr import runner
 
     sources = ct_small_series(3)
     store = Store.open(tmp_path / "data")
@@ -146,7 +148,7 @@ def test_runner_streams_slices_like_the_whole_stack_api_and_a_cancel_takes_back_
             return stages.count("inference") >= 3
 
         before = files()
-        with pytest.raises(jobs.Cancelled):
+        with pytest.raises(Cancelled):
             runner.run(cancelled, catalog, ingest, progress, stop_at_third_slice)
         assert derived() == [] and files() == before
         assert len(catalog.select({"SeriesInstanceUID": series}, level=Level.IMAGE)) == 3  # the source is untouched

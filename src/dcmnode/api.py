@@ -13,8 +13,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dcmnode.core.ingest import Ingest
+from dcmnode.core.jobs.queue import Jobs, check_options, check_send_to
 from dcmnode.errors import InvalidRequest, UnsupportedMediaType
-from dcmnode.sr.jobs import FACTORS, METHODS, Jobs, check_send_to
 
 
 def status(request: Request) -> JSONResponse:
@@ -62,10 +62,7 @@ async def submit_job(request: Request) -> JSONResponse:
     if unknown:
         raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
     factor, method, send_to = body.get("factor", 2), body.get("method", "learned"), body.get("send_to")
-    if not isinstance(factor, int) or factor not in FACTORS:
-        raise InvalidRequest(f"factor {factor!r}: one of {', '.join(map(str, FACTORS))}")
-    if method not in METHODS:
-        raise InvalidRequest(f"method {method!r}: one of {', '.join(METHODS)}")
+    check_options(factor, method)
     if send_to is not None and not isinstance(send_to, str):
         raise InvalidRequest('send_to is an AE title, "-" (do not send) or null (back to the sender)')
     check_send_to(request.app.state.settings, send_to)
@@ -78,7 +75,7 @@ def list_jobs(request: Request) -> JSONResponse:
     limit = params.get("limit", "100")
     if not limit.isdigit() or not 1 <= int(limit) <= 1000:
         raise InvalidRequest(f"limit={limit!r}: 1-1000")
-    jobs = _jobs(request).list(params.get("status"), params.get("series"), int(limit))
+    jobs = _jobs(request).find(params.get("status"), params.get("series"), int(limit))
     return JSONResponse([j.to_json() for j in jobs])
 
 

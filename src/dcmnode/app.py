@@ -19,9 +19,8 @@ from starlette.staticfiles import StaticFiles
 
 from dcmnode import api, upload
 from dcmnode.config import Settings
-from dcmnode.core import metadata, render
-from dcmnode.core.catalog import Catalog
-from dcmnode.core.ingest import Ingest
+from dcmnode.core import metadata
+from dcmnode.core.services import Services
 from dcmnode.dicomweb import routes as dicomweb_routes
 from dcmnode.dicomweb.fastpath import RenderedFastPath
 from dcmnode.dicomweb.qido import QidoLimits
@@ -39,8 +38,6 @@ from dcmnode.errors import (
     StorageFull,
     UnsupportedMediaType,
 )
-from dcmnode.sr.jobs import Jobs
-from dcmnode.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +67,8 @@ def http_status(err: DcmnodeError) -> int:
 class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = Store.open(settings.data_dir, fsync=settings.store.fsync)
-        self.ingest = Ingest(self.store, settings.store.on_duplicate)
-        self.catalog = Catalog(self.store, settings.http.metadata_workers)
+        self.services = Services.open(settings)
+        self.store, self.ingest, self.catalog = self.services.store, self.services.ingest, self.services.catalog
         self.precomputer = metadata.Precomputer(self.catalog.metadata)
         self.scp: scp.Scp | None = None
         self.dimse_port = 0  # where DIMSE listens, in this process or in the DIMSE processes
@@ -106,10 +102,8 @@ class Node:
         app.state.settings = self.settings
         app.state.ingest = self.ingest
         app.state.catalog = self.catalog
-        app.state.renderer = render.Renderer(
-            self.store.root / "cache" / "rendered", self.store.files.tmp_dir, self.settings.http.render_cache_mb * MIB
-        )
-        app.state.sr_jobs = Jobs(self.store.index)
+        app.state.renderer = self.services.renderer
+        app.state.sr_jobs = self.services.jobs
         self.imports = app.state.imports = upload.Registry(self.ingest, self.settings)
         app.state.qido_limits = QidoLimits(self.settings.http.max_query_results)
         app.state.dicomweb_prefix = DICOMWEB_PREFIX
@@ -122,11 +116,10 @@ class Node:
         if self.imports is not None:
             self.imports.cancel_all()  # stop between members; what was stored stays stored
         self.precomputer.stop()
-        self.catalog.close()
         if self.scp is not None:
             self.scp.shutdown()
             self.scp = None
-        self.store.close()
+        self.services.close()
 
 
 def web_root() -> Path:

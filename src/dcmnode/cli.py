@@ -185,16 +185,13 @@ def cmd_import(args: argparse.Namespace, settings: config.Settings) -> int:
 
     from dcmnode.core.archives import Limits
     from dcmnode.core.importer import ImportReport, import_files, iter_files
-    from dcmnode.core.ingest import Ingest
-    from dcmnode.store import Store
+    from dcmnode.core.services import Services
 
     logging.getLogger("dcmnode.core.ingest").setLevel(logging.WARNING)  # the bar and summary say it all
     logging.getLogger("dcmnode.core.importer").setLevel(logging.WARNING)
     logging.getLogger("dcmnode.core.archives").setLevel(logging.ERROR)  # refusals are listed in the summary
     files = list(iter_files(args.paths))  # archives (ZIP, TAR, TAR.GZ, by content) among them are expanded
-    store = Store.open(settings.data_dir, fsync=settings.store.fsync)
-    try:
-        ingest = Ingest(store, settings.store.on_duplicate)
+    with Services.open(settings) as services:
         with tqdm(total=len(files), unit="file", disable=args.no_progress, file=sys.stderr, mininterval=0.5) as bar:
 
             def progress(path: str, report: ImportReport) -> None:
@@ -206,9 +203,7 @@ def cmd_import(args: argparse.Namespace, settings: config.Settings) -> int:
                 )
 
             limits = Limits(max_member_bytes=settings.http.max_part_mb * 1024 * 1024)
-            report = import_files(ingest, files, progress, limits)
-    finally:
-        store.close()
+            report = import_files(services.ingest, files, progress, limits)
     print(
         f"imported {report.files_total} file(s): {report.stored} stored ({report.bytes / 1e6:.1f} MB, "
         f"{len(report.studies)} studies), {report.duplicate} duplicate, {len(report.failed)} failed, "
@@ -222,13 +217,10 @@ def cmd_import(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: config.Settings) -> int:
-    from dcmnode.store import Store
+    from dcmnode.core.services import Services
 
-    store = Store.open(settings.data_dir, fsync=settings.store.fsync)
-    try:
-        counts = store.index.counts()
-    finally:
-        store.close()
+    with Services.open(settings) as services:
+        counts = services.catalog.counts()
     if args.json:
         print(json.dumps({"data_dir": str(settings.data_dir.resolve()), **counts}))
     else:
@@ -273,46 +265,35 @@ def cmd_render(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _stored(settings: config.Settings, sop: str) -> Path:
-    from dcmnode.store import Store
+    from dcmnode.core.services import Services
 
-    store = Store.open(settings.data_dir, fsync=settings.store.fsync)
-    try:
-        row = store.index.instance(sop)
-        if row is None:
-            raise NotFound(f"no file {sop} and no stored instance with that SOP Instance UID")
-        return store.files.absolute(row["path"])
-    finally:
-        store.close()
+    with Services.open(settings) as services:
+        path = services.catalog.instance_path(sop)
+    if path is None:
+        raise NotFound(f"no file {sop} and no stored instance with that SOP Instance UID")
+    return path
 
 
 def cmd_export(args: argparse.Namespace, settings: config.Settings) -> int:
     from dcmnode.core import export
-    from dcmnode.core.catalog import Catalog
-    from dcmnode.store import Store
+    from dcmnode.core.services import Services
 
-    store = Store.open(settings.data_dir, fsync=settings.store.fsync)
-    try:
-        items = Catalog(store).select({"SeriesInstanceUID": args.series})
+    with Services.open(settings) as services:
+        items = services.catalog.select({"SeriesInstanceUID": args.series})
         if not items:
             raise NotFound(f"series {args.series} is not stored here")
         (export.write_zip if args.format == "zip" else export.write_nifti)(items, args.output)
-    finally:
-        store.close()
     print(f"wrote {args.output} ({len(items)} instance(s))")
     return 0
 
 
 def cmd_sr(args: argparse.Namespace, settings: config.Settings) -> int:
-    from dcmnode.sr.jobs import ENDED, Jobs, Status, check_send_to
-    from dcmnode.store import Store
+    from dcmnode.core.jobs.queue import ENDED, Status, check_send_to
+    from dcmnode.core.services import Services
 
     check_send_to(settings, args.send_to)
-    store = Store.open(settings.data_dir, fsync=settings.store.fsync)
-    try:
-        jobs = Jobs(store.index)
-        job = jobs.submit(args.series, args.factor, args.method, args.send_to, origin="cli")
-    finally:
-        store.close()
+    with Services.open(settings) as services:
+        job = services.jobs.submit(args.series, args.factor, args.method, args.send_to, origin="cli")
     print(f"SR job {job.id} queued: series {job.series} x{job.factor} ({job.method})")
     if args.here:
         from dcmnode import worker
@@ -321,11 +302,8 @@ def cmd_sr(args: argparse.Namespace, settings: config.Settings) -> int:
         runner.start()
     if not (args.wait or args.here):
         return 0
-    store = Store.open(settings.data_dir, fsync=settings.store.fsync)
-    try:
-        job = _follow(Jobs(store.index), job.id, ENDED)
-    finally:
-        store.close()
+    with Services.open(settings) as services:
+        job = _follow(services.jobs, job.id, ENDED)
     print(f"SR job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
     if job.status == Status.DONE:
         series = job.result.get("series", {})
@@ -359,20 +337,17 @@ def cmd_worker(args: argparse.Namespace, settings: config.Settings) -> int:
 
 def cmd_send(args: argparse.Namespace, settings: config.Settings) -> int:
     from dcmnode import worker
-    from dcmnode.core.catalog import Catalog
-    from dcmnode.store import Store
+    from dcmnode.core.query import Level
+    from dcmnode.core.services import Services
 
     peer = settings.peers.get(args.ae_title)
     if peer is None:
         raise InvalidRequest(f"{args.ae_title} is not a declared peer ([peers.{args.ae_title}] host/port)")
-    store = Store.open(settings.data_dir, fsync=settings.store.fsync)
-    try:
-        files = worker.series_files(Catalog(store), args.series)
+    with Services.open(settings) as services:
+        files = services.catalog.select({"SeriesInstanceUID": args.series}, Level.SERIES)
         if not files:
             raise NotFound(f"series {args.series} is not stored here")
         outcomes = worker.send_series(settings, files, peer)
-    finally:
-        store.close()
     sent = [o for o in outcomes if o.status == "sent"]
     print(f"sent {len(sent)} of {len(outcomes)} instance(s) to {peer.ae_title} ({peer.host}:{peer.port})")
     for o in outcomes:

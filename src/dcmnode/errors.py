@@ -14,6 +14,7 @@ DIMSE statuses in ``dimse/scp.py`` (``err.status``), HTTP codes in ``app.py`` (`
     ├── UnsupportedMediaType     (415)
     ├── NotAcceptable            no media type / transfer syntax in the Accept header can be served (406)
     ├── PayloadTooLarge          (413)
+    ├── Cancelled                0xFE00 a job (or a sub-operation) stopped because a cancel was asked for
     └── ConfigError              invalid settings (startup only)
 """
 
@@ -70,6 +71,12 @@ class NotAcceptable(DcmnodeError):
 
 class PayloadTooLarge(DcmnodeError):
     pass
+
+
+class Cancelled(DcmnodeError):
+    """Work stopped because a cancel was asked for (raised from inside an SR run when ``should_stop()`` says so)."""
+
+    status = 0xFE00
 
 
 class ConfigError(DcmnodeError):

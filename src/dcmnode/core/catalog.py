@@ -7,6 +7,7 @@ query or a retrieve may do is decided here, once.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from dcmnode.core import metadata, retrieve
@@ -38,7 +39,13 @@ class Catalog:
         return self.metadata.series_json(study, series)
 
     def study_series(self, study: str) -> list[str]:
-        rows = self.store.index.connection().execute(
-            "SELECT SeriesInstanceUID FROM series WHERE StudyInstanceUID = ? ORDER BY SeriesNumber, rowid", (study,)
-        )
-        return [r[0] for r in rows]
+        return self.store.index.study_series(study)
+
+    def instance_path(self, sop: str) -> Path | None:
+        """The stored file of one instance, by SOP Instance UID (any string: None when nothing matches)."""
+        row = self.store.index.instance(sop)
+        return None if row is None else self.store.files.absolute(row["path"])
+
+    def counts(self) -> dict[str, int]:
+        """Patients, studies, series, instances and bytes stored."""
+        return self.store.index.counts()

@@ -77,7 +77,7 @@ class Renderer:
         self.tmp_dir = tmp_dir
         self.cache_bytes = cache_bytes
         self._lock = threading.Lock()
-        self._size = sum(p.stat().st_size for p in cache_dir.rglob("*") if p.is_file()) if cache_dir.exists() else 0
+        self._size: int | None = None  # bytes in the cache; measured on the first write (opening stays cheap)
 
     def etag(self, item: StoredFile, request: RenderRequest) -> str:
         stat = item.path.stat()
@@ -110,7 +110,10 @@ class Renderer:
         temp.write_bytes(data)
         os.replace(temp, path)  # readers see the whole image or none
         with self._lock:
-            self._size += len(data)
+            if self._size is None:
+                self._size = sum(p.stat().st_size for p in self.cache_dir.rglob("*") if p.is_file())
+            else:
+                self._size += len(data)
             over = self._size > self.cache_bytes
         if over:
             self._evict()

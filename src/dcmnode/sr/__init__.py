@@ -1,8 +1,10 @@
-"""Super-resolution of stored series (issue 5).
+"""Super-resolution, the numerical library: arrays in, arrays out (``api``, ``model``, ``classical``,
+``resample``). It knows nothing of DICOM files, the store or the network (it imports only ``dcmnode.errors``, for
+``Cancelled``), and it is the only importer of torch. The jobs that run it on stored series are a core service
+(``dcmnode.core.jobs``).
 
-The numerical core (``api``, ``model``, ``classical``, ``resample``) imports torch; this package does not, so
-``import dcmnode.sr.jobs`` stays cheap. ``super_resolve``, ``Upscaler`` and ``SRResult`` are loaded on
-first use.
+This package's ``__init__`` does not import torch, so ``import dcmnode.sr`` stays cheap: ``super_resolve``,
+``Upscaler`` and ``SRResult`` are loaded on first use.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from dcmnode.sr.api import SRResult, Upscaler  # noqa: F401
 
-__all__ = ["SRResult", "Upscaler", "super_resolve", "super_resolve_report"]
+__all__ = ["FACTORS", "METHODS", "SRResult", "Upscaler", "super_resolve", "super_resolve_report"]
+
+FACTORS = (2, 4)
+METHODS = ("learned", "classical", "bicubic", "lanczos3")
 
 
 def super_resolve(images: Any, factor: int, **kwargs: Any) -> Any:
@@ -30,7 +35,7 @@ def super_resolve_report(images: Any, factor: int, **kwargs: Any) -> SRResult:
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("SRResult", "Cancelled", "Upscaler"):
+    if name in ("SRResult", "Upscaler"):
         from dcmnode.sr import api
 
         return getattr(api, name)

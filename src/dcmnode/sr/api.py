@@ -25,20 +25,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from dcmnode.sr import classical, model, resample
+from dcmnode.errors import Cancelled
+from dcmnode.sr import FACTORS, METHODS, classical, model, resample
 
-METHODS = ("learned", "classical", "bicubic", "lanczos3")
-FACTORS = (2, 4)
+__all__ = ["FACTORS", "METHODS", "Cancelled", "SRResult", "Upscaler", "super_resolve", "super_resolve_report"]
 CT_OFFSET, CT_SCALE = -1024.0, 4096.0
 # The held-out-stripe gain (one scale down) over-states the gain at the target scale: on the dev images of
 # bench/sr_eval.py it was +0.3..+0.9 dB where the target-scale gain was -3.7..+0.4 dB, so the network must win
 # the self-check by at least 1 dB before its output is used.
 FALLBACK_MARGIN_DB = 1.0
 UNCERTAINTY_SAMPLE = 65_536  # values per slice kept for the 95th percentile
-
-
-class Cancelled(Exception):
-    """``should_stop()`` returned True."""
 
 
 @dataclass

@@ -176,6 +176,30 @@ class Index:
                 (study[0], study[0]),
             )
 
+    # -- series and studies --------------------------------------------------------------------------------
+    def series_study(self, series: str) -> str | None:
+        """The Study Instance UID of a stored series; None if it is not stored."""
+        row = (
+            self.connection()
+            .execute("SELECT StudyInstanceUID FROM series WHERE SeriesInstanceUID = ?", (series,))
+            .fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    def series_source_ae(self, series: str) -> str:
+        """The calling AE title that sent the series ('' when unknown or not stored)."""
+        row = (
+            self.connection().execute("SELECT source_ae FROM series WHERE SeriesInstanceUID = ?", (series,)).fetchone()
+        )
+        return str(row[0]) if row and row[0] is not None else ""
+
+    def study_series(self, study: str) -> list[str]:
+        """The Series Instance UIDs of a study, by Series Number (then arrival)."""
+        rows = self.connection().execute(
+            "SELECT SeriesInstanceUID FROM series WHERE StudyInstanceUID = ? ORDER BY SeriesNumber, rowid", (study,)
+        )
+        return [str(r[0]) for r in rows]
+
     # -- statistics ----------------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
         conn = self.connection()

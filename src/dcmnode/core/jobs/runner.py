@@ -1,9 +1,10 @@
-"""One super-resolution job, from a stored series to stored derived series. Imports: stdlib, numpy, pydicom,
-errors, model, store, core, imaging, sr (torch only through ``dcmnode.sr.Upscaler``).
+"""One super-resolution job, from a stored series to stored derived series (torch only through
+``dcmnode.sr.Upscaler``, loaded when a job runs).
 
-Steps: read the series' images on the modality scale (HU for CT) grouped by grid (rows, columns, pixel spacing:
-one model per acquisition geometry, as the notes advise); super-resolve each group a slice at a time, storing each
-output as it is made so that memory does not grow with the series. Three derived series go through the one
+Steps: ``load`` reads the series' images on the modality scale (HU for CT) grouped by grid (rows, columns, pixel
+spacing: one model per acquisition geometry, as the notes advise); ``upscale_group`` super-resolves each group a
+slice at a time, storing each output as it is made so that memory does not grow with the series; ``store_report``
+stores the SR document. Three derived series go through the one
 ingest path: the super-resolved images, their uncertainty map, and an SR document recording the run. A job that
 is cancelled or fails removes what it had stored. UIDs depend only on the job and the source instance, so a job
 retried after a crash (which cannot clean up) rewrites the same instances (kept as duplicates) instead of
@@ -26,12 +27,12 @@ import dcmnode
 from dcmnode.core import query as q
 from dcmnode.core.catalog import Catalog
 from dcmnode.core.ingest import Ingest
+from dcmnode.core.jobs import derive, report
+from dcmnode.core.jobs.queue import Job
 from dcmnode.core.retrieve import StoredFile
-from dcmnode.errors import NotAcceptable, NotFound
+from dcmnode.errors import Cancelled, NotAcceptable, NotFound
 from dcmnode.imaging import pipeline
 from dcmnode.model import Source, SourceKind
-from dcmnode.sr import derive, report
-from dcmnode.sr.jobs import Cancelled, Job
 
 log = logging.getLogger(__name__)
 VERSION = f"dcmnode {dcmnode.__version__}"
@@ -104,86 +105,119 @@ def run(
 ) -> Outcome:
     progress(0.0, "reading the series")
     groups = load(catalog, job.series, max_output_side, job.factor)
-    written: list[str] = []  # SOP Instance UIDs this attempt stored
+    output = _Output(job, groups[0][0].header, ingest)
     try:
-        return _derive(job, groups, ingest, progress, should_stop, seed, params or {}, written)
+        return _derive(output, groups, progress, should_stop, seed, params or {})
     except BaseException:  # cancelled or failed: take back what this attempt wrote, so no partial series is left
         try:
-            ingest.remove(written)
+            ingest.remove(output.written)
         except Exception:
             log.exception("SR job %d: could not remove its partial output", job.id)
         raise
 
 
+class _Output:
+    """Where one job's derived instances go: their series UIDs and numbers, and what this attempt stored."""
+
+    def __init__(self, job: Job, first: Dataset, ingest: Ingest) -> None:
+        self.job, self.ingest = job, ingest
+        self.numbers = derive.series_numbers(first.get("SeriesNumber"))
+        self.uids = {k: derive.uid_for("dcmnode-sr", str(job.id), job.series, k) for k in ("sr", "unc", "report")}
+        self.derivation = derive.Derivation(job.factor, job.method, _description(job), VERSION)
+        self.source_desc = str(first.get("SeriesDescription", "") or f"series {first.get('SeriesNumber', '')}").strip()
+        self.modality = str(first.get("Modality", ""))
+        self.written: list[str] = []  # SOP Instance UIDs this attempt stored
+        self.sources: list[Dataset] = []  # headers of the source slices, in the order they were made
+        self.made: list[Dataset] = []  # headers of the derived instances
+
+    def store(self, ds: Dataset, encoded: bytes) -> None:
+        self.written.append(str(ds.SOPInstanceUID))
+        self.ingest.store_bytes(encoded, Source(SourceKind.DERIVED))
+
+
 def _derive(
-    job: Job,
+    output: _Output,
     groups: list[list[Slice]],
-    ingest: Ingest,
     progress: Progress,
     should_stop: Callable[[], bool],
     seed: int,
     params: dict[str, Any],
-    written: list[str],
 ) -> Outcome:
-    from dcmnode.sr import Upscaler
-
-    total = sum(len(g) for g in groups)
-    first = groups[0][0].header
-    numbers = derive.series_numbers(first.get("SeriesNumber"))
-    uids = {kind: derive.uid_for("dcmnode-sr", str(job.id), job.series, kind) for kind in ("sr", "unc", "report")}
-    derivation = derive.Derivation(job.factor, job.method, _description(job), VERSION)
-    source_desc = str(first.get("SeriesDescription", "") or f"series {first.get('SeriesNumber', '')}").strip()
-    outcome = Outcome(series=dict(uids))
-    done, runs, sources, made = 0, [], [], []
+    total, done, runs = sum(len(g) for g in groups), 0, []
     for group in groups:
-        span = len(group) / total
+        span, base = len(group) / total, done / total
 
-        def group_progress(fraction: float, stage: str, base: float = done / total, span: float = span) -> None:
+        def group_progress(fraction: float, stage: str, base: float = base, span: float = span) -> None:
             progress(0.05 + 0.8 * (base + span * fraction), stage)
 
-        upscaler = Upscaler(
-            np.stack([s.values for s in group]),
-            job.factor,
-            method=job.method,
-            value_range=derive.value_range(group[0].header),
-            modality=str(first.get("Modality", "")) or None,
-            seed=seed,
-            progress=group_progress,
-            should_stop=should_stop,
-            **params,
-        )
-        upscaler.fit()
-        for index, s in enumerate(group):  # each slice is stored as soon as it is made: memory stays flat
-            up, unc = upscaler.upscale(index)
-            if should_stop():
-                raise Cancelled(f"job {job.id} cancelled")
-            padding = _finer(s.padding, job.factor)
-            sr_ds = derive.derived(
-                s.header, up, derivation, uids["sr"], _uid(job, s, "sr"), numbers[0],
-                f"SR x{job.factor} of {source_desc}", padding=padding,
-            )  # fmt: skip
-            unc_ds = derive.derived(
-                s.header, unc, derivation, uids["unc"], _uid(job, s, "unc"), numbers[1],
-                f"SR x{job.factor} uncertainty of {source_desc}", kind=derive.UNCERTAINTY,
-            )  # fmt: skip
-            for ds in (sr_ds, unc_ds):
-                written.append(str(ds.SOPInstanceUID))
-                ingest.store_bytes(derive.part10(ds, VERSION.replace(" ", "_")), Source(SourceKind.DERIVED))
-                del ds.PixelData  # the SR document needs headers only
-            sources.append(s.header)
-            made.extend((sr_ds, unc_ds))
-        runs.append(upscaler.report())
+        runs.append(upscale_group(output, group, group_progress, should_stop, seed, params))
         done += len(group)
-    outcome.run = _summary(job, runs)
-    doc = report.document(
-        sources, made, outcome.run, uids["report"], derive.uid_for("dcmnode-sr", str(job.id), "report-sop"),
-        numbers[2], VERSION, "HU" if first.get("Modality") == "CT" else "1",
-    )  # fmt: skip
-    written.append(str(doc.SOPInstanceUID))
-    ingest.store_bytes(derive.encoded(doc), Source(SourceKind.DERIVED))
-    outcome.instances = {"sr": len(sources), "unc": len(sources), "report": 1}
+    outcome = Outcome(series=dict(output.uids), run=_summary(output.job, runs))
+    store_report(output, outcome.run)
+    outcome.instances = {"sr": len(output.sources), "unc": len(output.sources), "report": 1}
     progress(0.95, "derived series stored")
     return outcome
+
+
+def upscale_group(
+    output: _Output,
+    group: list[Slice],
+    progress: Progress,
+    should_stop: Callable[[], bool],
+    seed: int,
+    params: dict[str, Any],
+) -> dict[str, Any]:
+    """Fit one grid's model, then make and store its slices one at a time (memory stays flat); the run's report."""
+    from dcmnode.sr import Upscaler
+
+    job = output.job
+    upscaler = Upscaler(
+        np.stack([s.values for s in group]),
+        job.factor,
+        method=job.method,
+        value_range=derive.value_range(group[0].header),
+        modality=output.modality or None,
+        seed=seed,
+        progress=progress,
+        should_stop=should_stop,
+        **params,
+    )
+    upscaler.fit()
+    for index, s in enumerate(group):
+        up, unc = upscaler.upscale(index)
+        if should_stop():
+            raise Cancelled(f"job {job.id} cancelled")
+        for ds in _slice_datasets(output, s, up, unc):
+            output.store(ds, derive.part10(ds, VERSION.replace(" ", "_")))
+            del ds.PixelData  # the SR document needs headers only
+            output.made.append(ds)
+        output.sources.append(s.header)
+    return upscaler.report()
+
+
+def _slice_datasets(output: _Output, s: Slice, up: np.ndarray, unc: np.ndarray) -> tuple[Dataset, Dataset]:
+    """The super-resolved image of one source slice and its uncertainty map."""
+    job, numbers, uids = output.job, output.numbers, output.uids
+    sr_ds = derive.derived(
+        s.header, up, output.derivation, uids["sr"], _uid(job, s, "sr"), numbers[0],
+        f"SR x{job.factor} of {output.source_desc}", padding=_finer(s.padding, job.factor),
+    )  # fmt: skip
+    unc_ds = derive.derived(
+        s.header, unc, output.derivation, uids["unc"], _uid(job, s, "unc"), numbers[1],
+        f"SR x{job.factor} uncertainty of {output.source_desc}", kind=derive.UNCERTAINTY,
+    )  # fmt: skip
+    return sr_ds, unc_ds
+
+
+def store_report(output: _Output, run: dict[str, Any]) -> None:
+    """The SR document that records the run, referencing every source and derived instance."""
+    job = output.job
+    doc = report.document(
+        output.sources, output.made, run, output.uids["report"],
+        derive.uid_for("dcmnode-sr", str(job.id), "report-sop"), output.numbers[2], VERSION,
+        "HU" if output.modality == "CT" else "1",
+    )  # fmt: skip
+    output.store(doc, derive.encoded(doc))
 
 
 def _uid(job: Job, s: Slice, kind: str) -> str:

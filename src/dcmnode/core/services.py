@@ -1,0 +1,54 @@
+"""The node's services, built once from the settings: the store and everything over it.
+
+``dcmnode serve`` (each of its processes), the SR worker and every CLI command open one ``Services`` and close it
+when they are done; the adapters are handed the services they use, never the settings file or the store path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import TracebackType
+
+from dcmnode.config import Settings
+from dcmnode.core.catalog import Catalog
+from dcmnode.core.ingest import Ingest
+from dcmnode.core.jobs.queue import Jobs
+from dcmnode.core.render import Renderer
+from dcmnode.store import Store
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    store: Store
+    ingest: Ingest  # the one path in (C-STORE, STOW-RS, imports, derived series)
+    catalog: Catalog  # the read side (queries, retrieves, metadata)
+    jobs: Jobs  # the super-resolution job queue
+    renderer: Renderer  # rendered frames with their disk cache
+
+    @classmethod
+    def open(cls, settings: Settings) -> Services:
+        store = Store.open(settings.data_dir, fsync=settings.store.fsync)
+        renderer = Renderer(store.root / "cache" / "rendered", store.files.tmp_dir, settings.http.render_cache_mb * MIB)
+        return cls(
+            settings=settings,
+            store=store,
+            ingest=Ingest(store, settings.store.on_duplicate),
+            catalog=Catalog(store, settings.http.metadata_workers),
+            jobs=Jobs(store.index),
+            renderer=renderer,
+        )
+
+    def close(self) -> None:
+        self.catalog.close()
+        self.store.close()
+
+    def __enter__(self) -> Services:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
