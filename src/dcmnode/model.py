@@ -23,6 +23,15 @@ def check_uid(value: object, keyword: str) -> str:
     return text
 
 
+class Level(StrEnum):
+    """The query/retrieve levels of the patient root information model (PS3.4 C.6.1), IMAGE being the instance."""
+
+    PATIENT = "PATIENT"
+    STUDY = "STUDY"
+    SERIES = "SERIES"
+    IMAGE = "IMAGE"
+
+
 @dataclass(frozen=True, slots=True)
 class InstanceKey:
     study: str

@@ -120,17 +120,11 @@ class MetadataCache:
         self._building: dict[str, threading.Event] = {}
 
     def stamp(self, series: str) -> SeriesStamp | None:
-        row = (
-            self.store.index.connection()
-            .execute(
-                "SELECT StudyInstanceUID, COUNT(*), MAX(received_at) FROM instances WHERE SeriesInstanceUID = ?",
-                (series,),
-            )
-            .fetchone()
-        )
-        if row is None or not row[1]:
+        found = self.store.index.series_version(series)
+        if found is None:
             return None
-        return SeriesStamp(row[0], series, int(row[1]), str(row[2]))
+        study, count, latest = found
+        return SeriesStamp(study, series, count, latest)
 
     def series_json(self, study: str, series: str) -> tuple[bytes, str]:
         """(the series' metadata as a JSON array with the BASE placeholder, its version key); cached. The key
@@ -172,11 +166,7 @@ class MetadataCache:
     def _compute(self, stamp: SeriesStamp, inline: bool = False) -> bytes:
         started = time.perf_counter()
         rows = [
-            (sop, str(self.store.files.absolute(rel)))
-            for sop, rel in self.store.index.connection().execute(
-                "SELECT SOPInstanceUID, path FROM instances WHERE SeriesInstanceUID = ? ORDER BY InstanceNumber, rowid",
-                (stamp.series,),
-            )
+            (sop, str(self.store.files.absolute(rel))) for sop, rel in self.store.index.series_instances(stamp.series)
         ]
         pool = self._workers() if len(rows) >= POOL_MIN_INSTANCES and not inline else None
         if pool is None:
@@ -224,15 +214,7 @@ class MetadataCache:
         """Build the cache of every series changed after ``since`` that has been quiet for ``quiet`` seconds
         (a series still arriving would be rebuilt again and again); returns the new watermark."""
         cutoff = (datetime.now(UTC) - timedelta(seconds=quiet)).isoformat(timespec="milliseconds")
-        rows = (
-            self.store.index.connection()
-            .execute(
-                "SELECT SeriesInstanceUID, updated_at FROM series WHERE updated_at > ? AND updated_at <= ?"
-                " ORDER BY updated_at",
-                (since, cutoff),
-            )
-            .fetchall()
-        )
+        rows = self.store.index.series_changed(since, cutoff)
         watermark = since
         for series, updated in rows:
             if stop is not None and stop.is_set():

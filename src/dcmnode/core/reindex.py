@@ -44,7 +44,7 @@ def reindex(root: Path) -> ReindexReport:
                 _index_batch(store, fresh, batch, report)
                 batch = []
         _index_batch(store, fresh, batch, report)
-        fresh.connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        fresh.checkpoint()
         fresh.close()
         store.index.close()
         os.replace(target, root / INDEX_NAME)

@@ -44,8 +44,7 @@ class StoredFile:
 
 def select(store: Store, matches: Mapping[str, str], level: q.Level = q.Level.IMAGE) -> list[StoredFile]:
     """The stored instances under the entities ``matches`` names (unique keys, or any matching key)."""
-    sql, params = q.instance_sql(matches, level)
-    rows = store.index.connection().execute(sql, params).fetchall()
+    rows = q.instances(store.index, matches, level)
     return [
         StoredFile(
             study=r["StudyInstanceUID"],

@@ -21,6 +21,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from dcmnode.errors import Conflict
+from dcmnode.model import Level
 from dcmnode.store.schema import PATIENT_COLUMNS, migrations
 
 
@@ -32,6 +33,9 @@ class InstanceRecord:
     study: dict[str, Any]
     series: dict[str, Any]
     instance: dict[str, Any] = field(default_factory=dict)
+
+
+_CREATED = {Level.STUDY: ("studies", "StudyInstanceUID"), Level.SERIES: ("series", "SeriesInstanceUID")}
 
 
 def now() -> str:
@@ -154,26 +158,33 @@ class Index:
         )
 
     def delete_instance(self, conn: sqlite3.Connection, sop_uid: str) -> None:
-        """Remove an instance row and any series, study and patient rows it leaves empty (inside ``write()``)."""
+        """Remove an instance row and any series, study and patient rows it leaves empty (inside ``write()``).
+
+        Lock order: the one write lock (``write()``: ``BEGIN IMMEDIATE`` holds the whole SQLite database) comes
+        first, so an insert and a delete never wait on each other's rows; the hierarchy is read top-down (the
+        study's patient before anything is removed) and removed bottom-up, as the foreign keys require. A backend
+        with row locks takes them in the insert's order, patient, study, series, instance (the PostgreSQL issue).
+        """
         row = self.instance(sop_uid, conn)
         if row is None:
             return
+        study, series = row["StudyInstanceUID"], row["SeriesInstanceUID"]
+        owner = conn.execute("SELECT patient_id FROM studies WHERE StudyInstanceUID = ?", (study,)).fetchone()
         conn.execute("DELETE FROM instances WHERE SOPInstanceUID = ?", (sop_uid,))
         conn.execute(
             "DELETE FROM series WHERE SeriesInstanceUID = ? AND NOT EXISTS "
             "(SELECT 1 FROM instances WHERE SeriesInstanceUID = ?)",
-            (row["SeriesInstanceUID"], row["SeriesInstanceUID"]),
+            (series, series),
         )
-        study = conn.execute(
-            "SELECT patient_id FROM studies WHERE StudyInstanceUID = ? AND NOT EXISTS "
-            "(SELECT 1 FROM series WHERE StudyInstanceUID = ?)",
-            (row["StudyInstanceUID"], row["StudyInstanceUID"]),
+        gone = conn.execute(
+            "DELETE FROM studies WHERE StudyInstanceUID = ? AND NOT EXISTS "
+            "(SELECT 1 FROM series WHERE StudyInstanceUID = ?) RETURNING patient_id",
+            (study, study),
         ).fetchone()
-        if study is not None:
-            conn.execute("DELETE FROM studies WHERE StudyInstanceUID = ?", (row["StudyInstanceUID"],))
+        if gone is not None and owner is not None:
             conn.execute(
                 "DELETE FROM patients WHERE id = ? AND NOT EXISTS (SELECT 1 FROM studies WHERE patient_id = ?)",
-                (study[0], study[0]),
+                (owner[0], owner[0]),
             )
 
     # -- series and studies --------------------------------------------------------------------------------
@@ -199,6 +210,48 @@ class Index:
             "SELECT SeriesInstanceUID FROM series WHERE StudyInstanceUID = ? ORDER BY SeriesNumber, rowid", (study,)
         )
         return [str(r[0]) for r in rows]
+
+    def series_version(self, series: str) -> tuple[str, int, str] | None:
+        """(Study Instance UID, instance count, latest arrival) of a stored series; None if it has no instance."""
+        row = (
+            self.connection()
+            .execute(
+                "SELECT StudyInstanceUID, COUNT(*), MAX(received_at) FROM instances WHERE SeriesInstanceUID = ?",
+                (series,),
+            )
+            .fetchone()
+        )
+        if row is None or not row[1]:
+            return None
+        return str(row[0]), int(row[1]), str(row[2])
+
+    def series_instances(self, series: str) -> list[tuple[str, str]]:
+        """(SOP Instance UID, relative path) of each instance of a series, by Instance Number (then arrival)."""
+        rows = self.connection().execute(
+            "SELECT SOPInstanceUID, path FROM instances WHERE SeriesInstanceUID = ? ORDER BY InstanceNumber, rowid",
+            (series,),
+        )
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def series_changed(self, since: str, until: str) -> list[tuple[str, str]]:
+        """(Series Instance UID, updated_at) of the series changed after ``since`` and not after ``until``."""
+        rows = self.connection().execute(
+            "SELECT SeriesInstanceUID, updated_at FROM series WHERE updated_at > ? AND updated_at <= ?"
+            " ORDER BY updated_at",
+            (since, until),
+        )
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def created_since(self, level: Level, uid: str, since: str) -> bool:
+        """Whether the study or series row ``uid`` was created at or after ``since``."""
+        table, column = _CREATED[level]
+        row = self.connection().execute(f"SELECT created_at >= ? FROM {table} WHERE {column} = ?", (since, uid))
+        found = row.fetchone()
+        return bool(found and found[0])
+
+    def checkpoint(self) -> None:
+        """Move the write-ahead log into the database file (before the file is moved or copied)."""
+        self.connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- statistics ----------------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
