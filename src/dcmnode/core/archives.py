@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from dcmnode.errors import InvalidRequest
 from dcmnode.store.files import Files
@@ -219,7 +219,9 @@ def _tar_members(path: Path, kind: Kind, files: Files, limits: Limits) -> Iterat
         with _open_tar(counting, kind) as archive:
             seen = 0
             while (info := _next(archive, kind)) is not None:
-                archive.members.clear()  # stream mode keeps every header otherwise: memory grows with the count
+                # stream mode keeps every header otherwise: memory grows with the count. typeshed leaves out the
+                # (undocumented) TarFile.members list; getmembers() would read the whole stream first.
+                archive.members.clear()  # type: ignore[attr-defined]
                 if info.isdir():
                     continue
                 seen += 1
@@ -231,7 +233,9 @@ def _tar_members(path: Path, kind: Kind, files: Files, limits: Limits) -> Iterat
 def _open_tar(counting: _Counting, kind: Kind) -> tarfile.TarFile:
     mode = "r|gz" if kind == Kind.TAR_GZ else "r|"  # stream mode: one pass, no seeking
     try:
-        return tarfile.open(fileobj=counting, mode=mode)  # type: ignore[call-overload]  # noqa: SIM115
+        # typeshed asks for a seekable, writable fileobj; stream mode only ever calls read().
+        archive: tarfile.TarFile = tarfile.open(fileobj=counting, mode=mode)  # type: ignore[call-overload]  # noqa: SIM115
+        return archive
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise InvalidRequest(f"unreadable {kind}: {exc}") from exc
 
@@ -270,7 +274,7 @@ def _tar_member(
         raise InvalidRequest(f"unreadable member {name!r} (truncated or corrupt archive): {exc}") from exc
 
 
-def _drain(src: BinaryIO) -> None:
+def _drain(src: IO[bytes]) -> None:
     """A TAR stream goes on to the next member only by reading through this one. tarfile would skip it 10 KiB at
     a time, re-slicing its whole decompressed buffer each time (minutes for a highly compressed member):
     read the rest in 1 MiB chunks instead. Bounded by the member's declared size (≤ max_member_bytes)."""
@@ -293,7 +297,7 @@ def _tar_type(info: tarfile.TarInfo) -> str:
 
 
 # -- one member ---------------------------------------------------------------------------------------------------
-def _read_member(name: str, src: BinaryIO, declared: int, compressed: _SizeFn, files: Files, limits: Limits) -> Member:
+def _read_member(name: str, src: IO[bytes], declared: int, compressed: _SizeFn, files: Files, limits: Limits) -> Member:
     head = _read_head(src)
     kind = kind_of(head)
     if kind in ARCHIVES:
@@ -310,7 +314,7 @@ def _read_member(name: str, src: BinaryIO, declared: int, compressed: _SizeFn, f
     return Member(name, Status.DICOM, temp=temp, size=size)
 
 
-def _read_head(src: BinaryIO) -> bytes:
+def _read_head(src: IO[bytes]) -> bytes:
     head = b""
     while len(head) < HEAD:
         data = src.read(HEAD - len(head))
@@ -320,7 +324,7 @@ def _read_head(src: BinaryIO) -> bytes:
     return head
 
 
-def _copy(src: BinaryIO, out: BinaryIO, declared: int, written: int, compressed: _SizeFn, limits: Limits) -> int:
+def _copy(src: IO[bytes], out: BinaryIO, declared: int, written: int, compressed: _SizeFn, limits: Limits) -> int:
     """Copy the rest of a member in chunks, stopping as soon as it outgrows its declaration or looks like a bomb."""
     copied = 0
     while data := src.read(CHUNK):

@@ -1,4 +1,4 @@
-"""Read and check a Part 10 instance before anything is written. Imports: stdlib, pydicom, errors, model, store.
+"""Read and check a Part 10 instance before anything is written. Imports: stdlib, pydicom, errors, model, store, core.
 
 Strict where it protects the store (complete file, required UIDs that are safe as paths, SOP Class consistent
 with the file meta and the presentation context), tolerant otherwise (highdicom's "tolerant on decoding").
@@ -136,7 +136,7 @@ def lacks_preamble(path: Path) -> bool:
 def _parse(fp: BinaryIO, size: int, expected: Expected | None) -> Parsed:
     guard = _TruncationGuard(fp, size)
     try:
-        ds = pydicom.dcmread(guard, defer_size=DEFER_SIZE)  # type: ignore[arg-type]
+        ds = pydicom.dcmread(guard, defer_size=DEFER_SIZE)
     except InvalidDicomError as exc:
         raise InvalidInstance("not a DICOM Part 10 file (no DICM prefix or File Meta Information)") from exc
     except Exception as exc:  # pydicom raises many types on corrupt input: all mean "cannot understand"
@@ -236,7 +236,7 @@ _KEYWORDS = {
     "ScheduledProcedureStepID",
     "RequestedProcedureID",
 }
-_TAGS = {kw: Tag(tag_for_keyword(kw)) for kw in _KEYWORDS if tag_for_keyword(kw) is not None}
+_TAGS = {kw: Tag(number) for kw in _KEYWORDS if (number := tag_for_keyword(kw)) is not None}
 _VRS = {kw: dictionary_VR(tag) for kw, tag in _TAGS.items()}
 
 

@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from PIL import Image
-from pydicom.dataelem import RawDataElement
-from pydicom.tag import Tag
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.pixels.processing import apply_color_lut  # pydicom.pixels re-exports it without __all__
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import UID
 
 from dcmnode.core import pixel_header, scan
 from dcmnode.core.retrieve import StoredFile
@@ -215,7 +217,7 @@ def _frame_of(path: Path, header: pydicom.Dataset, frame: int) -> np.ndarray:
     except Exception as exc:
         raise NotAcceptable(f"cannot decode frame {frame}: {exc}") from exc
     if str(header.get("PhotometricInterpretation", "")) == "PALETTE COLOR":
-        array = pydicom.pixels.apply_color_lut(array, header)
+        array = apply_color_lut(array, header)
     return array
 
 
@@ -366,13 +368,13 @@ def _simple_header(found: scan.Scanned) -> tuple[pydicom.Dataset, int] | None:
     """(a Dataset of the render attributes, the Pixel Data offset) for a grey image, from the scan."""
     assert found.pixel_offset is not None
     implicit = found.transfer_syntax == "1.2.840.10008.1.2"
-    elements = {
-        tag: RawDataElement(Tag(tag), vr, len(raw), raw, 0, implicit, True, True, False)
-        for tag, (vr, raw) in found.values.items()
-    }
+    elements: dict[BaseTag, DataElement | RawDataElement] = {}
+    for number, (vr, raw) in found.values.items():
+        tag = Tag(number)
+        elements[tag] = RawDataElement(tag, vr, len(raw), raw, 0, implicit, True, True, False)
     ds = pydicom.Dataset(elements)
     ds.file_meta = pydicom.dataset.FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = found.transfer_syntax
+    ds.file_meta.TransferSyntaxUID = UID(found.transfer_syntax)
     if pipeline.is_color(ds):
         return None
     return ds, found.pixel_offset

@@ -29,7 +29,7 @@ def parse_media_type(header: str | None) -> MediaType:
     """Parse a Content-Type value; parameters may be quoted or not (OHIF omits quotes on request)."""
     message = email.message.Message()
     message["content-type"] = header or ""
-    params = {k.lower(): v for k, v in message.get_params(failobj=[])[1:]}  # type: ignore[union-attr]
+    params = {k.lower(): v for k, v in message.get_params(failobj=[])[1:]}
     return MediaType(message.get_content_type().lower(), params)
 
 

@@ -1,5 +1,5 @@
 """Enhancement operators: a documented vendor extension of /rendered (``enhance=op:arg:arg,op...``), also used
-by the CLI. Imports: stdlib, numpy, scipy, scikit-image, errors.
+by the CLI. Imports: stdlib, numpy, scipy, scikit-image, pillow, errors.
 
 Each operator says on which image it works: ``before`` the window (float modality values, e.g. HU: smoothing,
 segmentation) or ``after`` it (the [0, 1] display image: equalisation, contrast, edges, zoom). Each checks its
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -80,7 +81,7 @@ def _arguments(name: str, spec: _Spec, given: tuple[str, ...]) -> list[float | s
             number = float(given[i])
         except ValueError as exc:
             raise InvalidRequest(f"enhance: {name} argument {i + 1} ({given[i]!r}) is not a number") from exc
-        low, high = limit  # type: ignore[misc]
+        low, high = cast(tuple[float, float], limit)  # a numeric argument's limit is its (low, high) range
         if not (low <= number <= high) or not np.isfinite(number):
             raise InvalidRequest(f"enhance: {name} argument {i + 1} must be within {low}-{high}, not {number}")
         values.append(number)
@@ -131,7 +132,7 @@ def _density(image: np.ndarray, strength: float) -> np.ndarray:
         out = g.copy()
         for sigma, weight in ((1.0, 0.5), (4.0, 0.3), (16.0, 0.2)):
             out += strength * weight * (g - gaussian_filter(g, sigma))
-        return np.clip(out, 0, 1)
+        return out.clip(0, 1)
 
     return _grey(image, one)
 
@@ -141,7 +142,8 @@ def _contrast(image: np.ndarray, factor: float) -> np.ndarray:
 
 
 def _gamma(image: np.ndarray, gamma: float) -> np.ndarray:
-    return np.power(np.clip(image, 0, 1), gamma)
+    curved: np.ndarray = np.power(image.clip(0, 1), gamma)
+    return curved
 
 
 def _smooth(values: np.ndarray, sigma: float) -> np.ndarray:
@@ -168,7 +170,7 @@ def _edges(image: np.ndarray, sigma: float, mode: str) -> np.ndarray:
     from skimage.feature import canny
 
     grey = image.mean(axis=2) if image.ndim == 3 else image
-    mask = canny(grey, sigma=sigma)
+    mask: np.ndarray = canny(grey, sigma=sigma)
     if mode == "alone":
         return mask.astype(np.float32)
     rgb = np.repeat(grey[..., None], 3, axis=2) if image.ndim == 2 else image.copy()
@@ -213,7 +215,7 @@ def _zoom(image: np.ndarray, factor: float, method: str) -> np.ndarray:
     def one(g: np.ndarray) -> np.ndarray:
         return np.asarray(Image.fromarray(g.astype(np.float32), mode="F").resize(size, resample), dtype=np.float32)
 
-    return np.clip(_grey(image, one), 0, 1)
+    return _grey(image, one).clip(0, 1)
 
 
 SPECS: dict[str, _Spec] = {

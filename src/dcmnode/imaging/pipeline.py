@@ -18,7 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
+
+# the defining modules: pydicom.pixels re-exports these without __all__, which a type checker does not count
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
+from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
 from dcmnode.errors import InvalidInstance, InvalidRequest, NotAcceptable
@@ -178,7 +181,7 @@ def voi(ds: Dataset, values: np.ndarray, window: Window | None = None, stored: n
         item = ds.VOILUTSequence[0]
         bits = int(item.LUTDescriptor[2])
         out = np.asarray(apply_voi_lut(stored, ds, index=0, prefer_lut=True), dtype=np.float32)
-        return np.clip(out / float((1 << bits) - 1), 0.0, 1.0)
+        return (out / float((1 << bits) - 1)).clip(0.0, 1.0)
     window = window or stored_window(ds) or auto_window(values)
     return window_values(values, window)
 
@@ -191,7 +194,7 @@ def inverted(ds: Dataset) -> bool:
 
 
 def to_8bit(unit: np.ndarray) -> np.ndarray:
-    return np.rint(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return np.rint(unit.clip(0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def color_maximum(ds: Dataset, rgb: np.ndarray) -> float:

@@ -209,7 +209,8 @@ class Upscaler:
         self._models: list[model.ResidualESPCN] | None = None
         self._extra: dict[str, Any] = {}
         self._consistency: list[float] = []
-        self._unc_sum, self._unc_count, self._unc_sample = 0.0, 0, []
+        self._unc_sum, self._unc_count = 0.0, 0
+        self._unc_sample: list[np.ndarray] = []
         self._infer_seconds = 0.0
 
     def check(self, fraction: float | None = None, stage: str = "") -> None:

@@ -81,6 +81,9 @@ class ResidualESPCN(nn.Module):
     biases: it is then positively homogeneous, so a flat region gets exactly zero residual (no sub-pixel pattern,
     which back-projection cannot remove, and no bias in uniform regions)."""
 
+    shift: torch.Tensor  # buffers, registered in __init__
+    scale: torch.Tensor
+
     def __init__(
         self,
         channels: int = 32,
@@ -142,13 +145,16 @@ def count_params(model: nn.Module) -> int:
 def _window_sums(a: np.ndarray, size: int) -> np.ndarray:
     """Sum of ``a`` over every size x size window (top-left indexed), via an integral image."""
     c = np.pad(a, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
-    return c[size:, size:] - c[:-size, size:] - c[size:, :-size] + c[:-size, :-size]
+    sums: np.ndarray = c[size:, size:] - c[:-size, size:] - c[size:, :-size] + c[:-size, :-size]
+    return sums
 
 
 class CropSampler:
     """Gradient-weighted random crops from a pyramid of the normalised training parts (each (N, 1, h, w))."""
 
-    def __init__(self, parts: list[torch.Tensor], crop: int, scales: tuple[float, ...], uniform: float, rng) -> None:
+    def __init__(
+        self, parts: list[torch.Tensor], crop: int, scales: tuple[float, ...], uniform: float, rng: np.random.Generator
+    ) -> None:
         self.rng = rng
         self.images: list[np.ndarray] = []
         self.cdfs: list[np.ndarray] = []
@@ -207,7 +213,7 @@ def _kernel_noise_gain(factor: int, kernel: str, sigma: float) -> float:
     return float(np.sum(taps**2))  # ||outer(w, w)||_2 = ||w||_2 ** 2
 
 
-def _draw_kernel(cfg: TrainConfig, rng) -> tuple[str, float]:
+def _draw_kernel(cfg: TrainConfig, rng: np.random.Generator) -> tuple[str, float]:
     names = [k[0] for k in cfg.kernels]
     probs = np.asarray([k[1] for k in cfg.kernels])
     name = names[rng.choice(len(names), p=probs / probs.sum())]
@@ -215,7 +221,7 @@ def _draw_kernel(cfg: TrainConfig, rng) -> tuple[str, float]:
 
 
 def make_pairs(
-    fathers: torch.Tensor, factor: int, cfg: TrainConfig, noise: float, rng, gen: torch.Generator
+    fathers: torch.Tensor, factor: int, cfg: TrainConfig, noise: float, rng: np.random.Generator, gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     kernel, sigma = _draw_kernel(cfg, rng)
     k = int(rng.integers(8))
@@ -314,7 +320,14 @@ class Selection:
 
 
 def train(
-    slices: torch.Tensor, factor: int, cfg: TrainConfig, infer: InferConfig, *, seed: int, device, check: Check
+    slices: torch.Tensor,
+    factor: int,
+    cfg: TrainConfig,
+    infer: InferConfig,
+    *,
+    seed: int,
+    device: torch.device,
+    check: Check,
 ) -> Selection:
     """Train ``cfg.candidates`` models (seeds seed, seed+1, ...) on the series minus a held-out stripe and keep the
     one that does best there against the classical path, one scale down (the stripe downsampled → the stripe)."""
@@ -438,13 +451,15 @@ def predict_tta(
     model: ResidualESPCN, x: torch.Tensor, cfg: InferConfig, check: Callable[[], None] = lambda: None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and per-pixel population std of the dihedral test-time ensemble, for one (1, 1, h, w) image."""
-    mean = m2 = None
+
+    def predicted(k: int) -> torch.Tensor:
+        return undo_dihedral(predict_tiled(model, dihedral(x, k).contiguous(), cfg, check), k)
+
     n = max(1, min(8, cfg.tta))
-    for i, k in enumerate(TTA_ORDER[:n]):
-        pred = undo_dihedral(predict_tiled(model, dihedral(x, k).contiguous(), cfg, check), k)
-        if mean is None:
-            mean, m2 = pred.clone(), torch.zeros_like(pred)
-            continue
+    first = predicted(TTA_ORDER[0])
+    mean, m2 = first.clone(), torch.zeros_like(first)
+    for i, k in enumerate(TTA_ORDER[1:n], start=1):
+        pred = predicted(k)
         delta = pred - mean
         mean += delta / (i + 1)
         m2 += delta * (pred - mean)
@@ -455,10 +470,12 @@ def upscale_learned(
     models: list[ResidualESPCN], x: torch.Tensor, factor: int, cfg: InferConfig, check: Callable[[], None]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x``factor`` via repeated x2 (or one x``factor``) model steps, then back-projection to ``x``."""
-    y, spread, done = x, None, 1
+    y, done = x, 1
+    spread: torch.Tensor | None = None
     for model in models:
         y, s = predict_tta(model, y, cfg, check)
         spread = s if spread is None else torch.sqrt(resample.upsample(spread, model.factor) ** 2 + s * s)
         done *= model.factor
         y = resample.back_project(y, x, done, cfg.bp_iterations, cfg.bp_kernel)
+    assert spread is not None, "no model step"  # callers pass one model, or factor // 2 >= 1 (api.FACTORS)
     return y, spread

@@ -48,7 +48,8 @@ def _down_taps(factor: int, kernel: str, sigma: float) -> np.ndarray:
     half = 3 * factor if kernel == "lanczos3" else max(1, math.ceil(3 * sigma * factor))
     pos = np.arange(-half, half + factor) - (factor - 1) / 2  # an even-length window for even factors
     w = lanczos(pos / factor) if kernel == "lanczos3" else np.exp(-0.5 * (pos / (sigma * factor)) ** 2)
-    return w / w.sum()
+    taps: np.ndarray = w / w.sum()
+    return taps
 
 
 def separable_filter(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
