@@ -41,7 +41,7 @@ def send_files_raw() -> Iterator[None]:
 
 
 def instances(node: Node) -> int:
-    return node.store.index.counts()["instances"]
+    return node.services.store.index.counts()["instances"]
 
 
 @pytest.mark.usefixtures("dcmtk")
@@ -61,13 +61,13 @@ def test_storescu_stores_every_transfer_syntax_as_received(node: Node, name: str
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Received Store Response (Success)" in result.stderr + result.stdout
-    [stored] = stored_files(node.store.root)
+    [stored] = stored_files(node.services.store.root)
     # storescu re-encodes the data set as it sends (padding, group lengths), so compare what must not change:
     # the transfer syntax and the (possibly compressed) pixel bytes: no transcoding happened.
     original, kept = pydicom.dcmread(source), pydicom.dcmread(stored)
     assert kept.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
     assert kept.PixelData == original.PixelData
-    row = node.store.index.instance(str(original.SOPInstanceUID))
+    row = node.services.store.index.instance(str(original.SOPInstanceUID))
     assert row is not None and row["source"] == "dimse" and row["source_ae"] == "STORESCU"
     assert row["TransferSyntaxUID"] == original.file_meta.TransferSyntaxUID
 
@@ -84,7 +84,7 @@ def test_received_bytes_are_stored_verbatim(node: Node, name: str, option: str) 
     status = assoc.send_c_store(source)  # a path: pynetdicom sends the file's data set bytes as they are
     assoc.release()
     assert status.Status == 0x0000
-    [stored] = stored_files(node.store.root)
+    [stored] = stored_files(node.services.store.root)
     assert dataset_bytes(stored) == dataset_bytes(source)
 
 
@@ -96,7 +96,7 @@ def test_pynetdicom_series_and_status_codes(node: Node) -> None:
     assert assoc.send_c_echo().Status == 0x0000
     assoc.release()
     assert statuses == [0x0000] * 10
-    assert node.store.index.counts()["instances"] == 10 and node.store.index.counts()["series"] == 1
+    assert node.services.store.index.counts()["instances"] == 10 and node.services.store.index.counts()["series"] == 1
 
 
 @pytest.mark.usefixtures("send_files_raw")
@@ -118,7 +118,11 @@ def test_invalid_instances_get_failure_statuses_with_reasons(node: Node, tmp_pat
     assert "StudyInstanceUID is missing" in r1.ErrorComment
     assert "not a valid UID" in r2.ErrorComment
     assert "does not match" in r3.ErrorComment or "differs" in r3.ErrorComment
-    assert instances(node) == 0 and stored_files(node.store.root) == [] and temp_files(node.store.root) == []
+    assert (
+        instances(node) == 0
+        and stored_files(node.services.store.root) == []
+        and temp_files(node.services.store.root) == []
+    )
     assert not Path("/tmp/evil").exists()
 
 
@@ -165,9 +169,9 @@ def test_full_disk_answers_out_of_resources_and_leaves_nothing(
     assoc.release()
     assert full.Status == 0xA700 and "disk" in full.ErrorComment
     assert ok.Status == 0x0000  # the node keeps working once there is room
-    assert node.store.index.instance(str(big.SOPInstanceUID)) is None
-    assert [p.name for p in stored_files(node.store.root)] == [f"{small.SOPInstanceUID}.dcm"]
-    assert temp_files(node.store.root) == []
+    assert node.services.store.index.instance(str(big.SOPInstanceUID)) is None
+    assert [p.name for p in stored_files(node.services.store.root)] == [f"{small.SOPInstanceUID}.dcm"]
+    assert temp_files(node.services.store.root) == []
 
 
 def test_dropped_association_mid_transfer_stores_nothing(node_factory: Callable[..., Node]) -> None:
@@ -194,7 +198,11 @@ def test_dropped_association_mid_transfer_stores_nothing(node_factory: Callable[
     after = associate(node.dimse_port)  # the node is still up and answers
     assert after.send_c_echo().Status == 0x0000
     after.release()
-    assert instances(node) == 0 and stored_files(node.store.root) == [] and temp_files(node.store.root) == []
+    assert (
+        instances(node) == 0
+        and stored_files(node.services.store.root) == []
+        and temp_files(node.services.store.root) == []
+    )
 
 
 @pytest.mark.slow
@@ -220,7 +228,7 @@ def test_sixteen_concurrent_associations(node: Node) -> None:
         t.join(120)
     assert sorted(results) == list(range(16))
     assert all(statuses == [0] * per_association for statuses in results.values())
-    counts = node.store.index.counts()
+    counts = node.services.store.index.counts()
     assert counts["instances"] == 16 * per_association and counts["patients"] == 16
 
 

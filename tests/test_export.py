@@ -32,7 +32,7 @@ def test_zip_and_nifti_over_http(live_factory: Callable[..., LiveServer], tmp_pa
     live = live_factory()
     series = shuffled_series()
     for ds in series:
-        live.node.ingest.store_bytes(part10(ds), Source(SourceKind.IMPORT))
+        live.node.services.ingest.store_bytes(part10(ds), Source(SourceKind.IMPORT))
     base = f"{live.url}/dicom-web/studies/{series[0].StudyInstanceUID}/series/{series[0].SeriesInstanceUID}/export"
     response = httpx.get(base, params={"format": "zip"})
     assert response.status_code == 200 and response.headers["content-type"] == "application/zip"

@@ -137,7 +137,7 @@ def test_ohif_lists_studies_and_displays_a_ct_series(ohif: tuple[str, LiveServer
     viewer, live = ohif
     series = ct_series(20, rows=128, cols=128, patient_name="Ohif^Probe", patient_id="OHIF-1", phantom=True)
     for ds in series:
-        live.node.ingest.store_bytes(part10(ds), Source(SourceKind.IMPORT))
+        live.node.services.ingest.store_bytes(part10(ds), Source(SourceKind.IMPORT))
     study = series[0].StudyInstanceUID
     dicomweb = f"{live.url}/dicom-web"
     calls: list[tuple[str, int, str]] = []

@@ -36,7 +36,7 @@ def corpus_live(live_factory: Callable[..., LiveServer]) -> tuple[LiveServer, di
     for ds in query_corpus():
         buffer = io.BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
-        live.node.ingest.store_bytes(buffer.getvalue(), Source(SourceKind.IMPORT))
+        live.node.services.ingest.store_bytes(buffer.getvalue(), Source(SourceKind.IMPORT))
         studies[ds.PatientID] = ds.StudyInstanceUID
     return live, studies
 
@@ -192,7 +192,7 @@ def test_the_maximum_cuts_with_a_warning(live_factory: Callable[..., LiveServer]
     for ds in query_corpus():
         buffer = io.BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
-        live.node.ingest.store_bytes(buffer.getvalue(), Source(SourceKind.IMPORT))
+        live.node.services.ingest.store_bytes(buffer.getvalue(), Source(SourceKind.IMPORT))
     response = qido(live, "/studies")
     assert len(response.json()) == 3
     assert response.headers["warning"].startswith("299 ")
@@ -363,7 +363,7 @@ def test_cfind_cancel_stops_the_answer(live_factory: Callable[..., LiveServer]) 
     # from one parsed instance, in one transaction.
     [template] = ct_series(1, rows=4, cols=4)
     parsed = parse_bytes(part10(template))
-    index = live.node.store.index
+    index = live.node.services.store.index
     with index.write() as conn:
         for n in range(5000):
             record = copy.deepcopy(parsed.record)

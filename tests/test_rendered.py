@@ -29,8 +29,8 @@ def rendered_live(live_factory: Callable[..., LiveServer]) -> tuple[LiveServer, 
     live = live_factory()
     series = ct_series(5, rows=64, cols=64, phantom=True)
     for ds in series:
-        live.node.ingest.store_bytes(part10(ds), Source(SourceKind.IMPORT))
-    live.node.ingest.store_path(bundled("SC_rgb_rle_2frame.dcm"), Source(SourceKind.IMPORT))
+        live.node.services.ingest.store_bytes(part10(ds), Source(SourceKind.IMPORT))
+    live.node.services.ingest.store_path(bundled("SC_rgb_rle_2frame.dcm"), Source(SourceKind.IMPORT))
     return live, series
 
 

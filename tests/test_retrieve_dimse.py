@@ -71,7 +71,7 @@ def peers(*scps: tuple[str, StorageScp]) -> str:
 
 def fill(node: Node, datasets: list[Dataset]) -> None:
     for ds in datasets:
-        node.ingest.store_bytes(part10(ds), Source(SourceKind.IMPORT))
+        node.services.ingest.store_bytes(part10(ds), Source(SourceKind.IMPORT))
 
 
 def move(port: int, identifier: Dataset, destination: str, model: Any = StudyRootQueryRetrieveInformationModelMove):
@@ -171,7 +171,7 @@ def test_move_decompresses_for_a_receiver_that_refuses_compression(
     anything = destinations("ANY", ALL_TRANSFER_SYNTAXES)
     node = node_factory(peers_toml=peers(("PLAIN", plain), ("ANY", anything)))
     original = pydicom.dcmread(bundled("JPEG2000.dcm"))
-    node.ingest.store_path(bundled("JPEG2000.dcm"), Source(SourceKind.IMPORT))
+    node.services.ingest.store_path(bundled("JPEG2000.dcm"), Source(SourceKind.IMPORT))
     responses = move(node.dimse_port, study_identifier(original.StudyInstanceUID), "PLAIN")
     assert responses[-1][0].Status == 0x0000
     [(received, syntax)] = plain.received
@@ -206,7 +206,7 @@ def test_getscu_retrieves_a_series(node_factory: Callable[..., Node], tmp_path: 
 
 def test_cget_with_role_selection_and_decompression(node_factory: Callable[..., Node]) -> None:
     node = node_factory()
-    node.ingest.store_path(bundled("JPEG2000.dcm"), Source(SourceKind.IMPORT))
+    node.services.ingest.store_path(bundled("JPEG2000.dcm"), Source(SourceKind.IMPORT))
     original = pydicom.dcmread(bundled("JPEG2000.dcm"))
     received: list[tuple[Dataset, str]] = []
 

@@ -48,13 +48,13 @@ def test_dicomweb_client_stores_real_and_generated_instances(live: LiveServer) -
     expected = list(dict.fromkeys(str(ds.SOPInstanceUID) for ds in datasets))
     assert sorted(set(sops)) == sorted(expected)
     assert "FailedSOPSequence" not in response
-    index = live.node.store.index
+    index = live.node.services.store.index
     for sop in expected:
         row = index.instance(sop)
         assert row is not None and row["source"] == "stow"
     assert all(u.ReferencedSOPClassUID and "/instances/" in u.RetrieveURL for u in response.ReferencedSOPSequence)
     # dicomweb-client sends File Meta without the preamble: the store keeps a proper Part 10 file all the same
-    for path in stored_files(live.node.store.root):
+    for path in stored_files(live.node.services.store.root):
         assert path.read_bytes()[128:132] == b"DICM"
         assert pydicom.dcmread(path).SOPInstanceUID in expected
 
@@ -92,7 +92,7 @@ def test_wrong_content_type_is_refused_with_a_reason(
     response = post(live, body(part10(ct_series(1)[0])), content_type)
     assert response.status_code == code
     assert reason in response.json()["error"]
-    assert live.node.store.index.counts()["instances"] == 0
+    assert live.node.services.store.index.counts()["instances"] == 0
 
 
 def test_some_parts_fail_202_with_reasons(live: LiveServer) -> None:
@@ -106,7 +106,7 @@ def test_some_parts_fail_202_with_reasons(live: LiveServer) -> None:
     assert "not a DICOM Part 10" in reasons[0]["00000902"]["Value"][0]
     assert "truncated" in reasons[1]["00000902"]["Value"][0]
     assert "Value" not in reasons[0]["00081155"]  # unreadable: no SOP Instance UID to name
-    assert live.node.store.index.counts()["instances"] == 2 and temp_files(live.node.store.root) == []
+    assert live.node.services.store.index.counts()["instances"] == 2 and temp_files(live.node.services.store.root) == []
 
 
 def test_part_with_another_content_type_fails(live: LiveServer) -> None:
@@ -119,7 +119,7 @@ def test_part_with_another_content_type_fails(live: LiveServer) -> None:
 def test_all_parts_unreadable_is_400(live: LiveServer) -> None:
     response = post(live, body(b"junk" * 100, b"more junk" * 100))
     assert response.status_code == 400 and len(failed(response)) == 2
-    assert stored_files(live.node.store.root) == []
+    assert stored_files(live.node.services.store.root) == []
 
 
 def test_study_in_path_must_match_409(live: LiveServer) -> None:
@@ -128,7 +128,7 @@ def test_study_in_path_must_match_409(live: LiveServer) -> None:
     assert response.status_code == 409
     item = failed(response)[0]
     assert item["00081155"]["Value"] == [ds.SOPInstanceUID] and item["00081197"]["Value"] == [0x0110]
-    assert live.node.store.index.counts()["instances"] == 0
+    assert live.node.services.store.index.counts()["instances"] == 0
     ok = post(live, body(part10(ds)), path=f"/studies/{ds.StudyInstanceUID}")
     assert ok.status_code == 200 and referenced(ok) == [ds.SOPInstanceUID]
     bad_uid = post(live, body(part10(ds)), path="/studies/not-a-uid")
@@ -150,8 +150,8 @@ def test_truncated_body_stores_nothing(live: LiveServer) -> None:
     whole = part10(ct_series(1)[0])
     response = post(live, body(part10(ct_series(1)[0]), whole[: len(whole) // 2], close=False))
     assert response.status_code == 400 and "closing boundary" in response.json()["error"]
-    assert live.node.store.index.counts()["instances"] == 0
-    assert stored_files(live.node.store.root) == [] and temp_files(live.node.store.root) == []
+    assert live.node.services.store.index.counts()["instances"] == 0
+    assert stored_files(live.node.services.store.root) == [] and temp_files(live.node.services.store.root) == []
 
 
 def test_too_large_is_413(live_factory: Callable[..., LiveServer]) -> None:
@@ -161,7 +161,7 @@ def test_too_large_is_413(live_factory: Callable[..., LiveServer]) -> None:
     assert response.status_code == 413 and "part" in response.json()["error"]
     too_long = post(live, body(*[part10(ct_series(1, rows=512, cols=512)[0]) for _ in range(8)]))  # ~4 MiB
     assert too_long.status_code == 413
-    assert live.node.store.index.counts()["instances"] == 0 and temp_files(live.node.store.root) == []
+    assert live.node.services.store.index.counts()["instances"] == 0 and temp_files(live.node.services.store.root) == []
 
 
 def test_client_dropping_the_connection_mid_upload_stores_nothing(live: LiveServer) -> None:
@@ -175,9 +175,11 @@ def test_client_dropping_the_connection_mid_upload_stores_nothing(live: LiveServ
         sock.sendall(head + payload[: int(len(payload) * 0.8)])  # three whole parts and a half, then gone
         time.sleep(0.3)
     deadline = time.monotonic() + 10
-    while temp_files(live.node.store.root) and time.monotonic() < deadline:
+    while temp_files(live.node.services.store.root) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert temp_files(live.node.store.root) == []
-    assert live.node.store.index.counts()["instances"] == 0 and stored_files(live.node.store.root) == []
+    assert temp_files(live.node.services.store.root) == []
+    assert (
+        live.node.services.store.index.counts()["instances"] == 0 and stored_files(live.node.services.store.root) == []
+    )
     after = post(live, body(part10(ct_series(1)[0])))  # and the server still works
     assert after.status_code == 200

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from pydicom.dataset import Dataset
 
 from dcmnode.model import Source, SourceKind
@@ -104,9 +103,9 @@ def sops(datasets: list[Dataset]) -> list[str]:
 
 def no_temp_files_left(live: LiveServer, timeout: float = 10) -> bool:
     deadline = time.monotonic() + timeout
-    while temp_files(live.node.store.root) and time.monotonic() < deadline:
+    while temp_files(live.node.services.store.root) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return temp_files(live.node.store.root) == []
+    return temp_files(live.node.services.store.root) == []
 
 
 class Zeros(io.RawIOBase):
@@ -150,7 +149,7 @@ def test_zip_of_300_files_with_5_not_dicom(live: LiveServer, tmp_path: Path) -> 
     assert job["current_folder"].startswith("exam.zip/exam")
     assert qido_instances(live, first[0].StudyInstanceUID) == sops(first)
     assert qido_instances(live, second[0].StudyInstanceUID) == sops(second)
-    assert live.node.store.index.counts()["instances"] == 300
+    assert live.node.services.store.index.counts()["instances"] == 300
     assert no_temp_files_left(live)  # the archive and every member spooled were removed
 
 
@@ -237,7 +236,7 @@ def test_refusals_zip_slip_links_and_bombs_lose_nothing_else(live: LiveServer, t
     assert skipped["links.tar/ok/again.dcm"].startswith("hard link")
     assert skipped["hostile.zip/inner/nested.zip"] == "nested ZIP archive: not expanded"
     assert job["stored"] == 12 and job["state"] == "done"
-    index = live.node.store.index
+    index = live.node.services.store.index
     assert all(index.instance(str(ds.SOPInstanceUID)) is not None for ds in good)
     assert all(index.instance(str(ds.SOPInstanceUID)) is None for ds in evil)
     assert no_temp_files_left(live)
@@ -267,7 +266,9 @@ def test_tar_gz_bomb_is_stopped_while_reading(live: LiveServer, tmp_path: Path) 
 # -- folders, file by file -------------------------------------------------------------------------------------
 def test_folder_upload_file_by_file(live: LiveServer) -> None:
     existing = ct_series(2, rows=16, cols=16)
-    live.node.ingest.store_bytes(part10(existing[0]), Source(SourceKind.STOW))  # a series stored before the job
+    live.node.services.ingest.store_bytes(
+        part10(existing[0]), Source(SourceKind.STOW)
+    )  # a series stored before the job
     fresh = ct_series(3, rows=16, cols=16, patient_id="GEN-0009")
     job = open_job(live, name="My folder", expected_files=8)
     job_id = job["id"]
@@ -323,7 +324,7 @@ def test_cancel_stops_between_members_and_keeps_what_was_stored(live: LiveServer
     assert settled["state"] == "cancelled" and 0 < settled["stored"] < 400
     time.sleep(0.5)
     assert httpx.get(f"{live.url}/api/imports/{job['id']}", timeout=30).json()["stored"] == settled["stored"]
-    assert live.node.store.index.counts()["instances"] == settled["stored"]  # what was stored stays stored
+    assert live.node.services.store.index.counts()["instances"] == settled["stored"]  # what was stored stays stored
     assert put(live, job["id"], "more.dcm", part10(ct_series(1)[0])).status_code == 409
     assert finish(live, job["id"])["state"] == "cancelled"
 
@@ -338,13 +339,13 @@ def test_truncated_upload_leaves_no_temp_file(live: LiveServer) -> None:
     with socket.create_connection((HOST, live.port)) as sock:
         sock.sendall(head + payload[: len(payload) * 3 // 4])
         deadline = time.monotonic() + 10
-        while not temp_files(live.node.store.root):  # the body is being spooled
+        while not temp_files(live.node.services.store.root):  # the body is being spooled
             assert time.monotonic() < deadline, "the upload never reached a temp file"
             time.sleep(0.01)
     assert no_temp_files_left(live)
     state = httpx.get(f"{live.url}/api/imports/{job['id']}", timeout=30).json()
     assert (state["files_total"], state["stored"], state["failed_count"], state["state"]) == (0, 0, 0, "open")
-    assert state["bytes_received"] > 0 and live.node.store.index.counts()["instances"] == 0
+    assert state["bytes_received"] > 0 and live.node.services.store.index.counts()["instances"] == 0
     assert put(live, job["id"], "x/IM1.dcm", payload).json()["status"] == "stored"  # the job goes on
 
 
@@ -362,7 +363,7 @@ def test_errors_404_409_413_and_bad_requests(live_factory: Callable[..., LiveSer
     (tmp_path / "big.dcm").write_bytes(big)
     chunked = put(live, job["id"], "big.dcm", tmp_path / "big.dcm")  # no Content-Length: counted as it comes
     assert chunked.status_code == 413 and "limit" in chunked.json()["error"]
-    assert no_temp_files_left(live) and live.node.store.index.counts()["instances"] == 0
+    assert no_temp_files_left(live) and live.node.services.store.index.counts()["instances"] == 0
     finish(live, job["id"])
     assert put(live, job["id"], "a.dcm", part10(ct_series(1)[0])).status_code == 409
 
@@ -390,12 +391,10 @@ def test_cli_imports_zip_and_tar_gz(tmp_path: Path) -> None:
     assert "0 stored" in again.stdout and "9 duplicate" in again.stdout
 
 
-def test_an_open_job_whose_uploader_went_away_is_cancelled(live: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from dcmnode import upload
-
+def test_an_open_job_whose_uploader_went_away_is_cancelled(live_factory: Any) -> None:
+    live = live_factory(http={"import_abandoned_seconds": 0.2})  # the setting http.import_abandoned_seconds
     base = f"{live.url}/api/imports"
     first = httpx.post(base, json={"name": "left open"}).json()
-    monkeypatch.setattr(upload, "ABANDONED_SECONDS", 0.2)
     time.sleep(0.4)
     httpx.post(base, json={"name": "next"})  # creating a job tidies the registry
     job = httpx.get(f"{base}/{first['id']}").json()

@@ -148,7 +148,7 @@ def session(browser: Any, tmp_path: Path) -> Iterator[Callable[..., Session]]:
 def seed(live: LiveServer, n: int = 8, size: int = 128, **kwargs: Any) -> list[Dataset]:
     series = ct_series(n, rows=size, cols=size, phantom=True, **kwargs)
     for ds in series:
-        live.node.ingest.store_bytes(part10(ds), Source(SourceKind.IMPORT))
+        live.node.services.ingest.store_bytes(part10(ds), Source(SourceKind.IMPORT))
     return series
 
 
@@ -290,7 +290,7 @@ def test_dragging_changes_the_window_and_presets_zoom_invert_work(
 
 
 def test_multi_frame_instance_scrolls_and_plays_its_frames(live: LiveServer, session: Callable[..., Session]) -> None:
-    live.node.ingest.store_bytes(bundled("examples_ybr_color.dcm").read_bytes(), Source(SourceKind.IMPORT))
+    live.node.services.ingest.store_bytes(bundled("examples_ybr_color.dcm").read_bytes(), Source(SourceKind.IMPORT))
     study = httpx.get(f"{live.url}/dicom-web/studies", params={"ModalitiesInStudy": "US"}).json()[0]
     s = session(live)
     s.goto(f"#/viewer/{study['0020000D']['Value'][0]}")
@@ -411,7 +411,7 @@ def test_tag_browser_filters_and_expands_sequences(live: LiveServer, session: Ca
     code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "CTCHEST", "L", "Chest with contrast"
     for ds in series:
         ds.ProcedureCodeSequence = [code]
-        live.node.ingest.store_bytes(part10(ds), Source(SourceKind.IMPORT))
+        live.node.services.ingest.store_bytes(part10(ds), Source(SourceKind.IMPORT))
     s = session(live)
     open_viewer(s, series[0])
     s.page.keyboard.press("t")
@@ -468,7 +468,7 @@ def test_upload_zip_reports_skipped_files(live: LiveServer, session: Callable[..
     assert len(skipped) == 5 and all("readme" in r for r in skipped), skipped
     assert status.locator("[data-stat=studies-created] dd").inner_text() == "1"
     s.shot("11-upload-zip")
-    assert live.node.store.index.counts()["instances"] == 295
+    assert live.node.services.store.index.counts()["instances"] == 295
 
 
 def test_upload_tar_gz_with_nested_folders(live: LiveServer, session: Callable[..., Session], tmp_path: Path) -> None:

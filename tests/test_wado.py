@@ -47,9 +47,9 @@ def wado_live(
     live = live_factory()
     series = ct_series(3, rows=32, cols=32)
     for ds in series:
-        live.node.ingest.store_bytes(part10(ds), Source(SourceKind.IMPORT))
+        live.node.services.ingest.store_bytes(part10(ds), Source(SourceKind.IMPORT))
     for path in copies.values():
-        live.node.ingest.store_path(path, Source(SourceKind.IMPORT))
+        live.node.services.ingest.store_path(path, Source(SourceKind.IMPORT))
     return live, series
 
 
@@ -199,7 +199,7 @@ def test_series_metadata_is_complete_cached_and_follows_new_instances(wado_live:
     assert cached.status_code == 304
     extra = ct_series(1, rows=32, cols=32)[0]
     extra.StudyInstanceUID, extra.SeriesInstanceUID = series[0].StudyInstanceUID, series[0].SeriesInstanceUID
-    live.node.ingest.store_bytes(part10(extra), Source(SourceKind.IMPORT))
+    live.node.services.ingest.store_bytes(part10(extra), Source(SourceKind.IMPORT))
     grown = httpx.get(url(live, series[0], "/metadata", level="series"), headers={"If-None-Match": etag})
     assert grown.status_code == 200 and len(grown.json()) == 4
 
@@ -301,7 +301,7 @@ def test_study_retrieve_streams_every_series(wado_live: Any) -> None:
     live, series = wado_live
     other = ct_series(2, rows=16, cols=16, study=series[0].StudyInstanceUID)
     for ds in other:
-        live.node.ingest.store_bytes(part10(ds), Source(SourceKind.IMPORT))
+        live.node.services.ingest.store_bytes(part10(ds), Source(SourceKind.IMPORT))
     with httpx.stream("GET", url(live, series[0], level="study"), headers={"Accept": "*/*"}) as response:
         assert response.status_code == 200
         assert "content-length" not in response.headers  # streamed, not assembled in memory
@@ -313,7 +313,7 @@ def test_study_retrieve_streams_every_series(wado_live: Any) -> None:
 
 def test_metadata_is_precomputed_for_quiet_series(wado_live: Any) -> None:
     live, series = wado_live
-    cache = live.node.catalog.metadata
+    cache = live.node.services.catalog.metadata
     cached = lambda: sorted(p.name for p in cache.folder.glob(f"{series[0].SeriesInstanceUID}.*.json"))  # noqa: E731
     assert cache.precompute_changed("", quiet=3600) == ""  # nothing has been quiet that long
     assert cached() == []
@@ -322,7 +322,7 @@ def test_metadata_is_precomputed_for_quiet_series(wado_live: Any) -> None:
     assert len(first) == 1 and watermark
     extra = ct_series(1, rows=32, cols=32)[0]
     extra.StudyInstanceUID, extra.SeriesInstanceUID = series[0].StudyInstanceUID, series[0].SeriesInstanceUID
-    live.node.ingest.store_bytes(part10(extra), Source(SourceKind.IMPORT))
+    live.node.services.ingest.store_bytes(part10(extra), Source(SourceKind.IMPORT))
     assert cache.precompute_changed(watermark, quiet=0) > watermark
     second = cached()
     assert len(second) == 1 and second != first  # the new version replaced the old one
@@ -334,8 +334,8 @@ def test_large_series_metadata_is_built_in_worker_processes(live_factory: Callab
     live = live_factory(http={"metadata_workers": 2})
     series = ct_series(70, rows=8, cols=8)  # over POOL_MIN_INSTANCES: split across the worker processes
     for ds in series:
-        live.node.ingest.store_bytes(part10(ds), Source(SourceKind.IMPORT))
+        live.node.services.ingest.store_bytes(part10(ds), Source(SourceKind.IMPORT))
     meta = httpx.get(url(live, series[0], "/metadata", level="series"), timeout=60).json()
     assert [m["00200013"]["Value"][0] for m in meta] == list(range(1, 71))  # every instance, in order
     assert [m["00080018"]["Value"][0] for m in meta] == [ds.SOPInstanceUID for ds in series]
-    assert live.node.catalog.metadata._pool is not None
+    assert live.node.services.catalog.metadata._pool is not None

@@ -12,20 +12,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dcmnode.core.ingest import Ingest
 from dcmnode.core.jobs.queue import Jobs, check_options, check_send_to
+from dcmnode.dicomweb.context import services
 from dcmnode.errors import InvalidRequest, UnsupportedMediaType
 
 
 def status(request: Request) -> JSONResponse:
-    ingest: Ingest = request.app.state.ingest
-    settings = request.app.state.settings
+    http = services(request)
     return JSONResponse(
         {
-            "ae_title": settings.node.ae_title,
-            "dimse_port": request.app.state.dimse_port,
-            "counts": ingest.store.index.counts(),
-            "sr_worker": settings.sr.worker,
+            "ae_title": http.settings.node.ae_title,
+            "dimse_port": http.dimse_port,
+            "counts": http.catalog.counts(),
+            "sr_worker": http.settings.sr.worker,
         }
     )
 
@@ -36,8 +35,7 @@ def health(request: Request) -> JSONResponse:
 
 # -- super-resolution jobs ----------------------------------------------------------------------------------------
 def _jobs(request: Request) -> Jobs:
-    jobs: Jobs = request.app.state.sr_jobs
-    return jobs
+    return services(request).jobs
 
 
 def _job_id(request: Request) -> int:
@@ -65,7 +63,7 @@ async def submit_job(request: Request) -> JSONResponse:
     check_options(factor, method)
     if send_to is not None and not isinstance(send_to, str):
         raise InvalidRequest('send_to is an AE title, "-" (do not send) or null (back to the sender)')
-    check_send_to(request.app.state.settings, send_to)
+    check_send_to(services(request).settings, send_to)
     job = _jobs(request).submit(body["series"], factor, method, send_to, origin="api")
     return JSONResponse(job.to_json(), status_code=202, headers={"Location": f"/api/sr/jobs/{job.id}"})
 

@@ -5,8 +5,11 @@ The domain-error → HTTP table lives here, once (Microsoft's ExceptionHandlingM
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import socket
+from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
 
@@ -22,9 +25,8 @@ from dcmnode.config import Settings
 from dcmnode.core import metadata
 from dcmnode.core.services import Services
 from dcmnode.dicomweb import routes as dicomweb_routes
+from dcmnode.dicomweb.context import HttpServices
 from dcmnode.dicomweb.fastpath import RenderedFastPath
-from dcmnode.dicomweb.qido import QidoLimits
-from dcmnode.dicomweb.stow import StowLimits
 from dcmnode.dimse import scp
 from dcmnode.errors import (
     Conflict,
@@ -40,9 +42,6 @@ from dcmnode.errors import (
 )
 
 log = logging.getLogger(__name__)
-
-DICOMWEB_PREFIX = "/dicom-web"
-MIB = 1024 * 1024
 
 HTTP_STATUS: dict[type[DcmnodeError], int] = {
     InvalidInstance: 400,
@@ -65,19 +64,21 @@ def http_status(err: DcmnodeError) -> int:
 
 
 class Node:
+    """One process's node: its services, the DIMSE SCP when this process serves it, the HTTP app when it serves
+    that."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.services = Services.open(settings)
-        self.store, self.ingest, self.catalog = self.services.store, self.services.ingest, self.services.catalog
-        self.precomputer = metadata.Precomputer(self.catalog.metadata)
+        self.precomputer = metadata.Precomputer(self.services.catalog.metadata)
         self.scp: scp.Scp | None = None
         self.dimse_port = 0  # where DIMSE listens, in this process or in the DIMSE processes
-        self.imports: upload.Registry | None = None  # bulk upload jobs, once the HTTP app exists
+        self.http: HttpServices | None = None  # the HTTP side's services, once the HTTP app exists
 
     def start_dimse(self, sock: socket.socket | None = None) -> scp.Scp:
         """Serve DIMSE in this process (threads), on ``sock`` or a new socket from the settings."""
         sock = sock or scp.listen(self.settings.dimse.host, self.settings.dimse.port)
-        self.scp = scp.start(self.settings, self.ingest, self.catalog, sock)
+        self.scp = scp.start(self.settings, self.services.ingest, self.services.catalog, sock)
         self.dimse_port = self.scp.port
         return self.scp
 
@@ -85,41 +86,42 @@ class Node:
         """The HTTP app (single rendered frames answered in front of it: ``dicomweb/fastpath.py``). The process
         that serves it also keeps series metadata precomputed."""
         if not self.precomputer.started:
-            self.catalog.metadata.start_workers()
+            self.services.catalog.metadata.start_workers()
             self.precomputer.start()
+        self.http = http = HttpServices.build(self.services, self.dimse_port)
+        dicomweb = dicomweb_routes.routes()
         app = Starlette(
             routes=[
                 Mount(
-                    DICOMWEB_PREFIX,
-                    routes=dicomweb_routes.routes(),
+                    http.prefix,
+                    routes=dicomweb,
                     middleware=dicomweb_routes.middleware(self.settings.http.cors_origins),
                 ),
                 Mount("/api", routes=api.routes() + upload.routes()),
                 Mount("/", app=StaticFiles(directory=web_root(), html=True)),
             ],
             exception_handlers={DcmnodeError: handle_error, HTTPException: handle_http_exception},
+            lifespan=functools.partial(_lifespan, http),
         )
-        app.state.settings = self.settings
-        app.state.ingest = self.ingest
-        app.state.catalog = self.catalog
-        app.state.renderer = self.services.renderer
-        app.state.sr_jobs = self.services.jobs
-        self.imports = app.state.imports = upload.Registry(self.ingest, self.settings)
-        app.state.qido_limits = QidoLimits(self.settings.http.max_query_results)
-        app.state.dicomweb_prefix = DICOMWEB_PREFIX
-        app.state.dimse_port = self.dimse_port
-        http = self.settings.http
-        app.state.stow_limits = StowLimits(http.max_request_mb * MIB, http.max_part_mb * MIB, self.settings.store.fsync)
-        return RenderedFastPath(app, DICOMWEB_PREFIX, cross_origin_policy=bool(http.cors_origins))
+        app.state.services = http
+        return RenderedFastPath(app, dicomweb, http, cross_origin_policy=bool(self.settings.http.cors_origins))
 
     def close(self) -> None:
-        if self.imports is not None:
-            self.imports.cancel_all()  # stop between members; what was stored stays stored
+        if self.http is not None:
+            self.http.close()  # open uploads stop between members; what was stored stays stored
+            self.http = None
         self.precomputer.stop()
         if self.scp is not None:
             self.scp.shutdown()
             self.scp = None
         self.services.close()
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(http: HttpServices, app: Starlette) -> AsyncIterator[None]:
+    """The HTTP side's executors and caches stop with the server."""
+    yield
+    http.close()
 
 
 def web_root() -> Path:

@@ -64,6 +64,9 @@ class HttpSettings:
         2, "processes that build series /metadata (large series, off the HTTP process); 0 = build in the HTTP process"
     )
     render_cache_mb: int = _default(1024, "disk kept for rendered images (/rendered, /thumbnail); oldest go first")
+    import_abandoned_seconds: float = _default(
+        3600.0, "an upload (/api/imports) that got no file for this long and was never finished is cancelled"
+    )
     cors_origins: list[str] = _default(
         ["loopback"],
         'origins allowed to call DICOMweb from a browser: "loopback" (any port on localhost/127.0.0.1/[::1]), '

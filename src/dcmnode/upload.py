@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,73 +28,24 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from dcmnode.config import Settings
-from dcmnode.core.archives import Limits
 from dcmnode.core.importer import ENDED, ImportJob, Spool
-from dcmnode.core.ingest import Ingest
-from dcmnode.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
+from dcmnode.core.importing.registry import Registry
+from dcmnode.dicomweb.context import services
+from dcmnode.errors import Conflict, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from dcmnode.model import Source, SourceKind
 
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 FLUSH_BYTES = MIB  # body chunks are gathered to this size before each write (one thread hop per MiB)
-KEEP_ENDED_SECONDS = 3600.0
-ABANDONED_SECONDS = 3600.0  # an open job that got no file for this long is cancelled (its page went away)
 EVENT_POLL_SECONDS = 0.25
 KEEPALIVE_SECONDS = 15.0
 MAX_NAME = 200
 MAX_PATH = 4096
 
 
-class Registry:
-    """The import jobs of this process."""
-
-    def __init__(self, ingest: Ingest, settings: Settings) -> None:
-        self.ingest = ingest
-        self.max_request_bytes = settings.http.max_request_mb * MIB
-        self.limits = Limits(max_member_bytes=settings.http.max_part_mb * MIB)
-        self._jobs: dict[str, ImportJob] = {}
-        self._lock = threading.Lock()
-
-    def create(self, name: str, expected_files: int, source: Source) -> ImportJob:
-        job = ImportJob(self.ingest, self.limits, name, expected_files, source)
-        with self._lock:
-            self._prune()
-            self._jobs[job.id] = job
-        log.info("import %s opened (%r, %d file(s) expected) from %s", job.id, name, expected_files, source.address)
-        return job
-
-    def get(self, job_id: str) -> ImportJob:
-        with self._lock:
-            job = self._jobs.get(job_id)
-        if job is None:
-            raise NotFound(f"no import {job_id!r}")
-        return job
-
-    def list(self) -> list[ImportJob]:
-        with self._lock:
-            self._prune()
-            return list(self._jobs.values())
-
-    def cancel_all(self) -> None:
-        for job in self.list():
-            job.cancel()
-
-    def _prune(self) -> None:  # under the lock
-        cutoff = time.monotonic() - KEEP_ENDED_SECONDS
-        for job_id, job in list(self._jobs.items()):
-            if job.abandoned(ABANDONED_SECONDS):
-                log.warning("import %s: no file for %.0f s and never finished; cancelled", job_id, ABANDONED_SECONDS)
-                job.cancel()
-            ended = job.ended_since()
-            if ended is not None and ended < cutoff:
-                del self._jobs[job_id]
-
-
 def _registry(request: Request) -> Registry:
-    registry: Registry = request.app.state.imports
-    return registry
+    return services(request).imports
 
 
 def _job(request: Request) -> ImportJob:
@@ -154,7 +104,7 @@ async def put_file(request: Request) -> Response:
     if declared.isdigit() and int(declared) > registry.max_request_bytes:
         raise PayloadTooLarge(f"{declared} bytes exceed the limit of {registry.max_request_bytes}")
     with job.receiving():
-        spool = await run_in_threadpool(Spool, registry.ingest.store.files)
+        spool = await run_in_threadpool(registry.spool)
         if not await _receive(request, job, spool, registry.max_request_bytes, path):
             return Response(status_code=400)  # the client went away; nobody reads this
         temp = await run_in_threadpool(spool.close)
@@ -210,7 +160,7 @@ def get_job(request: Request) -> JSONResponse:
 
 
 def list_jobs(request: Request) -> JSONResponse:
-    return JSONResponse([job.to_json() for job in _registry(request).list()])
+    return JSONResponse([job.to_json() for job in _registry(request).jobs()])
 
 
 def cancel(request: Request) -> JSONResponse:

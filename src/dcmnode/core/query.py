@@ -30,7 +30,8 @@ from typing import Any
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from dcmnode.errors import InvalidRequest
-from dcmnode.model import UID_PATTERN, Level
+from dcmnode.model import UID_PATTERN
+from dcmnode.model import Level as Level  # re-exported: adapters say q.Level
 from dcmnode.store import matching
 from dcmnode.store.index import Index
 from dcmnode.store.schema import INSTANCE_COLUMNS, PATIENT_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS

@@ -1,6 +1,6 @@
 """The viewer's hottest request, one rendered frame or thumbnail of an instance, answered in front of Starlette.
 
-Imports: stdlib, starlette (types), errors, core, dicomweb. A viewer asks for one ``.../instances/{i}/rendered`` or
+A viewer asks for one ``.../instances/{i}/rendered`` or
 ``.../frames/{n}/rendered`` per image it shows, and as a window drag goes on. Starlette's router and the DICOMweb
 middleware (CORS, CORP, gzip, error mapping: eight ASGI layers) cost ~0.7 ms of CPU per request, about a fifth of a
 cold 512x512 JPEG render (``bench/bench_render.py``). This wrapper answers the plain form of those requests with
@@ -12,34 +12,68 @@ the error its usual status and log line (the failure is computed twice; failures
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import parse_qsl
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from dcmnode.dicomweb import rendered
+from dcmnode.dicomweb.context import HttpServices
 from dcmnode.dicomweb.paths import path_uid
 from dcmnode.errors import DcmnodeError
 
 log = logging.getLogger("dcmnode.http")
 
 
+# The routes answered here: one rendered frame or thumbnail of one instance (True: a thumbnail).
+FAST_ENDPOINTS: dict[Callable[..., Any], bool] = {
+    rendered.instance: False,
+    rendered.frames: False,
+    rendered.thumbnail: True,
+    rendered.frame_thumbnail: True,
+}
+
+
+def fast_patterns(routes: Sequence[BaseRoute], prefix: str) -> list[tuple[re.Pattern[str], bool]]:
+    """The URL patterns of the instance- and frame-level rendered routes, taken from the route table (one URL
+    grammar), under ``prefix``."""
+    found = []
+    for route in routes:
+        if isinstance(route, Route) and route.endpoint in FAST_ENDPOINTS and "instance" in route.param_convertors:
+            found.append(
+                (re.compile(re.escape(prefix) + route.path_regex.pattern.lstrip("^")), FAST_ENDPOINTS[route.endpoint])
+            )
+    return found
+
+
 class RenderedFastPath:
-    def __init__(self, app: ASGIApp, prefix: str, cross_origin_policy: bool) -> None:
+    def __init__(
+        self, app: Starlette, routes: Sequence[BaseRoute], http: HttpServices, cross_origin_policy: bool
+    ) -> None:
         self.app = app
-        self.state = app.state  # type: ignore[attr-defined]  # the node's services, as the full app has them
-        self.pattern = re.compile(
-            re.escape(prefix)
-            + r"/studies/([^/]+)/series/([^/]+)/instances/([^/]+)(?:/frames/([0-9]{1,9}))?/(rendered|thumbnail)"
-        )
+        self.http = http
+        self.patterns = fast_patterns(routes, http.prefix)
         self.extra_headers = [(b"cross-origin-resource-policy", b"cross-origin")] if cross_origin_policy else []
 
+    def match(self, scope: Scope) -> tuple[dict[str, str], bool] | None:
+        """(the path's parameters, whether it is a thumbnail) when this path may answer the request."""
+        if scope["type"] != "http" or scope["method"] != "GET":
+            return None
+        for pattern, thumbnail in self.patterns:
+            found = pattern.fullmatch(scope["path"])
+            if found is not None:
+                return found.groupdict(), thumbnail
+        return None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        match = self.pattern.fullmatch(scope["path"]) if scope["type"] == "http" and scope["method"] == "GET" else None
+        match = self.match(scope)
         if match is not None:
             headers = dict(scope["headers"])
             if b"origin" not in headers:
@@ -54,33 +88,33 @@ class RenderedFastPath:
         await self.app(scope, receive, send)
 
     async def _answer(
-        self, scope: Scope, match: re.Match[str], headers: dict[bytes, bytes]
+        self, scope: Scope, match: tuple[dict[str, str], bool], headers: dict[bytes, bytes]
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes, Callable[[], None] | None] | None:
-        state = self.state
+        http, (params_in_path, thumbnail) = self.http, match
         try:
             params = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
             accept = headers.get(b"accept")
             job = rendered.job_from(
                 params,
                 accept.decode("latin-1") if accept is not None else None,
-                frame=int(match[4] or 1),
-                thumbnail=match[5] == "thumbnail",
+                frame=int(params_in_path.get("frames") or 1),
+                thumbnail=thumbnail,
             )
             uids = (
-                path_uid(match[1], "StudyInstanceUID"),
-                path_uid(match[2], "SeriesInstanceUID"),
-                path_uid(match[3], "SOPInstanceUID"),
+                path_uid(params_in_path["study"], "StudyInstanceUID"),
+                path_uid(params_in_path["series"], "SeriesInstanceUID"),
+                path_uid(params_in_path["instance"], "SOPInstanceUID"),
             )
             wanted = headers.get(b"if-none-match")
             work = functools.partial(
                 rendered.find_and_render,
-                state.catalog,
-                state.renderer,
+                http.catalog,
+                http.renderer,
                 uids,
                 job,
                 wanted.decode("latin-1") if wanted is not None else None,
             )
-            data, etag, item, fresh = await asyncio.get_running_loop().run_in_executor(None, work)
+            data, etag, item, fresh = await run_in_threadpool(work)  # the same anyio pool as the full app
         except DcmnodeError:
             return None  # the full app answers with the mapped status and logs it
         except Exception:
@@ -93,6 +127,6 @@ class RenderedFastPath:
         ]
         if data is None:
             return 304, response_headers, b"", None
-        keep = functools.partial(rendered.keep_later, state.renderer, item, etag, job, data) if fresh else None
+        keep = functools.partial(rendered.keep_later, http, item, etag, job, data) if fresh else None
         response_headers += [(b"content-type", job.media_type.encode()), (b"content-length", b"%d" % len(data))]
         return 200, response_headers, data, keep

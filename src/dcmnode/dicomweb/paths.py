@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
+from dcmnode.dicomweb.context import services
 from dcmnode.errors import InvalidInstance, InvalidRequest
 from dcmnode.model import check_uid
 
@@ -18,7 +19,7 @@ def path_uid(value: str, keyword: str) -> str:
 
 def base_url(request: Request) -> str:
     """The DICOMweb root as the client addressed it (scheme, host and port of the request)."""
-    return str(request.base_url).rstrip("/") + request.app.state.dicomweb_prefix
+    return str(request.base_url).rstrip("/") + services(request).prefix
 
 
 def resource_uids(request: Request) -> tuple[str, str | None, str | None]:

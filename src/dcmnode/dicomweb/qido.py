@@ -9,7 +9,6 @@ says so (§8.3.4.4 / Table 8.3.4-x).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -17,20 +16,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from dcmnode.core import query as q
-from dcmnode.core.catalog import Catalog
 from dcmnode.dicomweb import dicom_json
 from dcmnode.dicomweb.accept import require_json
+from dcmnode.dicomweb.context import services
 from dcmnode.dicomweb.paths import base_url, path_uid
 from dcmnode.errors import InvalidRequest
 
 DICOM_JSON = "application/dicom+json"
 _RESERVED = {"limit", "offset", "fuzzymatching", "includefield"}
 _CS = "CS"
-
-
-@dataclass(frozen=True, slots=True)
-class QidoLimits:
-    max_results: int
 
 
 def _levels(*levels: q.Level) -> frozenset[q.Level]:
@@ -64,12 +58,12 @@ async def instances(request: Request) -> Response:
 
 async def _search(request: Request, level: q.Level, defaults: frozenset[q.Level]) -> Response:
     require_json(request.headers.get("accept"))
-    limits: QidoLimits = request.app.state.qido_limits
+    limits = services(request).qido
     query = parse(request.query_params.multi_items(), level, defaults, limits.max_results)
     for key, name in (("study", "StudyInstanceUID"), ("series", "SeriesInstanceUID")):
         if key in request.path_params:
             query.matches[name] = path_uid(request.path_params[key], name)
-    catalog: Catalog = request.app.state.catalog
+    catalog = services(request).catalog
     result = await run_in_threadpool(catalog.search, query)
     base = base_url(request)
     body = dicom_json.dumps(dicom_json.row_to_json(row, _extra(level, row, base)) for row in result.rows)

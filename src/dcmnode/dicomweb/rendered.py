@@ -9,7 +9,6 @@ small image at every level: a study's and a series' show their middle instance. 
 
 from __future__ import annotations
 
-import concurrent.futures
 import secrets
 from collections.abc import Mapping
 
@@ -23,11 +22,11 @@ from dcmnode.core import render
 from dcmnode.core.catalog import Catalog
 from dcmnode.core.retrieve import StoredFile
 from dcmnode.dicomweb import accept
+from dcmnode.dicomweb.context import HttpServices, services
 from dcmnode.dicomweb.paths import etag_matches, resource_uids
 from dcmnode.errors import InvalidRequest, NotAcceptable
 
 THUMBNAIL_SIZE = 128
-_cache_writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="render-cache")
 CACHE_CONTROL = "private, max-age=3600"
 
 
@@ -69,21 +68,21 @@ def job_from(
 
 
 async def _image(request: Request, uids: tuple[str, str | None, str | None], job: render.RenderRequest) -> Response:
-    catalog: Catalog = request.app.state.catalog
-    renderer: render.Renderer = request.app.state.renderer
+    catalog = services(request).catalog
+    renderer = services(request).renderer
     wanted = request.headers.get("if-none-match")
     data, etag, item, fresh = await run_in_threadpool(find_and_render, catalog, renderer, uids, job, wanted)
     headers = {"ETag": f'"{etag}"', "Cache-Control": CACHE_CONTROL}
     if data is None:
         return Response(status_code=304, headers=headers)
     if fresh:
-        keep_later(renderer, item, etag, job, data)
+        keep_later(services(request), item, etag, job, data)
     return Response(data, media_type=job.media_type, headers=headers)
 
 
-def keep_later(renderer: render.Renderer, item: StoredFile, etag: str, job: render.RenderRequest, data: bytes) -> None:
+def keep_later(http: HttpServices, item: StoredFile, etag: str, job: render.RenderRequest, data: bytes) -> None:
     """A new image goes to the cache beside the answer, not before it (nor before the next request)."""
-    _cache_writer.submit(renderer.keep, item, etag, job, data)
+    http.cache_writer.submit(http.renderer.keep, item, etag, job, data)
 
 
 def find_and_render(
@@ -126,10 +125,10 @@ def _frame_number(request: Request) -> int:
 
 async def collection(request: Request) -> Response:
     """A study's or series' /rendered: one image per instance, multipart/related."""
-    catalog: Catalog = request.app.state.catalog
+    catalog = services(request).catalog
     items = await run_in_threadpool(catalog.resource, *resource_uids(request))
     job = request_from(request)
-    renderer: render.Renderer = request.app.state.renderer
+    renderer = services(request).renderer
     boundary = secrets.token_hex(16)
     parts = []
     for item in items:
@@ -192,10 +191,10 @@ async def export(request: Request) -> Response:
     fmt = request.query_params.get("format", "zip")
     if fmt not in exporting.FORMATS:
         raise InvalidRequest(f"format={fmt!r}: one of {', '.join(exporting.FORMATS)}")
-    catalog: Catalog = request.app.state.catalog
+    catalog = services(request).catalog
     study, series, _ = resource_uids(request)
     items = await run_in_threadpool(catalog.resource, study, series)
-    renderer: render.Renderer = request.app.state.renderer
+    renderer = services(request).renderer
     out = renderer.tmp_dir / f"export-{secrets.token_hex(8)}.{'zip' if fmt == 'zip' else 'nii.gz'}"
     writer = exporting.write_zip if fmt == "zip" else exporting.write_nifti
     try:

@@ -18,8 +18,9 @@ from starlette.responses import JSONResponse, Response
 
 from dcmnode.core.ingest import Ingest
 from dcmnode.core.parse import Expected
+from dcmnode.dicomweb.context import StowLimits, services
 from dcmnode.dicomweb.multipart import Part, PartSpooler, parse_media_type
-from dcmnode.dicomweb.paths import path_uid
+from dcmnode.dicomweb.paths import base_url, path_uid
 from dcmnode.errors import DcmnodeError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from dcmnode.model import Source, SourceKind, StoredInstance
 
@@ -31,13 +32,6 @@ CANNOT_UNDERSTAND = 0xC000
 
 
 @dataclass(frozen=True, slots=True)
-class StowLimits:
-    max_request_bytes: int
-    max_part_bytes: int
-    fsync: bool
-
-
-@dataclass(frozen=True, slots=True)
 class Failure:
     status: int
     reason: str
@@ -46,8 +40,8 @@ class Failure:
 
 
 async def store(request: Request) -> Response:
-    ingest: Ingest = request.app.state.ingest
-    limits: StowLimits = request.app.state.stow_limits
+    ingest = services(request).ingest
+    limits = services(request).stow
     study = request.path_params.get("study")
     if study is not None:
         study = path_uid(study, "StudyInstanceUID")
@@ -59,7 +53,7 @@ async def store(request: Request) -> Response:
     if not parts:
         raise InvalidRequest("the multipart body holds no parts")
     stored, failed = await run_in_threadpool(_ingest_parts, ingest, parts, study, _source(request))
-    base = str(request.base_url).rstrip("/") + request.app.state.dicomweb_prefix
+    base = base_url(request)
     return JSONResponse(
         _response_body(stored, failed, study, base), status_code=_http_status(stored, failed), media_type=DICOM_JSON
     )

@@ -15,12 +15,9 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import secrets
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -34,6 +31,7 @@ from dcmnode.core import metadata as meta
 from dcmnode.core import retrieve
 from dcmnode.core.catalog import Catalog
 from dcmnode.dicomweb import accept, rendered
+from dcmnode.dicomweb.context import services
 from dcmnode.dicomweb.paths import base_url, etag_matches, path_uid, resource_uids
 from dcmnode.errors import InvalidRequest, NotAcceptable
 
@@ -96,7 +94,7 @@ async def retrieve_instance(request: Request) -> Response:
 
 
 async def _retrieve(request: Request, uids: tuple[str, str | None, str | None]) -> Response:
-    catalog: Catalog = request.app.state.catalog
+    catalog = services(request).catalog
     files = await run_in_threadpool(catalog.resource, *uids)
     single = uids[2] is not None
     choice = negotiate_dicom(request.headers.get("accept"), {f.transfer_syntax for f in files}, single)
@@ -148,38 +146,11 @@ def _instance_bytes(item: retrieve.StoredFile, syntax: str) -> bytes:
 
 
 # -- metadata ----------------------------------------------------------------------------------------------------
-class _GzipCache:
-    """Compressed metadata per (series version, base URL): compressed once, then served as is."""
-
-    def __init__(self, size: int = 32) -> None:
-        self._items: OrderedDict[str, bytes] = OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()
-
-    def find(self, key: str) -> bytes | None:
-        with self._lock:
-            found = self._items.get(key)
-            if found is not None:
-                self._items.move_to_end(key)
-            return found
-
-    def add(self, key: str, body: bytes) -> bytes:
-        packed = gzip.compress(body, compresslevel=1, mtime=0)  # JSON this repetitive packs ~8x even at level 1
-        with self._lock:
-            self._items[key] = packed
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
-        return packed
-
-
-_gzip_cache = _GzipCache()
-
-
 async def series_metadata(request: Request) -> Response:
     study, series, _ = resource_uids(request)
     assert series is not None
     accept.require_json(request.headers.get("accept"))
-    catalog: Catalog = request.app.state.catalog
+    catalog = services(request).catalog
     data, version = await run_in_threadpool(catalog.series_metadata, study, series)
     return await _json(request, data, _etag(version))
 
@@ -187,7 +158,7 @@ async def series_metadata(request: Request) -> Response:
 async def study_metadata(request: Request) -> Response:
     study, _, _ = resource_uids(request)
     accept.require_json(request.headers.get("accept"))
-    catalog: Catalog = request.app.state.catalog
+    catalog = services(request).catalog
     data, versions = await run_in_threadpool(_study_json, catalog, study)
     return await _json(request, data, _etag(*versions))
 
@@ -205,7 +176,7 @@ def _study_json(catalog: Catalog, study: str) -> tuple[bytes, list[str]]:
 async def instance_metadata(request: Request) -> Response:
     study, series, sop = resource_uids(request)
     accept.require_json(request.headers.get("accept"))
-    catalog: Catalog = request.app.state.catalog
+    catalog = services(request).catalog
     [item] = await run_in_threadpool(catalog.resource, study, series, sop)
     obj = await run_in_threadpool(meta.instance_json, item.path, item.study, item.series, item.sop)
     data = json.dumps([obj], ensure_ascii=False, separators=(",", ":")).encode()
@@ -220,11 +191,11 @@ async def _json(request: Request, data: bytes, etag: str, cache: str = COLLECTIO
         return Response(status_code=304, headers=headers)
     gzipped = {**headers, "Content-Encoding": "gzip"}
     wants_gzip = "gzip" in request.headers.get("accept-encoding", "")
-    if wants_gzip and (packed := _gzip_cache.find(etag)) is not None:
+    if wants_gzip and (packed := services(request).gzip.find(etag)) is not None:
         return Response(packed, media_type=DICOM_JSON, headers=gzipped)  # this version, packed before
     body = meta.with_base(data, base)
     if wants_gzip and len(body) > 4096:
-        packed = await run_in_threadpool(_gzip_cache.add, etag, body)
+        packed = await run_in_threadpool(services(request).gzip.add, etag, body)
         return Response(packed, media_type=DICOM_JSON, headers=gzipped)
     return Response(body, media_type=DICOM_JSON, headers=headers)
 
@@ -269,7 +240,7 @@ def negotiate_frames(header: str | None, stored: str) -> FrameChoice:
 async def frames(request: Request) -> Response:
     study, series, sop = resource_uids(request)
     numbers = frame_io.parse_frame_list(request.path_params["frames"])
-    catalog: Catalog = request.app.state.catalog
+    catalog = services(request).catalog
     [item] = await run_in_threadpool(catalog.resource, study, series, sop)
     choice = negotiate_frames(request.headers.get("accept"), item.transfer_syntax)
     etag = _etag(item.sop, str(item.size), item.transfer_syntax, ",".join(map(str, numbers)), choice.syntax)
@@ -304,7 +275,7 @@ async def bulkdata(request: Request) -> Response:
         tag = int(tag_text, 16)
     except ValueError as exc:
         raise InvalidRequest(f"bulk data tag {tag_text!r}: expected 8 hex digits") from exc
-    catalog: Catalog = request.app.state.catalog
+    catalog = services(request).catalog
     [item] = await run_in_threadpool(catalog.resource, study, series, sop)
     etag = _etag(item.sop, str(item.size), tag_text)
     headers = {"ETag": etag, "Cache-Control": INSTANCE_CACHE}
@@ -334,7 +305,7 @@ async def wado_uri(request: Request) -> Response:
     series = path_uid(params["seriesUID"], "seriesUID")
     sop = path_uid(params["objectUID"], "objectUID")
     content_types = [c.strip() for c in params.get("contentType", "image/jpeg").split(",")]  # §9.1.2.3.1 default
-    catalog: Catalog = request.app.state.catalog
+    catalog = services(request).catalog
     [item] = await run_in_threadpool(catalog.resource, study, series, sop)
     if DICOM not in content_types:
         images = [c for c in content_types if c in ("image/jpeg", "image/png", "image/gif")]

@@ -191,8 +191,9 @@ def _equipment(derivation: Derivation, stamp: datetime) -> Dataset:
 def _regrid(ds: Dataset, source: Dataset, f: int) -> None:
     ds.Rows, ds.Columns = int(source.Rows) * f, int(source.Columns) * f
     for keyword in SCALED_SPACINGS:
-        if keyword in source and source.get(keyword):
-            ds.data_element(keyword).value = [_ds(float(v) / f) for v in source.get(keyword)]
+        values = source.get(keyword)
+        if values:
+            setattr(ds, keyword, [_ds(float(v) / f) for v in values])
     position, orientation, spacing = (
         source.get("ImagePositionPatient"),
         source.get("ImageOrientationPatient"),
@@ -291,5 +292,6 @@ def encoded(ds: Dataset) -> bytes:
 
 def series_numbers(source_number: object, offsets: Sequence[int] = (1000, 2000, 3000)) -> list[int]:
     """Series numbers of the SR, uncertainty and report series: the source's plus an offset (IS fits 2^31)."""
-    base = int(source_number) if str(source_number or "").strip().lstrip("-").isdigit() else 0
+    text = str(source_number or "").strip()
+    base = int(text) if text.lstrip("-").isdigit() else 0
     return [(base + offset) % 2**31 for offset in offsets]

@@ -1,0 +1,112 @@
+"""What the HTTP handlers work with: one typed, frozen object, built once by the composition root, set once on
+the app (``app.state.services``) and read through ``services(request)``.
+
+It holds the node's services and the HTTP side's own parts: its limits, the DICOMweb prefix, the gzip cache of
+series metadata and the thread that writes new renderings to the cache. ``close()`` (the app's lifespan) stops
+that thread; nothing here is a module global.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import gzip
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from starlette.requests import HTTPConnection
+
+from dcmnode.config import Settings
+from dcmnode.core.catalog import Catalog
+from dcmnode.core.importing.registry import Registry
+from dcmnode.core.ingest import Ingest
+from dcmnode.core.jobs.queue import Jobs
+from dcmnode.core.render import Renderer
+from dcmnode.core.services import Services
+
+DICOMWEB_PREFIX = "/dicom-web"
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class QidoLimits:
+    max_results: int
+
+
+@dataclass(frozen=True, slots=True)
+class StowLimits:
+    max_request_bytes: int
+    max_part_bytes: int
+    fsync: bool
+
+
+class GzipCache:
+    """Compressed metadata per (series version, base URL): compressed once, then served as is."""
+
+    def __init__(self, size: int = 32) -> None:
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def find(self, key: str) -> bytes | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def add(self, key: str, body: bytes) -> bytes:
+        packed = gzip.compress(body, compresslevel=1, mtime=0)  # JSON this repetitive packs ~8x even at level 1
+        with self._lock:
+            self._items[key] = packed
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return packed
+
+
+def _cache_writer() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="render-cache")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpServices:
+    settings: Settings
+    ingest: Ingest
+    catalog: Catalog
+    renderer: Renderer
+    jobs: Jobs
+    imports: Registry  # the bulk upload jobs of this process (``/api/imports``)
+    qido: QidoLimits
+    stow: StowLimits
+    dimse_port: int  # where DIMSE listens (``/api/status``)
+    prefix: str = DICOMWEB_PREFIX
+    gzip: GzipCache = field(default_factory=GzipCache)
+    cache_writer: concurrent.futures.ThreadPoolExecutor = field(default_factory=_cache_writer)
+
+    @classmethod
+    def build(cls, services: Services, dimse_port: int) -> HttpServices:
+        http = services.settings.http
+        return cls(
+            settings=services.settings,
+            ingest=services.ingest,
+            catalog=services.catalog,
+            renderer=services.renderer,
+            jobs=services.jobs,
+            imports=Registry(services.ingest, services.settings),
+            qido=QidoLimits(http.max_query_results),
+            stow=StowLimits(http.max_request_mb * MIB, http.max_part_mb * MIB, services.settings.store.fsync),
+            dimse_port=dimse_port,
+        )
+
+    def close(self) -> None:
+        """Cancel the open uploads (between members: what was stored stays stored), let the renderings already
+        handed to the cache writer reach the cache, then stop it."""
+        self.imports.cancel_all()
+        self.cache_writer.shutdown(wait=True)
+
+
+def services(connection: HTTPConnection) -> HttpServices:
+    """The HTTP side's services, as the composition root set them on the app."""
+    found = connection.app.state.services
+    assert isinstance(found, HttpServices), "the app was built without HttpServices (app.Node.asgi sets them)"
+    return found
