@@ -1,16 +1,17 @@
 """Domain errors. Each carries the DICOM status an adapter answers with.
 
-Imports: stdlib only. Adapters map these in exactly one place each:
-DIMSE statuses in ``dimse/scp.py`` (``err.status``), HTTP codes in ``app.py`` (``HTTP_STATUS``).
+Imports: stdlib only. Adapters map these in exactly one place each: DIMSE statuses and STOW-RS FailureReason in
+``status.py`` (``err.status`` where the service may answer it, else its "unable to process" code; 0xA900 for a
+bad C-FIND/C-MOVE/C-GET identifier), HTTP codes in ``app.py`` (``HTTP_STATUS``).
 
-    DcmnodeError                 0x0110 Processing failure (PS3.4 Annex B)
+    DcmnodeError                 0x0110 Processing failure (PS3.7 Annex C)
     ├── InvalidInstance          0xC000 Cannot understand (not DICOM, truncated, missing/invalid UIDs)
     │   └── SopClassMismatch     0xA900 Data Set does not match SOP Class
     ├── DuplicateInstance        0x0111 Duplicate SOP Instance (PS3.7 C.4), on_duplicate = "reject"
     ├── Conflict                 0x0110 e.g. STOW study UID differs from the request path
     ├── StorageFull              0xA700 Refused: Out of resources
     ├── NotFound
-    ├── InvalidRequest           bad HTTP request syntax (400)
+    ├── InvalidRequest           bad HTTP request syntax (400); a bad query/retrieve identifier (0xA900)
     ├── UnsupportedMediaType     (415)
     ├── NotAcceptable            no media type / transfer syntax in the Accept header can be served (406)
     ├── PayloadTooLarge          (413)

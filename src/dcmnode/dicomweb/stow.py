@@ -1,8 +1,9 @@
 """STOW-RS (PS3.18 §10.5): POST /studies and /studies/{study}, multipart/related; type="application/dicom".
 
-Imports: stdlib, anyio, starlette, errors, model, core. The body is streamed to temp files part by part (a 2 GB
-request never sits in memory); once the closing boundary is in, each part goes through ``core.ingest`` and its
-outcome lands in ReferencedSOPSequence or FailedSOPSequence (FailureReason = the PS3.4 status of the failure).
+Imports: stdlib, anyio, starlette, errors, status, model, core, dicomweb. The body is streamed to temp files part by
+part (a 2 GB request never sits in memory); once the closing boundary is in, each part goes through ``core.ingest``
+and its outcome lands in ReferencedSOPSequence or FailedSOPSequence (FailureReason = the PS3.4 status a C-STORE of
+the part would answer, ``status.code(err, Service.STORE)``).
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from dcmnode.dicomweb.multipart import Part, PartSpooler, parse_media_type
 from dcmnode.dicomweb.paths import base_url, path_uid
 from dcmnode.errors import DcmnodeError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from dcmnode.model import Source, SourceKind, StoredInstance
+from dcmnode.status import CANNOT_UNDERSTAND, PROCESSING_FAILURE, Service, code
 
 log = logging.getLogger(__name__)
 
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
-CANNOT_UNDERSTAND = 0xC000
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +113,10 @@ def _ingest_parts(
             stored.append(ingest.store_temp(part.path, source, expected))
         except DcmnodeError as err:
             log.warning("STOW-RS part %d refused 0x%04X: %s", number, err.status, err.reason)
-            failed.append(Failure(err.status, err.reason, err.sop_class, err.sop_instance))
+            failed.append(Failure(code(err, Service.STORE), err.reason, err.sop_class, err.sop_instance))
         except Exception:
             log.exception("STOW-RS part %d failed", number)
-            failed.append(Failure(0x0110, "internal error; see the node's log"))
+            failed.append(Failure(PROCESSING_FAILURE, "internal error; see the node's log"))
     return stored, failed
 
 

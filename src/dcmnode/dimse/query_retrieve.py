@@ -1,12 +1,13 @@
 """C-FIND, C-MOVE and C-GET SCP (PS3.4 Annex C), Patient Root and Study Root, over ``core.query`` and
-``core.retrieve``. Imports: stdlib, pydicom, pynetdicom, config, errors, core.
+``core.retrieve``. Imports: stdlib, pydicom, pynetdicom, config, errors, status, core, dimse.
 
 C-FIND answers with the same engine and the same values as QIDO-RS: one pending response per match, holding
 exactly the keys the identifier asked for. C-MOVE sends to a destination declared under ``[peers]`` (0xA801
 and a log line otherwise); C-GET sends back over the requesting association, on the storage contexts it
 negotiated with SCP/SCU role selection. Both send each file as stored when the receiver accepted its transfer
 syntax, and decompress it when the receiver accepted only uncompressed syntaxes. C-CANCEL is honoured between
-matches and between sub-operations.
+matches and between sub-operations. A request that fails is answered from ``dcmnode.status``: 0xA900 for a bad
+identifier, the service's "unable to process" code (0xC320, 0xC520, 0xC420) for anything else.
 """
 
 from __future__ import annotations
@@ -19,28 +20,30 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom import evt
-from pynetdicom.presentation import build_context
+from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dcmnode.config import Settings
+from dcmnode import status
+from dcmnode.config import Peer, Settings
 from dcmnode.core import query as q
 from dcmnode.core import retrieve
 from dcmnode.core.catalog import Catalog
 from dcmnode.dimse import send
 from dcmnode.errors import DcmnodeError, InvalidRequest
+from dcmnode.status import CANCEL, PENDING, Service
 
 log = logging.getLogger(__name__)
 
-PENDING = 0xFF00
-CANCEL = 0xFE00
-SUCCESS = 0x0000
-IDENTIFIER_MISMATCH = 0xA900  # Identifier does not match SOP Class
-UNABLE_TO_PROCESS = 0xC000
-MOVE_DESTINATION_UNKNOWN = 0xA801
-SUB_OPERATION_FAILED = 0xA702  # Refused: out of resources - unable to perform sub-operations
 NEVER_NEGOTIATED = "2.25.0"  # a valid UID no presentation context ever names
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+INTERNAL_ERROR = "internal error; see the node's log"
 _SKIP = {0x00080005, 0x00080052, 0x00080054, 0x00080056}  # charset, level, retrieve AE, availability
+
+Response = tuple[int | Dataset, Dataset | None]
+"""(Status, data set): a status code or a status data set (Status, Error Comment), with the C-FIND match or the
+instance a C-MOVE/C-GET sub-operation sends (None with a final status)."""
+Destination = tuple[None, None] | tuple[str, int, dict[str, Any]]
+"""Where a C-MOVE sends: (None, None) for an unknown destination, else host, port and ``AE.associate`` keywords."""
 
 
 def identifier_to_query(identifier: Dataset, sop_class: str) -> tuple[q.Query, list[int]]:
@@ -104,14 +107,36 @@ def _vr_of(tag: int) -> str:
         return "UN"
 
 
-def handle_find(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterator[tuple[int, Dataset | None]]:
-    requestor = event.assoc.requestor
+def handle_find(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterator[Response]:
+    """Answer a C-FIND (``evt.EVT_C_FIND``) from the index.
+
+    Parameters
+    ----------
+    event : pynetdicom.events.Event
+        The C-FIND request: its ``identifier`` (query level and keys) and the information model it came under
+        (``context.abstract_syntax``: PATIENT level needs Patient Root).
+    catalog : Catalog
+        The read side of the store.
+    settings : Settings
+        The node's settings (its AE title is each match's Retrieve AE Title).
+
+    Yields
+    ------
+    Response
+        ``(0xFF00, match)`` per matching entity, holding the keys the identifier asked for (those the index
+        does not hold come back empty); then nothing, and pynetdicom answers 0x0000. On C-CANCEL
+        ``(0xFE00, None)``. On a failure one ``(status, None)`` with Status and Error Comment (``status.failure``):
+        0xA900 for a bad identifier, 0xC320 for anything else.
+    """
     try:
-        query, unknown = identifier_to_query(event.identifier, str(event.context.abstract_syntax))
-    except DcmnodeError as err:
-        log.warning("C-FIND from %s refused: %s", requestor.ae_title, err.reason)
-        yield _failure(IDENTIFIER_MISMATCH, err.reason), None
-        return
+        yield from _matches(event, catalog, settings)
+    except Exception as exc:
+        yield _refusal(exc, Service.FIND, event), None
+
+
+def _matches(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterator[Response]:
+    requestor = event.assoc.requestor
+    query, unknown = identifier_to_query(event.identifier, str(event.context.abstract_syntax))
     count = 0
     for row in catalog.iterate(query):
         if event.is_cancelled:
@@ -123,11 +148,18 @@ def handle_find(event: evt.Event, catalog: Catalog, settings: Settings) -> Itera
     log.info("C-FIND %s from %s: %d matches", query.level, requestor.ae_title, count)
 
 
-def _failure(code: int, reason: str) -> Dataset:
-    status = Dataset()
-    status.Status = code
-    status.ErrorComment = reason[:64]
-    return status
+def _refusal(exc: Exception, service: Service, event: evt.Event) -> Dataset:
+    """The failure status for an error raised while answering ``event`` (call it in the ``except`` block): a
+    domain error's row of the status table; any other exception is logged with its traceback and answered as
+    a processing failure (the service's "unable to process" code), its text kept out of the answer."""
+    caller = event.assoc.requestor.ae_title
+    err = exc if isinstance(exc, DcmnodeError) else DcmnodeError(INTERNAL_ERROR)
+    answer = status.failure(err, service)
+    if err is exc:
+        log.warning("%s from %s refused 0x%04X: %s", service, caller, answer.Status, err.reason)
+    else:
+        log.exception("%s from %s failed (0x%04X)", service, caller, answer.Status)
+    return answer
 
 
 def _retrieve_files(event: evt.Event, catalog: Catalog) -> list[retrieve.StoredFile]:
@@ -141,49 +173,94 @@ def _retrieve_files(event: evt.Event, catalog: Catalog) -> list[retrieve.StoredF
     return catalog.select(query.matches, query.level)
 
 
-def handle_move(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterator[Any]:
-    requestor = event.assoc.requestor
+def _proposal(files: list[retrieve.StoredFile]) -> list[PresentationContext]:
+    """``send.proposal``; needing more presentation contexts than one association holds is a limit of the
+    node, not a fault of the identifier, so it is answered "unable to process", not 0xA900."""
+    try:
+        return send.proposal(files)
+    except InvalidRequest as err:
+        raise DcmnodeError(err.reason) from err
+
+
+def handle_move(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterator[Destination | int | Response]:
+    """Answer a C-MOVE (``evt.EVT_C_MOVE``): send the instances the identifier names to a declared peer.
+
+    Parameters
+    ----------
+    event : pynetdicom.events.Event
+        The C-MOVE request: ``identifier`` (level and unique keys), ``move_destination`` (an AE title).
+    catalog : Catalog
+        The read side of the store.
+    settings : Settings
+        The node's settings: ``peers`` holds the destinations C-MOVE may send to.
+
+    Yields
+    ------
+    Destination
+        First, where to send: ``(None, None)`` when the destination is not under ``[peers]`` (pynetdicom then
+        answers 0xA801 and the generator ends). Else ``(host, port, {"contexts": ..., "evt_handlers": ...})``
+        proposing each SOP class in its stored and in the uncompressed transfer syntaxes.
+    int
+        Second, the number of sub-operations (pynetdicom associates with the destination after this).
+    Response
+        Then one ``(0xFF00, instance)`` per sub-operation, an instance the destination cannot receive as a
+        stand-in that fails (``_unsendable``), or ``(0xFE00, None)`` on C-CANCEL; pynetdicom sends the C-STOREs,
+        counts them and answers 0x0000, 0xB000 or 0xA702. A request that fails before any sub-operation still
+        yields a destination (proposing only Verification) and a count of 1, since pynetdicom answers only
+        after associating, then its failure: 0xA900 for a bad identifier, 0xC520 for anything else.
+    """
+    peer = _destination(event, settings)
+    if peer is None:
+        yield None, None
+        return
+    try:
+        files = _retrieve_files(event, catalog)
+        contexts = _proposal(files)
+    except Exception as exc:
+        yield from _refused_move(peer, _refusal(exc, Service.MOVE, event))
+        return
+    accepted: dict[str, list[str]] = {}
+    yield peer.host, peer.port, {"contexts": contexts, "evt_handlers": [(evt.EVT_ACCEPTED, _remember, [accepted])]}
+    yield len(files)
+    log.info("C-MOVE from %s: %d instances to %s", event.assoc.requestor.ae_title, len(files), _described(peer))
+    yield from _sub_operations(event, files, accepted)
+
+
+def _destination(event: evt.Event, settings: Settings) -> Peer | None:
+    """The declared peer a C-MOVE names as Move Destination; None (and a log line saying where to declare it)
+    for an AE title not under ``[peers]``."""
     destination = str(event.move_destination).strip()
     peer = settings.peers.get(destination)
     if peer is None:
         log.warning(
             "C-MOVE from %s to %s refused (0xA801): move destination unknown; declare it as [peers.%s] host/port",
-            requestor.ae_title,
-            destination,
-            destination,
-        )
-        yield None, None
-        return
-    try:
-        files = _retrieve_files(event, catalog)
-    except DcmnodeError as err:
-        log.warning("C-MOVE from %s refused: %s", requestor.ae_title, err.reason)
-        # pynetdicom answers only after associating with the destination: propose just Verification (every
-        # SCP takes it), then fail the one announced sub-operation with the reason.
-        yield peer.host, peer.port, {"contexts": [build_context(Verification)]}
-        yield 1
-        yield _failure(IDENTIFIER_MISMATCH, err.reason), None
-        return
-    accepted: dict[str, list[str]] = {}
-    contexts = send.proposal(files)
-    yield peer.host, peer.port, {"contexts": contexts, "evt_handlers": [(evt.EVT_ACCEPTED, _remember, [accepted])]}
-    yield len(files)
-    log.info("C-MOVE from %s: %d instances to %s (%s:%d)", requestor.ae_title, len(files), destination, *_at(peer))
-    yield from _sub_operations(event, files, accepted)
+            event.assoc.requestor.ae_title, destination, destination,
+        )  # fmt: skip
+    return peer
 
 
-def _at(peer: Any) -> tuple[str, int]:
-    return peer.host, peer.port
+def _described(peer: Peer) -> str:
+    return f"{peer.ae_title} ({peer.host}:{peer.port})"
+
+
+def _refused_move(peer: Peer, refusal: Dataset) -> Iterator[Destination | int | Response]:
+    """A C-MOVE failure before any sub-operation. pynetdicom answers only after associating with the destination:
+    propose just Verification (every SCP takes it), announce one sub-operation, then fail it with the reason."""
+    yield peer.host, peer.port, {"contexts": [build_context(Verification)]}
+    yield 1
+    yield refusal, None
 
 
 def _remember(event: evt.Event, accepted: dict[str, list[str]]) -> None:
+    """``evt.EVT_ACCEPTED`` on the association with the C-MOVE destination: note the transfer syntaxes it
+    accepted per SOP class (filled into ``accepted``) before the first sub-operation."""
     for cx in event.assoc.accepted_contexts:
         accepted.setdefault(str(cx.abstract_syntax), []).extend(str(ts) for ts in cx.transfer_syntax)
 
 
 def _sub_operations(
     event: evt.Event, files: list[retrieve.StoredFile], accepted: dict[str, list[str]]
-) -> Iterator[tuple[int, Dataset | None]]:
+) -> Iterator[Response]:
     for item in files:
         if event.is_cancelled:
             yield CANCEL, None
@@ -211,14 +288,37 @@ def _unsendable(item: retrieve.StoredFile) -> Dataset:
     return ds
 
 
-def handle_get(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterator[Any]:
+def handle_get(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterator[int | Response]:
+    """Answer a C-GET (``evt.EVT_C_GET``): send the instances the identifier names back over the same
+    association, as C-STORE sub-operations on the storage contexts the requestor accepted the SCP role for.
+
+    Parameters
+    ----------
+    event : pynetdicom.events.Event
+        The C-GET request: ``identifier`` (level and unique keys); ``assoc.accepted_contexts`` tells what the
+        requestor can receive.
+    catalog : Catalog
+        The read side of the store.
+    settings : Settings
+        The node's settings (not read; bound like C-FIND's and C-MOVE's).
+
+    Yields
+    ------
+    int
+        First, the number of sub-operations.
+    Response
+        Then one ``(0xFF00, instance)`` per sub-operation, a stand-in that fails for an instance the requestor
+        cannot receive, or ``(0xFE00, None)`` on C-CANCEL; pynetdicom answers 0x0000, 0xB000 or 0xA702 at the
+        end. A request that fails yields a count of 1 (pynetdicom answers nothing before it), then its failure:
+        0xA900 for a bad identifier, 0xC420 for anything else.
+    """
     requestor = event.assoc.requestor
     try:
         files = _retrieve_files(event, catalog)
-    except DcmnodeError as err:
-        log.warning("C-GET from %s refused: %s", requestor.ae_title, err.reason)
+    except Exception as exc:
+        refusal = _refusal(exc, Service.GET, event)
         yield 1
-        yield _failure(IDENTIFIER_MISMATCH, err.reason), None
+        yield refusal, None
         return
     accepted: dict[str, list[str]] = {}
     for cx in event.assoc.accepted_contexts:

@@ -1,9 +1,9 @@
 """DIMSE SCP: C-ECHO and C-STORE over pynetdicom, a thin adapter over ``core.ingest``.
 
-Imports: stdlib, pynetdicom, pydicom, config, errors, model, core. The DICOM status of a failure comes from the
-domain error (``err.status``, PS3.4 Annex B.2.3): 0xA700 out of resources, 0xA900 data set does not match SOP
-class, 0xC000 cannot understand, 0x0110 processing failure. Success (0x0000) is answered only after
-``Ingest`` has made the instance durable.
+Imports: stdlib, pynetdicom, pydicom, config, errors, status, model, core, dimse. The DICOM status of a failure
+comes from the domain error (``status.failure``, which for C-STORE is ``err.status``, PS3.4 Annex B.2.3): 0xA700
+out of resources, 0xA900 data set does not match SOP class, 0xC000 cannot understand, 0x0110 processing failure.
+Success (0x0000) is answered only after ``Ingest`` has made the instance durable.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import socket
 import socketserver
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -28,6 +29,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dcmnode import status
 from dcmnode.config import Settings
 from dcmnode.core.catalog import Catalog
 from dcmnode.core.ingest import Ingest
@@ -36,6 +38,7 @@ from dcmnode.dimse import query_retrieve
 from dcmnode.dimse.pacer import Pacer
 from dcmnode.errors import DcmnodeError
 from dcmnode.model import Source, SourceKind
+from dcmnode.status import SUCCESS, Service
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +51,8 @@ QUERY_RETRIEVE = (
     StudyRootQueryRetrieveInformationModelGet,
 )
 
-SUCCESS = 0x0000
 ACCEPT_YIELD = 0.002  # seconds a process waits per association it already serves before accepting another
-PROCESSING_FAILURE = 0x0110
+INTERNAL_ERROR = "internal error while storing; see the node's log"
 
 
 def build_ae(settings: Settings) -> AE:
@@ -70,7 +72,7 @@ def build_ae(settings: Settings) -> AE:
     # Every storage SOP class, every transfer syntax pynetdicom knows: stored as received, never transcoded.
     # Both roles accepted in SCP/SCU role selection: a C-GET requestor acts as storage SCP (PS3.4 C.4.3).
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+        ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     for sop_class in QUERY_RETRIEVE:
         ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
     return ae
@@ -83,7 +85,8 @@ class SharedSocketServer(ThreadedAssociationServer):
     listening: socket.socket
 
     def server_bind(self) -> None:
-        self.socket.close()  # the unbound socket socketserver made for us
+        if self.socket is not None:
+            self.socket.close()  # the unbound socket socketserver made for us
         self.socket = self.listening
         self.server_address = self.socket.getsockname()
 
@@ -158,6 +161,13 @@ def start(settings: Settings, ingest: Ingest, catalog: Catalog, sock: socket.soc
 
 
 def handle_open(event: evt.Event) -> None:
+    """``evt.EVT_CONN_OPEN``: turn Nagle's algorithm off on the new connection's socket.
+
+    Parameters
+    ----------
+    event : pynetdicom.events.Event
+        The connection just accepted (``assoc.dul.socket``).
+    """
     # Nagle + delayed ACK add ~40 ms to every DIMSE round trip (what stock Orthanc suffers, shared/bench).
     sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
     if sock is not None:
@@ -165,40 +175,77 @@ def handle_open(event: evt.Event) -> None:
 
 
 def handle_established(event: evt.Event) -> None:
+    """``evt.EVT_ESTABLISHED``: log who associated.
+
+    Parameters
+    ----------
+    event : pynetdicom.events.Event
+        The association just accepted (``assoc.requestor``: AE title, address, port).
+    """
     requestor = event.assoc.requestor
     log.info("association from %s (%s:%s)", requestor.ae_title, requestor.address, requestor.port)
 
 
 def handle_rejected(event: evt.Event) -> None:
+    """``evt.EVT_REJECTED``: log a refused association (e.g. a calling AE title not allowed).
+
+    Parameters
+    ----------
+    event : pynetdicom.events.Event
+        The association pynetdicom rejected.
+    """
     requestor = event.assoc.requestor
     log.warning("association from %s (%s) rejected", requestor.ae_title, requestor.address)
 
 
 def handle_echo(event: evt.Event) -> int:
+    """``evt.EVT_C_ECHO``: answer a C-ECHO.
+
+    Parameters
+    ----------
+    event : pynetdicom.events.Event
+        The C-ECHO request.
+
+    Returns
+    -------
+    int
+        0x0000, always.
+    """
     return SUCCESS
 
 
 def handle_store(event: evt.Event, ingest: Ingest, pacer: Pacer) -> int | Dataset:
+    """``evt.EVT_C_STORE``: store the received instance, as received, through ``Ingest``.
+
+    Parameters
+    ----------
+    event : pynetdicom.events.Event
+        The C-STORE request: its data set bytes (``encoded_dataset()``, not decoded), the presentation context's
+        SOP class and the request's Affected SOP Instance UID, which the data set must agree with.
+    ingest : Ingest
+        Where the instance goes; it returns only once the instance is durable.
+    pacer : Pacer
+        Told of the activity, so that the association's reactor polls fast while instances arrive.
+
+    Returns
+    -------
+    int or pydicom.dataset.Dataset
+        0x0000 once stored; else a status data set with Status and Error Comment (``status.failure``): the
+        domain error's ``err.status`` (0xA700, 0xA900, 0xC000, 0x0110, 0x0111), 0x0110 for an unexpected error.
+    """
     pacer.touch(event.assoc)
     requestor = event.assoc.requestor
     source = Source(SourceKind.DIMSE, ae_title=requestor.ae_title, address=str(requestor.address))
     expected = Expected(
         sop_class=str(event.context.abstract_syntax),
-        sop_instance=str(event.request.AffectedSOPInstanceUID or "") or None,
+        sop_instance=str(cast(C_STORE, event.request).AffectedSOPInstanceUID or "") or None,
     )
     try:
         ingest.store_bytes(event.encoded_dataset(), source, expected)
     except DcmnodeError as err:
         log.warning("C-STORE from %s refused 0x%04X: %s", source, err.status, err.reason)
-        return _status(err.status, err.reason)
+        return status.failure(err, Service.STORE)
     except Exception:
         log.exception("C-STORE from %s failed", source)
-        return _status(PROCESSING_FAILURE, "internal error while storing; see the node's log")
+        return status.failure(DcmnodeError(INTERNAL_ERROR), Service.STORE)
     return SUCCESS
-
-
-def _status(code: int, reason: str) -> Dataset:
-    status = Dataset()
-    status.Status = code
-    status.ErrorComment = reason[:64]  # LO: at most 64 characters
-    return status

@@ -1,0 +1,104 @@
+"""DIMSE statuses (PS3.4): the constants, and the Status each domain error is answered with, per service.
+
+Imports: pydicom, errors. A leaf, so that both adapters use it: DIMSE answers ``failure(err, service)``, STOW-RS
+reports ``code(err, Service.STORE)`` as the part's FailureReason (PS3.18 §10.5.3).
+
+``TABLE`` is the one table of error class x service. A cell it leaves blank is ``err.status`` where the service
+may answer that code, else the service's "unable to process" code:
+
+- C-STORE (PS3.4 Table B.2-1): A7xx out of resources, A9xx data set does not match SOP class, Cxxx cannot
+  understand; and 0x0110 processing failure, 0x0111 duplicate SOP instance (PS3.7 Annex C), which dcmnode
+  has always answered. So every C-STORE answer is ``err.status``.
+- C-FIND (Table C.4-1): A700, A900 identifier does not match SOP class, Cxxx unable to process.
+- C-MOVE (Table C.4-2): A701/A702 out of resources, A801 move destination unknown, A900, Cxxx.
+- C-GET (Table C.4-3): A701/A702, A900, Cxxx.
+
+The standard leaves the Cxxx value to the implementation; dcmnode uses pynetdicom's qrscp codes, 0xC320 (C-FIND),
+0xC520 (C-MOVE) and 0xC420 (C-GET), distinct from the 0xC3x1/0xC4x1/0xC5x1 pynetdicom itself answers when a
+handler fails. A bad identifier (``InvalidRequest`` on a query or retrieve) is 0xA900, as in qrscp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Final
+
+from pydicom.dataset import Dataset
+
+from dcmnode.errors import Cancelled, DcmnodeError, InvalidRequest
+
+SUCCESS: Final = 0x0000
+PENDING: Final = 0xFF00  # C-FIND: matches are continuing; C-MOVE/C-GET: sub-operations are continuing
+CANCEL: Final = 0xFE00
+SUB_OPERATIONS_WARNING: Final = 0xB000  # C-MOVE/C-GET: sub-operations complete, one or more failures
+PROCESSING_FAILURE: Final = 0x0110  # PS3.7 Annex C
+DUPLICATE_SOP_INSTANCE: Final = 0x0111  # PS3.7 Annex C
+OUT_OF_RESOURCES: Final = 0xA700
+OUT_OF_RESOURCES_MATCHES: Final = 0xA701  # unable to calculate the number of matches
+OUT_OF_RESOURCES_SUB_OPERATIONS: Final = 0xA702  # unable to perform sub-operations
+MOVE_DESTINATION_UNKNOWN: Final = 0xA801
+IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS: Final = 0xA900  # C-STORE: data set does not match SOP class
+CANNOT_UNDERSTAND: Final = 0xC000
+ERROR_COMMENT_LENGTH: Final = 64  # Error Comment (0000,0902) is LO
+
+
+class Service(StrEnum):
+    STORE = "C-STORE"
+    FIND = "C-FIND"
+    MOVE = "C-MOVE"
+    GET = "C-GET"
+
+
+def _codes(*codes: int | range) -> frozenset[int]:
+    return frozenset(c for part in codes for c in (part if isinstance(part, range) else (part,)))
+
+
+_A7XX, _A9XX, _CXXX = range(0xA700, 0xA800), range(0xA900, 0xAA00), range(0xC000, 0xD000)
+ANSWERABLE: Final[Mapping[Service, frozenset[int]]] = {
+    Service.STORE: _codes(_A7XX, _A9XX, _CXXX, PROCESSING_FAILURE, DUPLICATE_SOP_INSTANCE),
+    Service.FIND: _codes(OUT_OF_RESOURCES, IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, _CXXX),
+    Service.MOVE: _codes(
+        OUT_OF_RESOURCES_MATCHES,
+        OUT_OF_RESOURCES_SUB_OPERATIONS,
+        MOVE_DESTINATION_UNKNOWN,
+        IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+        _CXXX,
+    ),
+    Service.GET: _codes(
+        OUT_OF_RESOURCES_MATCHES, OUT_OF_RESOURCES_SUB_OPERATIONS, IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, _CXXX
+    ),
+}
+"""The failure codes each service may answer (PS3.4 Tables B.2-1, C.4-1, C.4-2, C.4-3)."""
+
+UNABLE_TO_PROCESS: Final[Mapping[Service, int]] = {
+    Service.STORE: PROCESSING_FAILURE,
+    Service.FIND: 0xC320,
+    Service.MOVE: 0xC520,
+    Service.GET: 0xC420,
+}
+
+_BAD_IDENTIFIER = IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
+TABLE: Final[Mapping[type[DcmnodeError], Mapping[Service, int]]] = {
+    InvalidRequest: {Service.FIND: _BAD_IDENTIFIER, Service.MOVE: _BAD_IDENTIFIER, Service.GET: _BAD_IDENTIFIER},
+    # PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4: matching or sub-operations terminated due to a Cancel request
+    Cancelled: {Service.FIND: CANCEL, Service.MOVE: CANCEL, Service.GET: CANCEL},
+}
+
+
+def code(err: DcmnodeError, service: Service) -> int:
+    """The Status ``service`` answers ``err`` with: its cell in ``TABLE`` (the first class ``err`` is an instance
+    of: list a subclass before its base), else ``err.status`` where the service may answer it, else the service's
+    "unable to process" code."""
+    for cls, cells in TABLE.items():
+        if isinstance(err, cls) and service in cells:
+            return cells[service]
+    return err.status if err.status in ANSWERABLE[service] else UNABLE_TO_PROCESS[service]
+
+
+def failure(err: DcmnodeError, service: Service) -> Dataset:
+    """The failure response's status: Status ``code(err, service)`` and the reason as Error Comment."""
+    status = Dataset()
+    status.Status = code(err, service)
+    status.ErrorComment = err.reason[:ERROR_COMMENT_LENGTH]
+    return status
