@@ -31,6 +31,8 @@ from tests.conftest import LiveServer
 from tests.factories import bundled, ct_series, part10
 from tests.test_ohif import CANVAS_STATS, CHROMIUM, CHROMIUM_ARGS
 
+pytestmark = pytest.mark.browser
+
 TIMEOUT_MS = 30_000
 REPO = Path(__file__).resolve().parents[1]
 ENHANCE_DEFAULTS = {  # every toggle of the enhancement panel and the enhance= text it sends (default parameters)
