@@ -31,6 +31,8 @@ from dcmnode.model import Source, SourceKind
 from tests.conftest import HOST, LiveServer
 from tests.factories import ct_series, part10
 
+pytestmark = pytest.mark.browser
+
 OHIF_VERSION = "3.13.2"
 DIST = Path(__file__).resolve().parents[1] / ".cache" / "ohif" / OHIF_VERSION / "package" / "dist"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

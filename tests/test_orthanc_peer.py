@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.orthanc
+
 SCRIPT = Path(__file__).with_name("orthanc_peer.py")
 
 

@@ -64,6 +64,7 @@ def test_classical_beats_bicubic_on_real_ct(ct_small: np.ndarray) -> None:
     assert spread.min() >= 0 and spread.max() > 0
 
 
+@pytest.mark.learned_sr
 def test_learned_beats_bicubic_and_reports(ct_small: np.ndarray) -> None:
     x = resample.np_downsample(ct_small, 2, "area")
     bicubic = api.super_resolve(x, 2, method="bicubic", modality="CT")[0]
@@ -79,7 +80,7 @@ def test_learned_beats_bicubic_and_reports(ct_small: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("factor", [2, 4])
-@pytest.mark.parametrize("method", ["learned", "classical"])
+@pytest.mark.parametrize("method", [pytest.param("learned", marks=pytest.mark.learned_sr), "classical"])
 def test_shapes_stack_and_single_image(method: str, factor: int) -> None:
     stack = np.stack([blocks(24, seed=s)[:, :20] for s in range(2)])
     up, unc = api.super_resolve(stack, factor, method=method, modality="CT", fallback=False, **FAST)
@@ -89,6 +90,7 @@ def test_shapes_stack_and_single_image(method: str, factor: int) -> None:
     assert single.shape == single_unc.shape == (24 * factor, 20 * factor)
 
 
+@pytest.mark.learned_sr
 def test_deterministic_for_a_seed() -> None:
     img = blocks()
     a = api.super_resolve(img, 2, modality="CT", seed=3, fallback=False, **FAST)
@@ -110,6 +112,7 @@ def test_tiled_inference_matches_whole_image() -> None:
     torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.learned_sr
 def test_output_clipped_to_value_range() -> None:
     img = blocks()
     for method in ("learned", "classical", "lanczos3"):
@@ -117,6 +120,7 @@ def test_output_clipped_to_value_range() -> None:
         assert up.min() >= -100 and up.max() <= 500
 
 
+@pytest.mark.learned_sr
 def test_should_stop_cancels_promptly() -> None:
     calls = {"n": 0}
 
@@ -129,6 +133,7 @@ def test_should_stop_cancels_promptly() -> None:
     assert calls["n"] == 6
 
 
+@pytest.mark.learned_sr
 def test_progress_reports_training_and_inference() -> None:
     seen: list[tuple[float, str]] = []
     api.super_resolve(blocks(), 2, modality="CT", progress=lambda f, s: seen.append((f, s)), **FAST)
@@ -137,6 +142,7 @@ def test_progress_reports_training_and_inference() -> None:
     assert {"training", "inference"} <= {s for _, s in seen}
 
 
+@pytest.mark.learned_sr
 def test_flat_region_bias_under_one_hu() -> None:
     truth = blocks(64, seed=1)
     x = resample.np_downsample(truth, 2)

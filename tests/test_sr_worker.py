@@ -280,6 +280,7 @@ def test_rule_fires_on_a_complete_series_and_the_derived_series_goes_back_to_the
         modality.stop()
 
 
+@pytest.mark.learned_sr
 def test_api_runs_a_learned_job_and_explains_bad_requests(tmp_path: Path, cli_server_factory: Serve) -> None:
     cfg = node_config(tmp_path, {}, train_steps=40)
     server = cli_server_factory(tmp_path / "data", "--config", str(cfg))
@@ -313,6 +314,7 @@ def test_api_runs_a_learned_job_and_explains_bad_requests(tmp_path: Path, cli_se
     assert api(server, "DELETE", f"/sr/jobs/{done['id']}").status_code == 409
 
 
+@pytest.mark.learned_sr
 def test_a_job_interrupted_by_kill_9_runs_again_after_restart(tmp_path: Path, cli_server_factory: Serve) -> None:
     cfg = node_config(tmp_path, {}, train_steps=100000, max_train_seconds=12.0)
     data = tmp_path / "data"
@@ -332,6 +334,7 @@ def test_a_job_interrupted_by_kill_9_runs_again_after_restart(tmp_path: Path, cl
     assert len(instances) == 2  # the retry rewrote the same instances, not a second copy
 
 
+@pytest.mark.learned_sr
 def test_cancel_stops_a_running_job(tmp_path: Path, cli_server_factory: Serve) -> None:
     cfg = node_config(tmp_path, {}, train_steps=100000, max_train_seconds=60.0)
     sources = ct_small_series(2)

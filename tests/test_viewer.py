@@ -26,25 +26,31 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dcmnode import worker
+from dcmnode.imaging import enhance
 from dcmnode.model import Source, SourceKind
 from tests.conftest import LiveServer
 from tests.factories import bundled, ct_series, part10
 from tests.test_ohif import CANVAS_STATS, CHROMIUM, CHROMIUM_ARGS
 
+pytestmark = pytest.mark.browser
+
 TIMEOUT_MS = 30_000
 REPO = Path(__file__).resolve().parents[1]
-ENHANCE_DEFAULTS = {  # every toggle of the enhancement panel and the enhance= text it sends (default parameters)
-    "clahe": "clahe:0.01:8",
-    "density": "density:1",
-    "zoom": "zoom:2",
-    "contrast": "contrast:1.5",
-    "edges": "edges:1.5:overlay",
-    "segment": "segment:64",
-    "equalize": "equalize",
-    "gamma": "gamma:0.8",
-    "smooth": "smooth:1",
-    "unsharp": "unsharp:1:0.5",
-    "denoise": "denoise:bilateral:0.05",
+PANEL_OFFERS = {"zoom": 1}  # the enhancement panel offers zoom's factor only (its method stays Lanczos)
+
+
+def js_text(value: float | str) -> str:
+    """A value as the page's String() writes it: 8.0 -> "8", 0.01 -> "0.01"."""
+    if isinstance(value, str):
+        return value
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+# Every toggle of the enhancement panel and the enhance= text it sends at its default parameters, from the table
+# the node serves at /api/enhance (test_api_enhance.py checks the two agree).
+ENHANCE_DEFAULTS = {
+    op["name"]: ":".join([op["name"], *(js_text(p["default"]) for p in op["params"][: PANEL_OFFERS.get(op["name"])])])
+    for op in enhance.describe()
 }
 PANE_CANVAS = ".pane canvas"  # the first pane's canvas, for test_ohif.CANVAS_STATS
 # Keep the first pane's pixels, then compare against them: mean absolute difference and the share of pixels that

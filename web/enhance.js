@@ -1,43 +1,57 @@
 // Enhancement toggles: the node's enhance= extension of /rendered (imaging/enhance.py), one toggle per operator
 // with its parameters, combined in the order listed here, plus the before/after comparison mode.
 
-// Parameter limits mirror the server's (it answers 400 with the reason outside them); slider ranges are the useful
-// part of each, the number box accepts the whole range.
-export const OPERATORS = [
-  { op: "clahe", label: "Density enhancement (CLAHE)", params: [
-    { name: "clip", min: 0, max: 1, slider: [0.001, 0.1], step: 0.001, value: 0.01 },
-    { name: "tiles", min: 2, max: 64, slider: [2, 32], step: 1, value: 8 },
-  ] },
-  { op: "density", label: "Density differentiation (multi-scale)", params: [
-    { name: "strength", min: 0, max: 5, step: 0.1, value: 1 },
-  ] },
-  { op: "zoom", label: "High resolution (×, Lanczos)", params: [
-    { name: "factor", min: 1, max: 4, step: 0.5, value: 2 },
-  ] },
-  { op: "contrast", label: "Contrast boost", params: [
-    { name: "factor", min: 0.1, max: 10, slider: [0.5, 4], step: 0.1, value: 1.5 },
-  ] },
-  { op: "edges", label: "Edges (Canny)", params: [
-    { name: "sigma", min: 0.1, max: 20, slider: [0.5, 8], step: 0.1, value: 1.5 },
-    { name: "mode", options: ["overlay", "alone"], value: "overlay" },
-  ] },
-  { op: "segment", label: "Segmentation overlay", params: [
-    { name: "min size", min: 0, max: 1e6, slider: [0, 4096], step: 16, value: 64 },
-  ] },
-  { op: "equalize", label: "Histogram equalisation", params: [] },
-  { op: "gamma", label: "Gamma", params: [{ name: "gamma", min: 0.1, max: 10, slider: [0.2, 3], step: 0.05, value: 0.8 }] },
-  { op: "smooth", label: "Smooth (Gaussian, before the window)", params: [
-    { name: "sigma", min: 0.1, max: 20, slider: [0.1, 6], step: 0.1, value: 1 },
-  ] },
-  { op: "unsharp", label: "Unsharp mask", params: [
-    { name: "radius", min: 0.1, max: 50, slider: [0.3, 10], step: 0.1, value: 1 },
-    { name: "amount", min: 0, max: 10, slider: [0, 4], step: 0.1, value: 0.5 },
-  ] },
-  { op: "denoise", label: "Denoise", params: [
-    { name: "method", options: ["bilateral", "nlm"], value: "bilateral" },
-    { name: "strength", min: 0, max: 1, step: 0.01, value: 0.05 },
-  ] },
+import { getJSON } from "./api.js";
+import { showError } from "./toast.js";
+
+// The operators, their stage and their parameters' names, defaults, limits and steps are the node's
+// (GET api/enhance: imaging/enhance.py's table), fetched once. What only the panel decides is here: its order (the
+// order toggles combine in), the labels, the part of a number's range its slider covers (the number box takes the
+// whole range), and how many leading arguments it offers (zoom: the factor; Lanczos, as the label says). An
+// operator the node has and this list lacks is shown last, under its own name.
+const PANEL = [
+  { op: "clahe", label: "Density enhancement (CLAHE)", sliders: { clip: [0.001, 0.1], tiles: [2, 32] } },
+  { op: "density", label: "Density differentiation (multi-scale)" },
+  { op: "zoom", label: "High resolution (×, Lanczos)", offers: 1 },
+  { op: "contrast", label: "Contrast boost", sliders: { factor: [0.5, 4] } },
+  { op: "edges", label: "Edges (Canny)", sliders: { sigma: [0.5, 8] } },
+  { op: "segment", label: "Segmentation overlay", sliders: { min_size: [0, 4096] } },
+  { op: "equalize", label: "Histogram equalisation" },
+  { op: "gamma", label: "Gamma", sliders: { gamma: [0.2, 3] } },
+  { op: "smooth", label: "Smooth (Gaussian, before the window)", sliders: { sigma: [0.1, 6] } },
+  { op: "unsharp", label: "Unsharp mask", sliders: { radius: [0.3, 10], amount: [0, 4] } },
+  { op: "denoise", label: "Denoise" },
 ];
+
+/** The panel's operators: the node's table (`served`) in the panel's order, with its labels and sliders. */
+export function panelOperators(served) {
+  const rank = (name) => {
+    const i = PANEL.findIndex((o) => o.op === name);
+    return i < 0 ? PANEL.length : i;
+  };
+  return [...served]
+    .sort((a, b) => rank(a.name) - rank(b.name))
+    .map((operator) => {
+      const ui = PANEL.find((o) => o.op === operator.name) ?? { label: operator.name };
+      const params = operator.params.slice(0, ui.offers ?? operator.params.length);
+      return { op: operator.name, label: ui.label, stage: operator.stage, params: params.map((p) => control(p, ui)) };
+    });
+}
+
+function control(param, ui) {
+  const name = param.name.replaceAll("_", " ");
+  if (param.choices) return { name, options: param.choices, value: param.default };
+  const slider = ui.sliders?.[param.name];
+  const clamp = (x) => Math.max(param.min, Math.min(param.max, x));
+  return {
+    name,
+    min: param.min,
+    max: param.max,
+    step: param.step,
+    value: param.default,
+    slider: slider && [clamp(slider[0]), clamp(slider[1])],
+  };
+}
 
 const COMPARE_MODES = ["off", "split", "side"];
 
@@ -46,9 +60,28 @@ export class EnhancePanel {
   constructor(el, onChange) {
     this.el = el;
     this.onChange = onChange;
-    this.state = new Map(OPERATORS.map((o) => [o.op, { on: false, args: o.params.map((p) => p.value) }]));
+    this.operators = [];
+    this.state = new Map();
     this.compare = "off";
     this.build();
+    this.ready = this.load();
+  }
+
+  /** Ask the node for its operators once, and add a row for each. */
+  async load() {
+    try {
+      this.operators = panelOperators(await getJSON("api/enhance"));
+    } catch (err) {
+      const note = Object.assign(document.createElement("p"), { className: "muted" });
+      note.textContent = "The node did not list its enhancement operators.";
+      this.el.append(note);
+      showError(err, "Enhancement operators");
+      return;
+    }
+    for (const spec of this.operators) {
+      this.state.set(spec.op, { on: false, args: spec.params.map((p) => p.value) });
+      this.el.append(this.operatorRow(spec));
+    }
   }
 
   build() {
@@ -64,7 +97,6 @@ export class EnhancePanel {
       <p class="muted">Rendered by the node; toggles combine in this order.</p>`;
     this.el.querySelector("[data-compare]").addEventListener("change", (e) => this.setCompare(e.target.value));
     this.el.querySelector("[data-clear]").addEventListener("click", () => this.clear());
-    for (const spec of OPERATORS) this.el.append(this.operatorRow(spec));
   }
 
   operatorRow(spec) {
@@ -72,6 +104,7 @@ export class EnhancePanel {
     const row = document.createElement("div");
     row.className = "op off";
     row.dataset.op = spec.op;
+    row.title = `Runs ${spec.stage} the window`;
     const toggle = document.createElement("label");
     toggle.innerHTML = `<input type="checkbox" data-toggle="${spec.op}"> <span></span>`;
     toggle.querySelector("span").textContent = spec.label;
@@ -126,7 +159,7 @@ export class EnhancePanel {
   /** The enhance= text: "clahe:0.01:8,edges:1.5:overlay". */
   value() {
     const parts = [];
-    for (const spec of OPERATORS) {
+    for (const spec of this.operators) {
       const state = this.state.get(spec.op);
       if (state.on) parts.push([spec.op, ...state.args.map(String)].join(":"));
     }

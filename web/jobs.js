@@ -2,8 +2,8 @@
 // Cancel for running ones and Open for finished ones (the original beside its derived series).
 
 import { getJSON, sendJSON } from "./api.js";
-import { progressBar } from "./sr.js";
 import { showError } from "./toast.js";
+import { progressBar } from "./widgets.js";
 
 const REFRESH_MS = 2000;
 

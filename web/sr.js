@@ -4,6 +4,7 @@
 
 import { getJSON, sendJSON } from "./api.js";
 import { showError, toast } from "./toast.js";
+import { progressBar } from "./widgets.js";
 
 const POLL_MS = 1000;
 const ACTIVE = new Set(["queued", "running"]);
@@ -130,21 +131,6 @@ export function jobCard(job) {
   if (job.status === "done" && job.result?.series?.sr) actions.append(button("Open result", "open", job.id, "primary"));
   if (actions.childElementCount) card.append(actions);
   return card;
-}
-
-export function progressBar(fraction, done = false) {
-  const bar = document.createElement("div");
-  bar.className = `progress${done ? " done" : ""}`;
-  bar.role = "progressbar";
-  const percent = Math.round(Math.max(0, Math.min(1, fraction)) * 100);
-  bar.setAttribute("aria-valuenow", String(percent));
-  bar.setAttribute("aria-valuemin", "0");
-  bar.setAttribute("aria-valuemax", "100");
-  bar.title = `${percent} %`;
-  const fill = document.createElement("div");
-  fill.style.width = `${percent}%`;
-  bar.append(fill);
-  return bar;
 }
 
 function button(label, action, id, kind) {

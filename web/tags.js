@@ -2,7 +2,7 @@
 // rows; sequences expand; the filter box keeps rows whose tag, keyword, VR or value contains the text (and the
 // sequences leading to them, opened).
 
-import { instanceMetadata } from "./viewport.js";
+import { instanceMetadata } from "./metadata.js";
 import { personName } from "./dicom.js";
 import { showError } from "./toast.js";
 

@@ -5,8 +5,8 @@
 //   DELETE /api/imports/{id} to cancel.
 
 import { HttpError, getJSON, sendJSON } from "./api.js";
-import { progressBar } from "./sr.js";
 import { showError, toast } from "./toast.js";
+import { progressBar } from "./widgets.js";
 
 const IN_FLIGHT = 4;
 const TERMINAL = new Set(["done", "cancelled", "failed"]);

@@ -8,7 +8,7 @@ import { POSITIONS, SeriesStrip, savePosition, savedPosition } from "./series.js
 import { SrPanel } from "./sr.js";
 import { TagBrowser } from "./tags.js";
 import { showError } from "./toast.js";
-import { Pane } from "./viewport.js";
+import { Pane } from "./pane.js";
 
 const PRESET_KEYS = { 0: "", 1: "40,80", 2: "-600,1500", 3: "400,1800", 4: "40,400", 5: "50,350" };
 

@@ -1,4 +1,5 @@
-"""The node's own JSON API (not DICOMweb): health, store statistics, super-resolution jobs.
+"""The node's own JSON API (not DICOMweb): health, store statistics, the enhancement operators, super-resolution
+jobs.
 
 Imports: starlette, config, errors, core, sr (the job queue, not the numerical core).
 """
@@ -12,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from dcmnode.core import render
 from dcmnode.core.jobs.queue import Jobs, check_options, check_send_to
 from dcmnode.dicomweb.context import services
 from dcmnode.errors import InvalidRequest, UnsupportedMediaType
@@ -31,6 +33,13 @@ def status(request: Request) -> JSONResponse:
 
 def health(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True})
+
+
+def enhance_operators(request: Request) -> JSONResponse:
+    """``GET /api/enhance``: the ``enhance=`` operators of ``/rendered`` (``imaging/enhance.py``'s table), each
+    with its stage and parameters (name, default, min/max/step or choices), from which the viewer builds its
+    controls."""
+    return JSONResponse(render.describe_enhance())
 
 
 # -- super-resolution jobs ----------------------------------------------------------------------------------------
@@ -91,6 +100,7 @@ def routes() -> list[Route]:
     return [
         Route("/status", status),
         Route("/health", health),
+        Route("/enhance", enhance_operators, methods=["GET"]),
         Route("/sr/jobs", submit_job, methods=["POST"]),
         Route("/sr/jobs", list_jobs, methods=["GET"]),
         Route("/sr/jobs/{job}", get_job, methods=["GET"]),

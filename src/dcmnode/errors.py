@@ -15,7 +15,7 @@ bad C-FIND/C-MOVE/C-GET identifier), HTTP codes in ``app.py`` (``HTTP_STATUS``).
     ├── UnsupportedMediaType     (415)
     ├── NotAcceptable            no media type / transfer syntax in the Accept header can be served (406)
     ├── PayloadTooLarge          (413)
-    ├── Cancelled                0xFE00 a job (or a sub-operation) stopped because a cancel was asked for
+    ├── Cancelled                0x0110 (0xFE00 Cancel on C-FIND/C-MOVE/C-GET): stopped on a cancel request
     └── ConfigError              invalid settings (startup only)
 """
 
@@ -75,9 +75,8 @@ class PayloadTooLarge(DcmnodeError):
 
 
 class Cancelled(DcmnodeError):
-    """Work stopped because a cancel was asked for (raised from inside an SR run when ``should_stop()`` says so)."""
-
-    status = 0xFE00
+    """Work stopped because a cancel was asked for (raised from inside an SR run when ``should_stop()`` says so);
+    the Q/R services answer it 0xFE00 Cancel (``status.TABLE``)."""
 
 
 class ConfigError(DcmnodeError):

@@ -57,16 +57,18 @@ def _codes(*codes: int | range) -> frozenset[int]:
 _A7XX, _A9XX, _CXXX = range(0xA700, 0xA800), range(0xA900, 0xAA00), range(0xC000, 0xD000)
 ANSWERABLE: Final[Mapping[Service, frozenset[int]]] = {
     Service.STORE: _codes(_A7XX, _A9XX, _CXXX, PROCESSING_FAILURE, DUPLICATE_SOP_INSTANCE),
-    Service.FIND: _codes(OUT_OF_RESOURCES, IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, _CXXX),
+    # Cancel (0xFE00) is no failure, but a final status the Q/R services may answer (PS3.4 C.4.1.1.4 ...)
+    Service.FIND: _codes(OUT_OF_RESOURCES, IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, _CXXX, CANCEL),
     Service.MOVE: _codes(
         OUT_OF_RESOURCES_MATCHES,
         OUT_OF_RESOURCES_SUB_OPERATIONS,
         MOVE_DESTINATION_UNKNOWN,
         IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
         _CXXX,
+        CANCEL,
     ),
     Service.GET: _codes(
-        OUT_OF_RESOURCES_MATCHES, OUT_OF_RESOURCES_SUB_OPERATIONS, IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, _CXXX
+        OUT_OF_RESOURCES_MATCHES, OUT_OF_RESOURCES_SUB_OPERATIONS, IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, _CXXX, CANCEL
     ),
 }
 """The failure codes each service may answer (PS3.4 Tables B.2-1, C.4-1, C.4-2, C.4-3)."""

@@ -31,6 +31,7 @@ from dcmnode.imaging import enhance, pipeline
 
 Window = pipeline.Window  # the adapters' names for the imaging types they take from requests
 parse_enhance = enhance.parse
+describe_enhance = enhance.describe  # the operator table as JSON, for the node API's GET /api/enhance
 MEDIA_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF"}
 EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif"}
 MAX_OUTPUT_PIXELS = 32 * 1024 * 1024

@@ -1,14 +1,15 @@
 """Enhancement operators: a documented vendor extension of /rendered (``enhance=op:arg:arg,op...``), also used
-by the CLI. Imports: stdlib, numpy, scipy, scikit-image, pillow, errors.
+by the CLI. Imports: stdlib, numpy, scipy, scikit-image, Pillow, errors.
 
 Each operator says on which image it works: ``before`` the window (float modality values, e.g. HU: smoothing,
 segmentation) or ``after`` it (the [0, 1] display image: equalisation, contrast, edges, zoom). Each checks its
 arguments and raises ``InvalidRequest`` naming the bad one. A pipeline keeps the written order within each
-stage; ``before`` operators all run before the window, ``after`` ones after it.
+stage; ``before`` operators all run before the window, ``after`` ones after it. ``describe()`` gives the table
+(``SPECS``: names, defaults, limits, the step a control offers) as JSON, served at ``GET /api/enhance``.
 
 | operator | arguments (defaults) | what it does |
 | --- | --- | --- |
-| ``clahe`` | clip 0.01 (0-1), tile 8 (2-64) | adaptive histogram equalisation ("density enhancement") |
+| ``clahe`` | clip 0.01 (0-1), tiles 8 (2-64) | adaptive histogram equalisation ("density enhancement") |
 | ``equalize`` | - | global histogram equalisation |
 | ``density`` | strength 1.0 (0-5) | multi-scale density differentiation: adds back the detail at sigma 1, 4, 16 |
 | ``contrast`` | factor 1.5 (0.1-10) | contrast boost about mid-grey |
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any
 
 import numpy as np
 
@@ -41,10 +42,24 @@ class Operator:
 
 
 @dataclass(frozen=True, slots=True)
+class Param:
+    """One positional argument: a number within ``limits`` (low, high), or one of ``limits`` (the choices) when the
+    default is text. ``step`` is the increment a control offers; any number within the limits is taken."""
+
+    name: str
+    default: float | str
+    limits: tuple[float, float] | tuple[str, ...]
+    step: float | None = None
+
+    def bounds(self) -> tuple[float, float]:
+        low, high = self.limits
+        return float(low), float(high)
+
+
+@dataclass(frozen=True, slots=True)
 class _Spec:
     stage: str
-    defaults: tuple[float | str, ...]
-    limits: tuple[tuple[float, float] | tuple[str, ...], ...]
+    params: tuple[Param, ...]
     apply: Callable[..., np.ndarray]
 
 
@@ -58,8 +73,8 @@ def parse(text: str | None) -> list[Operator]:
         spec = SPECS.get(name.lower())
         if spec is None:
             raise InvalidRequest(f"enhance: unknown operator {name!r}; known: {', '.join(sorted(SPECS))}")
-        if len(args) > len(spec.defaults):
-            raise InvalidRequest(f"enhance: {name} takes at most {len(spec.defaults)} argument(s)")
+        if len(args) > len(spec.params):
+            raise InvalidRequest(f"enhance: {name} takes at most {len(spec.params)} argument(s)")
         _arguments(name.lower(), spec, tuple(args))
         out.append(Operator(name.lower(), tuple(args)))
     return out
@@ -67,8 +82,8 @@ def parse(text: str | None) -> list[Operator]:
 
 def _arguments(name: str, spec: _Spec, given: tuple[str, ...]) -> list[float | str]:
     values: list[float | str] = []
-    for i, default in enumerate(spec.defaults):
-        limit = spec.limits[i]
+    for i, param in enumerate(spec.params):
+        default, limit = param.default, param.limits
         if i >= len(given) or given[i] == "":
             values.append(default)
             continue
@@ -81,7 +96,7 @@ def _arguments(name: str, spec: _Spec, given: tuple[str, ...]) -> list[float | s
             number = float(given[i])
         except ValueError as exc:
             raise InvalidRequest(f"enhance: {name} argument {i + 1} ({given[i]!r}) is not a number") from exc
-        low, high = cast(tuple[float, float], limit)  # a numeric argument's limit is its (low, high) range
+        low, high = param.bounds()
         if not (low <= number <= high) or not np.isfinite(number):
             raise InvalidRequest(f"enhance: {name} argument {i + 1} must be within {low}-{high}, not {number}")
         values.append(number)
@@ -218,16 +233,43 @@ def _zoom(image: np.ndarray, factor: float, method: str) -> np.ndarray:
     return _grey(image, one).clip(0, 1)
 
 
+def _number(name: str, default: float, low: float, high: float, step: float) -> Param:
+    return Param(name, default, (low, high), step)
+
+
+def _choice(name: str, *choices: str) -> Param:
+    return Param(name, choices[0], choices)
+
+
 SPECS: dict[str, _Spec] = {
-    "clahe": _Spec(AFTER, (0.01, 8.0), ((0.0, 1.0), (2.0, 64.0)), _clahe),
-    "equalize": _Spec(AFTER, (), (), _equalize),
-    "density": _Spec(AFTER, (1.0,), ((0.0, 5.0),), _density),
-    "contrast": _Spec(AFTER, (1.5,), ((0.1, 10.0),), _contrast),
-    "gamma": _Spec(AFTER, (0.8,), ((0.1, 10.0),), _gamma),
-    "smooth": _Spec(BEFORE, (1.0,), ((0.1, 20.0),), _smooth),
-    "unsharp": _Spec(AFTER, (1.0, 0.5), ((0.1, 50.0), (0.0, 10.0)), _unsharp),
-    "denoise": _Spec(AFTER, ("bilateral", 0.05), (("bilateral", "nlm"), (0.0, 1.0)), _denoise),
-    "edges": _Spec(AFTER, (1.5, "overlay"), ((0.1, 20.0), ("overlay", "alone")), _edges),
-    "segment": _Spec(AFTER, (64.0,), ((0.0, 1e6),), _segment),
-    "zoom": _Spec(AFTER, (2.0, "lanczos"), ((1.0, 4.0), ("lanczos", "cubic")), _zoom),
+    "clahe": _Spec(AFTER, (_number("clip", 0.01, 0.0, 1.0, 0.001), _number("tiles", 8.0, 2.0, 64.0, 1)), _clahe),
+    "equalize": _Spec(AFTER, (), _equalize),
+    "density": _Spec(AFTER, (_number("strength", 1.0, 0.0, 5.0, 0.1),), _density),
+    "contrast": _Spec(AFTER, (_number("factor", 1.5, 0.1, 10.0, 0.1),), _contrast),
+    "gamma": _Spec(AFTER, (_number("gamma", 0.8, 0.1, 10.0, 0.05),), _gamma),
+    "smooth": _Spec(BEFORE, (_number("sigma", 1.0, 0.1, 20.0, 0.1),), _smooth),
+    "unsharp": _Spec(AFTER, (_number("radius", 1.0, 0.1, 50.0, 0.1), _number("amount", 0.5, 0.0, 10.0, 0.1)), _unsharp),
+    "denoise": _Spec(
+        AFTER, (_choice("method", "bilateral", "nlm"), _number("strength", 0.05, 0.0, 1.0, 0.01)), _denoise
+    ),
+    "edges": _Spec(AFTER, (_number("sigma", 1.5, 0.1, 20.0, 0.1), _choice("mode", "overlay", "alone")), _edges),
+    "segment": _Spec(AFTER, (_number("min_size", 64.0, 0.0, 1e6, 16),), _segment),
+    "zoom": _Spec(AFTER, (_number("factor", 2.0, 1.0, 4.0, 0.5), _choice("method", "lanczos", "cubic")), _zoom),
 }
+
+
+def describe() -> list[dict[str, Any]]:
+    """The table above as JSON (``GET /api/enhance``, from which the viewer builds its controls), in table order:
+    each operator's name, stage (``before`` or ``after`` the window) and parameters, each with its name and
+    default, and either min, max and step or its choices."""
+    return [
+        {"name": name, "stage": spec.stage, "params": [_param_json(p) for p in spec.params]}
+        for name, spec in SPECS.items()
+    ]
+
+
+def _param_json(param: Param) -> dict[str, Any]:
+    if isinstance(param.default, str):
+        return {"name": param.name, "default": param.default, "choices": list(param.limits)}
+    low, high = param.bounds()
+    return {"name": param.name, "default": param.default, "min": low, "max": high, "step": param.step}
