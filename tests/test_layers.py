@@ -19,10 +19,9 @@ ALLOWED: dict[str, set[str]] = {
     "sr": {"errors"},
     "dimse": {"errors", "model", "config", "core", "status"},
     "dicomweb": {"errors", "model", "config", "core", "status"},
-    "api": {"errors", "model", "config", "core", "dicomweb"},
-    "upload": {"errors", "model", "config", "core", "dicomweb"},
+    "nodeapi": {"errors", "model", "config", "core", "dicomweb"},
     "worker": {"errors", "model", "config", "store", "core", "sr", "dimse"},
-    "app": {"errors", "model", "config", "store", "core", "sr", "dimse", "dicomweb", "api", "upload"},
+    "app": {"errors", "model", "config", "store", "core", "sr", "dimse", "dicomweb", "nodeapi"},
     "cli": {"errors", "model", "config", "store", "imaging", "core", "sr", "worker", "app", "server", "__version__"},
     "server": {"errors", "model", "config", "dimse", "app", "worker", "__version__"},
     "__main__": {"cli"},
@@ -32,7 +31,7 @@ ALLOWED: dict[str, set[str]] = {
 CONFINED = {
     "pynetdicom": {"dimse", "app"},
     "highdicom": {"core"},
-    "starlette": {"dicomweb", "api", "upload", "app"},
+    "starlette": {"dicomweb", "nodeapi", "app"},
     "uvicorn": {"server"},
     "torch": {"sr"},
 }

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from dcmnode import api, upload
+from dcmnode import nodeapi
 from dcmnode.config import Settings
 from dcmnode.core import metadata
 from dcmnode.core.services import Services
@@ -97,7 +97,7 @@ class Node:
                     routes=dicomweb,
                     middleware=dicomweb_routes.middleware(self.settings.http.cors_origins),
                 ),
-                Mount("/api", routes=api.routes() + upload.routes()),
+                Mount("/api", routes=nodeapi.routes()),
                 Mount("/", app=StaticFiles(directory=web_root(), html=True)),
             ],
             exception_handlers={DcmnodeError: handle_error, HTTPException: handle_http_exception},

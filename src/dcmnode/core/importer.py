@@ -3,7 +3,7 @@
 Imports: stdlib, errors, model, store, core.ingest, core.archives.
 
 An ``ImportJob`` is the one import path. ``dcmnode import`` feeds it files from disk in the calling thread; the
-upload adapter (``dcmnode.upload``) feeds it files spooled from HTTP request bodies and hands archives to the
+upload adapter (``dcmnode.nodeapi.imports``) feeds it files spooled from HTTP request bodies and hands archives to the
 job's own thread, which expands them member by member (``core.archives``) while more files arrive. Every DICOM
 file or member goes through ``Ingest``; every other one is reported with its reason and the job goes on. The
 counters are guarded by one lock, so request threads, the job's thread and readers (progress) can share a job.

@@ -1,6 +1,4 @@
-"""Bulk upload over HTTP (the node API, under ``/api``): import jobs fed file by file or with archives.
-
-Imports: stdlib, anyio, starlette, errors, model, config, core.
+"""``/api/imports``: bulk upload over HTTP, import jobs fed file by file or with archives.
 
     POST   /imports                       {"name", "expected_files"} → 201 job, Location
     PUT    /imports/{id}/files/{path}     raw bytes → 200 {"path", "status", "reason"} (202 "queued": an archive)

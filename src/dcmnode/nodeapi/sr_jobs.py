@@ -1,7 +1,9 @@
-"""The node's own JSON API (not DICOMweb): health, store statistics, the enhancement operators, super-resolution
-jobs.
+"""``/api/sr/jobs``: super-resolution jobs (the queue is ``core.jobs.queue``; the worker runs them).
 
-Imports: starlette, config, errors, core, sr (the job queue, not the numerical core).
+POST   /sr/jobs          {"series": UID, "factor": 2, "method": "learned", "send_to": AET|"-"|null} → 202
+GET    /sr/jobs          ?status=&series=&limit= → the newest jobs first
+GET    /sr/jobs/{id}     one job
+DELETE /sr/jobs/{id}     cancel: 200 when it ended at once, 202 while a running job stops
 """
 
 from __future__ import annotations
@@ -13,36 +15,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dcmnode.core import render
 from dcmnode.core.jobs.queue import Jobs, check_options, check_send_to
 from dcmnode.dicomweb.context import services
 from dcmnode.errors import InvalidRequest, UnsupportedMediaType
 
 
-def status(request: Request) -> JSONResponse:
-    http = services(request)
-    return JSONResponse(
-        {
-            "ae_title": http.settings.node.ae_title,
-            "dimse_port": http.dimse_port,
-            "counts": http.catalog.counts(),
-            "sr_worker": http.settings.sr.worker,
-        }
-    )
-
-
-def health(request: Request) -> JSONResponse:
-    return JSONResponse({"ok": True})
-
-
-def enhance_operators(request: Request) -> JSONResponse:
-    """``GET /api/enhance``: the ``enhance=`` operators of ``/rendered`` (``imaging/enhance.py``'s table), each
-    with its stage and parameters (name, default, min/max/step or choices), from which the viewer builds its
-    controls."""
-    return JSONResponse(render.describe_enhance())
-
-
-# -- super-resolution jobs ----------------------------------------------------------------------------------------
 def _jobs(request: Request) -> Jobs:
     return services(request).jobs
 
@@ -98,9 +75,6 @@ def cancel_job(request: Request) -> Response:
 
 def routes() -> list[Route]:
     return [
-        Route("/status", status),
-        Route("/health", health),
-        Route("/enhance", enhance_operators, methods=["GET"]),
         Route("/sr/jobs", submit_job, methods=["POST"]),
         Route("/sr/jobs", list_jobs, methods=["GET"]),
         Route("/sr/jobs/{job}", get_job, methods=["GET"]),

@@ -1,0 +1,42 @@
+"""``/api/status``, ``/api/health`` and ``/api/enhance``: what the node is, whether it answers, and the
+enhancement operators its ``/rendered`` resources take."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from dcmnode.core import render
+from dcmnode.dicomweb.context import services
+
+
+def status(request: Request) -> JSONResponse:
+    http = services(request)
+    return JSONResponse(
+        {
+            "ae_title": http.settings.node.ae_title,
+            "dimse_port": http.dimse_port,
+            "counts": http.catalog.counts(),
+            "sr_worker": http.settings.sr.worker,
+        }
+    )
+
+
+def health(request: Request) -> JSONResponse:
+    return JSONResponse({"ok": True})
+
+
+def enhance_operators(request: Request) -> JSONResponse:
+    """``GET /api/enhance``: the ``enhance=`` operators of ``/rendered`` (``imaging/enhance.py``'s table), each
+    with its stage and parameters (name, default, min/max/step or choices), from which the viewer builds its
+    controls."""
+    return JSONResponse(render.describe_enhance())
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/status", status, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/enhance", enhance_operators, methods=["GET"]),
+    ]
