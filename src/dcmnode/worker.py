@@ -79,4 +79,4 @@ def run_job_here(settings: Settings, job_id: int) -> None:
         worker = worker_for(services)
         job = worker.jobs.claim(worker.worker_id, job_id)
         if job is not None:
-            worker.execute(job)
+            worker.run_job(job)

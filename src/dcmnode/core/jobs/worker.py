@@ -71,7 +71,7 @@ class Worker:
         job = self.jobs.claim(self.worker_id)
         if job is None:
             return False
-        self.execute(job)
+        self.run_job(job)
         return True
 
     def stop(self) -> None:
@@ -94,7 +94,7 @@ class Worker:
         return started
 
     # -- one job -----------------------------------------------------------------------------------------------
-    def execute(self, job: queue.Job) -> None:
+    def run_job(self, job: queue.Job) -> None:
         log.info("SR job %d: series %s x%d (%s), attempt %d", job.id, job.series, job.factor, job.method, job.attempts)
         watch = _CancelWatch(self.jobs, job.id)
         try:
