@@ -28,7 +28,7 @@ from dcmnode.core import archives
 from dcmnode.core.archives import Kind, Limits, Member
 from dcmnode.core.ingest import Ingest
 from dcmnode.errors import Conflict, DcmnodeError
-from dcmnode.model import InstanceKey, Outcome, Source, SourceKind, StoredInstance
+from dcmnode.model import InstanceKey, Level, Outcome, Source, SourceKind, StoredInstance
 from dcmnode.store.files import Files, disk_errors
 from dcmnode.store.index import now
 
@@ -407,20 +407,13 @@ class ImportJob:
     def _count_created(self, key: InstanceKey, new_study: bool, new_series: bool) -> None:
         """A study or series seen for the first time counts as created when its index row is younger than the
         job (the ingest outcome says the instance is new; the row's created_at says whether its parents are)."""
-        study = new_study and self._created_since("studies", "StudyInstanceUID", key.study)
-        series = new_series and self._created_since("series", "SeriesInstanceUID", key.series)
+        index = self.ingest.store.index
+        study = new_study and index.created_since(Level.STUDY, key.study, self.started_at)
+        series = new_series and index.created_since(Level.SERIES, key.series, self.started_at)
         if study or series:
             with self._lock:
                 self.report.studies_created += int(study)
                 self.report.series_created += int(series)
-
-    def _created_since(self, table: str, column: str, uid: str) -> bool:
-        row = (
-            self.ingest.store.index.connection()
-            .execute(f"SELECT created_at >= ? FROM {table} WHERE {column} = ?", (self.started_at, uid))
-            .fetchone()
-        )
-        return bool(row and row[0])
 
     def _fail(self, path: str, reason: str) -> FileResult:
         with self._lock:
