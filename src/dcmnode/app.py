@@ -1,4 +1,4 @@
-"""Composition root: builds the store and services, the DIMSE SCP and the ASGI app. Imports: everything.
+"""Composition root: builds the store and services, the DIMSE SCP and the ASGI app.
 
 The domain-error → HTTP table lives here, once (Microsoft's ExceptionHandlingMiddleware idea).
 """

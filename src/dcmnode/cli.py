@@ -1,5 +1,4 @@
-"""Command line: serve | import | status | reindex | render | export | sr | worker | send. Imports: everything
-(entry point)."""
+"""Command line: serve | import | status | reindex | render | export | sr | worker | send."""
 
 from __future__ import annotations
 

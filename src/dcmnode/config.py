@@ -1,6 +1,6 @@
 """Settings: frozen dataclasses loaded once from defaults < TOML file < DCMNODE_* env < CLI flags.
 
-Imports: stdlib only. ``config/dcmnode.toml`` documents every field below with its default; a test keeps the
+``config/dcmnode.toml`` documents every field below with its default; a test keeps the
 two in step. Environment variables are ``DCMNODE_<SECTION>_<KEY>`` (section names have no underscore, so
 ``DCMNODE_DIMSE_MAX_ASSOCIATIONS`` is section ``dimse``, key ``max_associations``). Peers are declared only in
 the file, one table per AE title: ``[peers.PACS1]`` with ``host`` and ``port``.

@@ -1,6 +1,6 @@
 """Domain errors. Each carries the DICOM status an adapter answers with.
 
-Imports: stdlib only. Adapters map these in exactly one place each: DIMSE statuses and STOW-RS FailureReason in
+Adapters map these in exactly one place each: DIMSE statuses and STOW-RS FailureReason in
 ``status.py`` (``err.status`` where the service may answer it, else its "unable to process" code; 0xA900 for a
 bad C-FIND/C-MOVE/C-GET identifier), HTTP codes in ``app.py`` (``HTTP_STATUS``).
 

@@ -1,4 +1,4 @@
-"""Value types shared by every layer. Imports: stdlib and errors only."""
+"""Value types shared by every layer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``dcmnode serve``: the processes of a running node. Imports: stdlib, uvicorn, config, dimse, app, worker.
+"""``dcmnode serve``: the processes of a running node.
 
 The parent process serves HTTP (DICOMweb, API, viewer). DIMSE associations are served by ``dimse.processes``
 child processes that share one listening socket: each association runs in whichever process accepts it, so

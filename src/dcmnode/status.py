@@ -1,6 +1,6 @@
 """DIMSE statuses (PS3.4): the constants, and the Status each domain error is answered with, per service.
 
-Imports: pydicom, errors. A leaf, so that both adapters use it: DIMSE answers ``failure(err, service)``, STOW-RS
+A leaf, so that both adapters use it: DIMSE answers ``failure(err, service)``, STOW-RS
 reports ``code(err, Service.STORE)`` as the part's FailureReason (PS3.18 §10.5.3).
 
 ``TABLE`` is the one table of error class x service. A cell it leaves blank is ``err.status`` where the service

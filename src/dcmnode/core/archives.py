@@ -1,4 +1,4 @@
-"""Read ZIP, TAR and TAR.GZ archives as a stream of members. Imports: stdlib, errors, store.
+"""Read ZIP, TAR and TAR.GZ archives as a stream of members.
 
 An archive is recognised by its first bytes, never by its name. Members are read one at a time in 1 MiB chunks
 and each DICOM member is spooled into a store temp file, so neither the archive nor a member is ever held in

@@ -1,6 +1,6 @@
 """The read side of the store, as the adapters see it: search, select for retrieve, metadata.
 
-Imports: stdlib, store, core. DIMSE and DICOMweb hold a ``Catalog`` (never the store itself), so that what a
+DIMSE and DICOMweb hold a ``Catalog`` (never the store itself), so that what a
 query or a retrieve may do is decided here, once.
 """
 

@@ -1,5 +1,4 @@
-"""Series export: a ZIP of the DICOM files with a PNG rendering of each, or a NIfTI volume. Imports: stdlib,
-numpy, nibabel, pydicom, errors, imaging, core.
+"""Series export: a ZIP of the DICOM files with a PNG rendering of each, or a NIfTI volume.
 
 NIfTI: slices are sorted by their position along the slice normal (Image Position (Patient) · the normal from
 Image Orientation (Patient)), not by Instance Number; the affine maps voxel (i, j, k) to RAS millimetres from

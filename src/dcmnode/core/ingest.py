@@ -1,7 +1,5 @@
 """The one ingest path: every instance (C-STORE, STOW-RS, import, later archives and SR output) enters here.
 
-Imports: stdlib, errors, model, store, core.parse.
-
 Order of work, so that an acknowledged instance is durable and a failed one leaves nothing behind:
 1. parse and check the bytes (``core.parse``): nothing is written for bad input;
 2. write a temp file and fsync it (outside the index lock, so writers overlap);

@@ -1,6 +1,6 @@
 """WADO-RS metadata (PS3.18 §10.4.1.1.2): the DICOM JSON of every instance of a series, built once and cached.
 
-Imports: stdlib, pydicom, store, core. OHIF asks for one series' metadata per series it shows and waits on it
+OHIF asks for one series' metadata per series it shows and waits on it
 (anchors §3.9: Orthanc read every file per call, OHIF#1491), so the answer is precomputed: a background
 worker builds each series' JSON a few seconds after its last instance arrived and keeps it under
 ``cache/metadata/``; a request for a series whose cache is stale builds it on the spot (and keeps it).

@@ -1,4 +1,4 @@
-"""Read and check a Part 10 instance before anything is written. Imports: stdlib, pydicom, errors, model, store, core.
+"""Read and check a Part 10 instance before anything is written.
 
 Strict where it protects the store (complete file, required UIDs that are safe as paths, SOP Class consistent
 with the file meta and the presentation context), tolerant otherwise (highdicom's "tolerant on decoding").

@@ -1,4 +1,4 @@
-"""Rebuild the index from the files (``dcmnode reindex``). Imports: stdlib, errors, model, store, core.parse.
+"""Rebuild the index from the files (``dcmnode reindex``).
 
 The files are the source of truth. A new index is built beside the old one and swapped in with one rename, so
 an interrupted reindex leaves the old index as it was.

@@ -1,6 +1,6 @@
 """Rendering a stored frame to JPEG/PNG/GIF, with windowing, viewport, enhancement, and a cache.
 
-Imports: stdlib, numpy, pillow, pydicom, errors, imaging, core. The pixel work is ``imaging.pipeline`` and
+The pixel work is ``imaging.pipeline`` and
 ``imaging.enhance``; this module reads the file (only the requested frame of a multi-frame file), orders the
 steps, fits the viewport, encodes, and keeps each answer under ``cache/rendered/`` keyed by the file's identity
 and the canonical parameters, so a repeated request costs a file read.

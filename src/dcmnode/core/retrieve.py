@@ -1,5 +1,5 @@
 """What a retrieve (WADO-RS, WADO-URI, C-MOVE, C-GET) sends: the stored instances a request names, and each
-one in a transfer syntax the receiver accepts. Imports: stdlib, pydicom, errors, store, core.
+one in a transfer syntax the receiver accepts.
 
 Stored files are sent as stored whenever the receiver accepts their transfer syntax (no decode, no re-encode);
 otherwise decompressed to explicit (or implicit) VR little endian, the syntax every DICOM receiver accepts

@@ -1,4 +1,4 @@
-"""Accept header parsing and media-type negotiation for DICOMweb (PS3.18 §8.7). Imports: stdlib, errors.
+"""Accept header parsing and media-type negotiation for DICOMweb (PS3.18 §8.7).
 
 Tolerant by design (real clients differ): parameters quoted or not (OHIF's ``omitQuotationForMultipartRequest``),
 several media ranges in one header or in repeated headers, ``q`` weights, ``*/*``. A range we cannot serve

@@ -1,4 +1,4 @@
-"""Index values as the DICOM JSON Model (PS3.18 Annex F). Imports: stdlib, core.
+"""Index values as the DICOM JSON Model (PS3.18 Annex F).
 
 Query rows hold text (multi-values joined by backslash) and integers; this turns them into
 ``{"ggggeeee": {"vr": ..., "Value": [...]}}`` with attributes in tag order (F.2.1), numbers for IS/DS/US

@@ -1,6 +1,6 @@
 """multipart/related bodies (PS3.18 §8.6.1.2): content-type parsing and a streaming part spooler.
 
-Imports: stdlib, python_multipart, errors. No DICOM here. Each part is written to its own temp file as it
+No DICOM here. Each part is written to its own temp file as it
 arrives (never held in memory); the caller takes the files over once the closing boundary has been seen.
 """
 

@@ -1,4 +1,4 @@
-"""URL and request helpers shared by the DICOMweb endpoints. Imports: starlette, errors, model."""
+"""URL and request helpers shared by the DICOMweb endpoints."""
 
 from __future__ import annotations
 

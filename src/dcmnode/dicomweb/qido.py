@@ -1,4 +1,4 @@
-"""QIDO-RS (PS3.18 §10.6): search for studies, series and instances. Imports: stdlib, starlette, core, dicomweb.
+"""QIDO-RS (PS3.18 §10.6): search for studies, series and instances.
 
 Query parameters are attribute keywords or 8-digit hex tags (matching values in DICOM string form), plus
 ``limit``, ``offset``, ``fuzzymatching`` and ``includefield`` (repeated, comma-separated, or ``all``). The

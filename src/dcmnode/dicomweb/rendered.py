@@ -1,6 +1,6 @@
 """WADO-RS rendered and thumbnail resources (PS3.18 §8.3.5, §10.4.1.1.3-4) and WADO-URI images (§9).
 
-Imports: stdlib, starlette, errors, core, imaging, dicomweb. ``/rendered`` of an instance or a frame is one image;
+``/rendered`` of an instance or a frame is one image;
 of a series or a study, ``multipart/related`` with one image per instance (its first frame). ``/thumbnail`` is one
 small image at every level: a study's and a series' show their middle instance. Query parameters:
 ``window=center,width[,function]``, ``viewport=vw,vh[,sx,sy,sw,sh]``, ``quality=1-100``, and the vendor extension

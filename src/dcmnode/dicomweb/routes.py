@@ -1,4 +1,4 @@
-"""The DICOMweb URL surface (PS3.18), in one list, and its CORS policy. Imports: starlette, dicomweb.*."""
+"""The DICOMweb URL surface (PS3.18), in one list, and its CORS policy."""
 
 from __future__ import annotations
 

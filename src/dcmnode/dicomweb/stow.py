@@ -1,6 +1,6 @@
 """STOW-RS (PS3.18 §10.5): POST /studies and /studies/{study}, multipart/related; type="application/dicom".
 
-Imports: stdlib, anyio, starlette, errors, status, model, core, dicomweb. The body is streamed to temp files part by
+The body is streamed to temp files part by
 part (a 2 GB request never sits in memory); once the closing boundary is in, each part goes through ``core.ingest``
 and its outcome lands in ReferencedSOPSequence or FailedSOPSequence (FailureReason = the PS3.4 status a C-STORE of
 the part would answer, ``status.code(err, Service.STORE)``).

@@ -1,4 +1,4 @@
-"""WADO-RS (PS3.18 §10.4) and WADO-URI (§9). Imports: stdlib, starlette, errors, core, dicomweb.
+"""WADO-RS (PS3.18 §10.4) and WADO-URI (§9).
 
 - Instances, series and studies as ``multipart/related; type="application/dicom"``, streamed file by file from
   a worker thread (a 2 GB study never sits in memory). ``transfer-syntax=*`` sends every file as stored;

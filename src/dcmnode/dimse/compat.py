@@ -1,4 +1,4 @@
-"""Where dcmnode reaches into pynetdicom's internals: both patches, in one place. Imports: stdlib, pynetdicom.
+"""Where dcmnode reaches into pynetdicom's internals: both patches, in one place.
 
 Written for pynetdicom ``PYNETDICOM_VERSION``; tests/test_dimse_compat.py pins that version, so that an upgrade
 makes someone re-check both patches (and drop those upstream made unnecessary).

@@ -1,4 +1,4 @@
-"""Adaptive polling for pynetdicom associations. Imports: stdlib, pynetdicom, dimse.
+"""Adaptive polling for pynetdicom associations.
 
 pynetdicom's DUL reactor sleeps 1 ms whenever a loop finds nothing to do (a private knob, set through
 ``compat``), which caps one association at roughly 100 instances/s of 0.5 MB here, whatever the handler does.

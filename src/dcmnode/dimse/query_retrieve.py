@@ -1,5 +1,5 @@
 """C-FIND, C-MOVE and C-GET SCP (PS3.4 Annex C), Patient Root and Study Root, over ``core.query`` and
-``core.retrieve``. Imports: stdlib, pydicom, pynetdicom, config, errors, status, core, dimse.
+``core.retrieve``.
 
 C-FIND answers with the same engine and the same values as QIDO-RS: one pending response per match, holding
 exactly the keys the identifier asked for. C-MOVE sends to a destination declared under ``[peers]`` (0xA801

@@ -1,6 +1,6 @@
 """DIMSE SCP: C-ECHO and C-STORE over pynetdicom, a thin adapter over ``core.ingest``.
 
-Imports: stdlib, pynetdicom, pydicom, config, errors, status, model, core, dimse. The DICOM status of a failure
+The DICOM status of a failure
 comes from the domain error (``status.failure``, which for C-STORE is ``err.status``, PS3.4 Annex B.2.3): 0xA700
 out of resources, 0xA900 data set does not match SOP class, 0xC000 cannot understand, 0x0110 processing failure.
 Success (0x0000) is answered only after ``Ingest`` has made the instance durable.

@@ -1,5 +1,4 @@
-"""C-STORE SCU: send stored instances to a declared peer, with retries. Imports: stdlib, pydicom, pynetdicom,
-config, errors, core.
+"""C-STORE SCU: send stored instances to a declared peer, with retries.
 
 Each SOP class is proposed twice, in its stored transfer syntaxes and in the uncompressed ones, so a peer that
 refuses compression still receives (the file is then decompressed; ``core.retrieve.plan``). An association that

@@ -1,5 +1,5 @@
 """Enhancement operators: a documented vendor extension of /rendered (``enhance=op:arg:arg,op...``), also used
-by the CLI. Imports: stdlib, numpy, scipy, scikit-image, Pillow, errors.
+by the CLI.
 
 Each operator says on which image it works: ``before`` the window (float modality values, e.g. HU: smoothing,
 segmentation) or ``after`` it (the [0, 1] display image: equalisation, contrast, edges, zoom). Each checks its

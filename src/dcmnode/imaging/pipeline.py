@@ -1,5 +1,5 @@
 """The pixel pipeline: stored pixels to display pixels. Pure functions over numpy arrays and pydicom data sets; no
-files, no network. Imports: stdlib, numpy, pydicom, errors.
+files, no network.
 
 Order (PS3.3 C.11 / PS3.4 N.2, the grayscale standard display pipeline):
   decode (pydicom + pylibjpeg plugins; colour YBR → RGB, palette colour through its LUTs)

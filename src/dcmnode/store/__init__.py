@@ -1,4 +1,4 @@
-"""The indexed store: files (the truth) + SQLite index. Imports: stdlib, errors, model, store.*.
+"""The indexed store: files (the truth) + SQLite index.
 
 ``Store.open`` takes a shared lock on ``data/.lock`` for as long as the store is open, so several writers
 (the node, ``dcmnode import``) can work side by side while ``dcmnode reindex``, which needs the store to

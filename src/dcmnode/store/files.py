@@ -1,4 +1,4 @@
-"""The files: the store's source of truth. Imports: stdlib, errors, model.
+"""The files: the store's source of truth.
 
 Layout under the data folder::
 

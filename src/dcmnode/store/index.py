@@ -1,4 +1,4 @@
-"""The SQLite index: one connection per thread, one writer at a time. Imports: stdlib, sqlite_utils, store.schema.
+"""The SQLite index: one connection per thread, one writer at a time.
 
 WAL mode lets readers run beside the writer. In-process writers take ``_write_lock`` and ``BEGIN IMMEDIATE``;
 another process (``dcmnode import`` beside a running node) waits on ``busy_timeout``. The index can always be

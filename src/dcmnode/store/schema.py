@@ -1,4 +1,4 @@
-"""The index schema and its history (sqlite-utils migrations). Imports: stdlib, sqlite_utils.
+"""The index schema and its history (sqlite-utils migrations).
 
 Columns named as DICOM keywords hold the attributes QIDO-RS (PS3.18 §10.6.1.2, Tables 10.6.3-3..5) and C-FIND
 (PS3.4 C.6.1.1/C.6.2.1, patient and study root) match on or return. Internal columns are lower_snake.

@@ -1,5 +1,5 @@
 """The Structured Report that records a super-resolution run: a Comprehensive 3D SR document holding a TID 1500
-Measurement Report, built with highdicom. Imports: stdlib, pydicom, highdicom.
+Measurement Report, built with highdicom.
 
 One measurement group (TID 1501) names the algorithm (TID 4019: name, version, parameters), references the
 source and derived images, and holds the run's figures: self-consistency PSNR (the derived image, brought back
