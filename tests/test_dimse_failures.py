@@ -76,11 +76,11 @@ def break_index(node: Node) -> None:
     """Delete the index from under the running node, as a stray ``rm`` would: the next association's thread opens
     a new, empty database, and its query fails (sqlite3.OperationalError: no such table)."""
     for suffix in ("", "-wal", "-shm"):
-        Path(f"{node.store.index.path}{suffix}").unlink(missing_ok=True)
+        Path(f"{node.services.store.index.path}{suffix}").unlink(missing_ok=True)
 
 
 def lose_file(node: Node, sop: str) -> None:
-    [stored] = node.catalog.select({"SOPInstanceUID": sop})
+    [stored] = node.services.catalog.select({"SOPInstanceUID": sop})
     stored.path.unlink()
 
 
