@@ -1,6 +1,6 @@
 """WADO-RS metadata (PS3.18 §10.4.1.1.2): the DICOM JSON of every instance of a series, built once and cached.
 
-Imports: stdlib, pydicom, store, core. OHIF asks for one series' metadata per series it shows and waits on it
+Imports: stdlib, pydicom, errors, store, part10. OHIF asks for one series' metadata per series it shows and waits on it
 (anchors §3.9: Orthanc read every file per call, OHIF#1491), so the answer is precomputed: a background
 worker builds each series' JSON a few seconds after its last instance arrived and keeps it under
 ``cache/metadata/``; a request for a series whose cache is stale builds it on the spot (and keeps it).
@@ -28,9 +28,9 @@ from typing import Any
 
 import pydicom
 
-from dcmnode.core import json_model
-from dcmnode.core.frames import BINARY_VRS
 from dcmnode.errors import NotFound
+from dcmnode.part10 import json_model
+from dcmnode.part10.frames import BINARY_VRS
 from dcmnode.store import Store
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Read and check a Part 10 instance before anything is written. Imports: stdlib, pydicom, errors, model, store.
+"""Read and check a Part 10 instance before anything is written. Imports: stdlib, pydicom, errors, model, store, part10.
 
 Strict where it protects the store (complete file, required UIDs that are safe as paths, SOP Class consistent
 with the file meta and the presentation context), tolerant otherwise (highdicom's "tolerant on decoding").
@@ -24,9 +24,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
-from dcmnode.core import pixel_header, scan
 from dcmnode.errors import Conflict, DcmnodeError, InvalidInstance, SopClassMismatch
 from dcmnode.model import InstanceKey, check_uid
+from dcmnode.part10 import pixel_header, scan
 from dcmnode.store.index import InstanceRecord
 from dcmnode.store.schema import INSTANCE_COLUMNS, INTEGER_COLUMNS, PATIENT_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS
 

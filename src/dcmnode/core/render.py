@@ -1,6 +1,6 @@
 """Rendering a stored frame to JPEG/PNG/GIF, with windowing, viewport, enhancement, and a cache.
 
-Imports: stdlib, numpy, pillow, pydicom, errors, imaging, core. The pixel work is ``imaging.pipeline`` and
+Imports: stdlib, numpy, pillow, pydicom, errors, imaging, core, part10. The pixel work is ``imaging.pipeline`` and
 ``imaging.enhance``; this module reads the file (only the requested frame of a multi-frame file), orders the
 steps, fits the viewport, encodes, and keeps each answer under ``cache/rendered/`` keyed by the file's identity
 and the canonical parameters, so a repeated request costs a file read.
@@ -22,10 +22,10 @@ from PIL import Image
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 
-from dcmnode.core import pixel_header, scan
 from dcmnode.core.retrieve import StoredFile
 from dcmnode.errors import InvalidRequest, NotAcceptable
 from dcmnode.imaging import enhance, pipeline
+from dcmnode.part10 import pixel_header, scan
 
 Window = pipeline.Window  # the adapters' names for the imaging types they take from requests
 parse_enhance = enhance.parse

@@ -1,4 +1,4 @@
-"""WADO-RS (PS3.18 §10.4) and WADO-URI (§9). Imports: stdlib, starlette, errors, core, dicomweb.
+"""WADO-RS (PS3.18 §10.4) and WADO-URI (§9). Imports: stdlib, pydicom, starlette, errors, core, part10, dicomweb.
 
 - Instances, series and studies as ``multipart/related; type="application/dicom"``, streamed file by file from
   a worker thread (a 2 GB study never sits in memory). ``transfer-syntax=*`` sends every file as stored;
@@ -29,13 +29,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from dcmnode.core import frames as frame_io
 from dcmnode.core import metadata as meta
 from dcmnode.core import retrieve
 from dcmnode.core.catalog import Catalog
 from dcmnode.dicomweb import accept, rendered
 from dcmnode.dicomweb.paths import base_url, etag_matches, path_uid, resource_uids
 from dcmnode.errors import InvalidRequest, NotAcceptable
+from dcmnode.part10 import frames as frame_io
 
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from dcmnode.core.json_model import ITEM, ITEM_END, LONG_VRS, PIXEL_DATA, SEQUENCE_END, UNDEFINED, implicit_vr
+from dcmnode.part10.json_model import ITEM, ITEM_END, LONG_VRS, PIXEL_DATA, SEQUENCE_END, UNDEFINED, implicit_vr
 
 EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
 IMPLICIT_LITTLE = "1.2.840.10008.1.2"
