@@ -184,12 +184,12 @@ def cmd_import(args: argparse.Namespace, settings: config.Settings) -> int:
     from tqdm import tqdm
 
     from dcmnode.core.archives import Limits
-    from dcmnode.core.importer import ImportReport, import_files, iter_files
+    from dcmnode.core.importing import ImportReport, import_files, iter_files
     from dcmnode.core.ingest import Ingest
     from dcmnode.store import Store
 
     logging.getLogger("dcmnode.core.ingest").setLevel(logging.WARNING)  # the bar and summary say it all
-    logging.getLogger("dcmnode.core.importer").setLevel(logging.WARNING)
+    logging.getLogger("dcmnode.core.importing").setLevel(logging.WARNING)
     logging.getLogger("dcmnode.core.archives").setLevel(logging.ERROR)  # refusals are listed in the summary
     files = list(iter_files(args.paths))  # archives (ZIP, TAR, TAR.GZ, by content) among them are expanded
     store = Store.open(settings.data_dir, fsync=settings.store.fsync)

@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from dcmnode.config import Settings
 from dcmnode.core.archives import Limits
-from dcmnode.core.importer import ENDED, ImportJob, Spool
+from dcmnode.core.importing import ENDED, ImportJob, Spool
 from dcmnode.core.ingest import Ingest
 from dcmnode.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
 from dcmnode.model import Source, SourceKind
