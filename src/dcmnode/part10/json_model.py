@@ -89,15 +89,29 @@ def _dataset(r: _Reader, events: Walking, top: bool = False) -> tuple[dict[str, 
     """The JSON of one data set: the walk's events up to the end of its item (or of the file); and the event
     kind that ended it (ITEM_START, END_SEQUENCE, or VALUE at the end of the file)."""
     out: dict[str, Any] = {}
+    data, memo = r.data, r.memo
     for kind, tag, vr, start, length in events:
         if kind == VALUE:
-            if tag & 0xFFFF and tag != TRAILING_PADDING:  # group lengths and padding are not in the JSON model
-                out[f"{tag:08X}"] = _value(r, tag, vr, start, length, top)
+            if not tag & 0xFFFF or tag == TRAILING_PADDING:
+                continue  # group lengths and padding are not part of the JSON model
+            raw = data[start : start + length]
+            if tag in _STATEFUL or (top and r.bulk and vr in BINARY):
+                element = _special(r, tag, vr, raw, top)
+                if element is not None:
+                    out[f"{tag:08X}"] = element
+                    continue
+            if length <= MEMO_VALUE_BYTES and raw.isascii() and b"\x1b" not in raw:  # decodes alike in any charset
+                element = memo.get(key := (tag, vr, raw))
+                if element is None:
+                    element = memo[key] = _element(r, vr, raw)
+                out[f"{tag:08X}"] = element
+            else:
+                out[f"{tag:08X}"] = _element(r, vr, raw)
         elif kind == SEQUENCE:
             items = _sequence(r, events)
             if tag & 0xFFFF:
                 out[f"{tag:08X}"] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
-        elif kind == FRAGMENTS:  # encapsulated pixel data (or another undefined-length binary value)
+        elif kind == FRAGMENTS:  # encapsulated pixel data
             element = r.bulk(tag, vr, length) if (top and r.bulk) else None
             out[f"{tag:08X}"] = element or {"vr": vr}
         else:  # ITEM_START or END_SEQUENCE: the item has ended
@@ -105,23 +119,21 @@ def _dataset(r: _Reader, events: Walking, top: bool = False) -> tuple[dict[str, 
     return out, VALUE
 
 
-def _value(r: _Reader, tag: int, vr: str, start: int, length: int, top: bool) -> dict[str, Any]:
+_STATEFUL = {SPECIFIC_CHARACTER_SET, PIXEL_REPRESENTATION}  # values that decide how later ones are read
+
+
+def _special(r: _Reader, tag: int, vr: str, raw: bytes, top: bool) -> dict[str, Any] | None:
+    """A top-level binary value as bulk data (None if ``bulk`` keeps it inline); a value the rest of the data
+    set is read by is noted (then None: it is converted as any other)."""
     if top and r.bulk and vr in BINARY:
-        element = r.bulk(tag, vr, length)
+        element = r.bulk(tag, vr, len(raw))
         if element is not None:
             return element
-    raw = r.data[start : start + length]
     if tag == SPECIFIC_CHARACTER_SET:
         r.encodings = _encodings(raw)
     elif tag == PIXEL_REPRESENTATION and len(raw) == 2:
         r.walk.signed = raw != b"\x00\x00"
-    if length <= MEMO_VALUE_BYTES and raw.isascii() and b"\x1b" not in raw:  # decodes the same in any charset
-        key = (tag, vr, raw)
-        element = r.memo.get(key)
-        if element is None:
-            element = r.memo[key] = _element(r, vr, raw)
-        return element
-    return _element(r, vr, raw)
+    return None
 
 
 def _sequence(r: _Reader, events: Walking) -> list[dict[str, Any]]:

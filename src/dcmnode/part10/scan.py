@@ -51,15 +51,18 @@ def scan(raw: bytes, wanted: Collection[int], sequences: Collection[int] = ()) -
     if syntax not in (EXPLICIT_LITTLE, IMPLICIT_LITTLE) and not compressed:
         raise Unsupported(f"transfer syntax {syntax!r}")
     found, kept = Scanned(syntax, meta, {}), set(wanted)
-    events = Walk(raw, syntax == IMPLICIT_LITTLE).elements(pos, len(raw), kept | {PIXEL_DATA})
+    events = Walk(raw, syntax == IMPLICIT_LITTLE).elements(pos, len(raw), {*kept, *sequences, PIXEL_DATA})
     _keep(found, events, kept, set(sequences), raw)
     return found
 
 
 def _keep(found: Scanned, events: Walking, wanted: set[int], sequences: set[int], data: bytes) -> None:
-    """Keep what ``scan`` was asked for from the walk's events: top level (depth 0) values, groups and the
-    native Pixel Data offset; the values directly in the items of a wanted top-level sequence."""
-    depth, collect, keep = 0, None, None  # collect: the wanted sequence open at the top; keep: its current item
+    """Keep what ``scan`` was asked for from the walk's events (only those of ``wanted`` tags and sequences,
+    and the first element of each group): top level (depth 0) values, groups and the native Pixel Data offset;
+    the values directly in the items of a wanted top-level sequence."""
+    depth = 0
+    collect: int | None = None  # the wanted sequence open at the top
+    keep: dict[int, tuple[str, bytes]] | None = None  # its current item
     groups, values = found.groups, found.values
     for kind, tag, vr, start, length in events:
         if kind == VALUE:
@@ -84,7 +87,5 @@ def _keep(found: Scanned, events: Walking, wanted: set[int], sequences: set[int]
                 found.groups.add(tag >> 16)
                 collect = tag if tag in sequences else None
             depth += 1
-        elif tag != PIXEL_DATA:  # FRAGMENTS
-            raise Unsupported(f"undefined length on ({tag:08X}) {vr}")
-        elif depth == 0:
+        elif depth == 0:  # FRAGMENTS: encapsulated Pixel Data
             found.groups.add(tag >> 16)

@@ -25,11 +25,10 @@ VALUE = 0  # an element with a value of defined length: the bytes data[start : s
 SEQUENCE = 1  # a sequence (SQ, or UN of undefined length) opens; its items follow, then END_SEQUENCE
 ITEM_START = 2  # an item opens (length may be UNDEFINED), the previous item of its sequence (if any) has ended
 END_SEQUENCE = 3  # the sequence's last item (if any) has ended, and so has the sequence
-FRAGMENTS = 4  # an undefined-length value (encapsulated pixel data) walked over; length is its fragments' total
+FRAGMENTS = 4  # encapsulated Pixel Data (undefined length) walked over; length is its fragments' total
 
 Event = tuple[int, int, str, int, int]
 Walking = Generator[Event, None, int]  # the events of a data set, returning the position after it
-Step = tuple[Event, int, int]  # into or out of a sequence: (the event, the position, the end of the data set now read)
 
 _EXPLICIT_LE = struct.Struct("<HH2sH").unpack_from
 _EXPLICIT_BE = struct.Struct(">HH2sH").unpack_from
@@ -38,6 +37,13 @@ _IMPLICIT_BE = struct.Struct(">HHL").unpack_from
 _LONG_LE = struct.Struct("<L").unpack_from
 _LONG_BE = struct.Struct(">L").unpack_from
 _VR_NAMES: dict[bytes, str] = {}
+
+
+def _sequence_end(pos: int, length: int, size: int) -> int:
+    end = size if length == UNDEFINED else pos + length
+    if end > size:
+        raise Unsupported("sequence runs past the end")
+    return end
 
 
 class Unsupported(Exception):
@@ -63,12 +69,16 @@ class Walk:
 
     def elements(self, pos: int, end: int, wanted: Container[int] | None = None) -> Walking:
         """The events of the elements from ``pos`` to ``end`` (or to an item delimiter), the items of their
-        sequences included; returns the position after them. ``wanted``: only the VALUEs of these tags, and of the
-        first top-level element of each group (all are walked and checked all the same). One flat loop with the
-        open sequences on a stack (not a generator per sequence): this is the hot path of ingest and ``/metadata``."""
+        sequences included; returns the position after them. ``wanted``: report only the VALUEs of these tags
+        (and the first top-level element of each group), and a sequence not wanted as its SEQUENCE and
+        END_SEQUENCE alone; everything is walked and checked all the same.
+
+        One function on purpose: this loop is the hot path of ingest and ``/metadata``, and a call per element
+        (or a generator per sequence) costs 10-30 %. The open sequences are a stack of (end, length, end of the
+        data set holding it, whether that data set was reported)."""
         data, size, implicit, explicit, long = self.data, len(self.data), self.implicit, self._explicit, self._long
-        open_sequences: list[tuple[int, int, int]] = []  # (its end, its length, the end of the data set holding it)
-        top_group = -1
+        stack: list[tuple[int, int, int, bool]] = []
+        quiet, top_group = False, -1  # quiet: inside a sequence that is not reported
         while True:
             if pos < end:
                 if pos + 8 > size:
@@ -77,73 +87,76 @@ class Walk:
                     group, elem, length = _IMPLICIT_LE(data, pos)
                 else:
                     group, elem, vr_bytes, length = explicit(data, pos)
-                tag, start = group << 16 | elem, pos + 8
+                tag, pos = group << 16 | elem, pos + 8
                 if tag != ITEM_END:
                     if implicit:
                         vr = implicit_vr(tag, self.signed)
                     else:
-                        vr = _VR_NAMES.get(vr_bytes) or _vr_name(vr_bytes, pos)
+                        vr = _VR_NAMES.get(vr_bytes) or _vr_name(vr_bytes, pos - 8)
                         if vr_bytes in LONG_VRS:
-                            length, start = long(data, start)[0], pos + 12
+                            length, pos = long(data, pos)[0], pos + 4
                         if self.known_un and vr == "UN" and length != UNDEFINED:
                             vr = implicit_vr(tag, self.signed)
-                    if vr == "SQ" or (length == UNDEFINED and vr == "UN" and tag != PIXEL_DATA):
-                        yield SEQUENCE, tag, vr, start, length
-                        event, pos, end = self._open(start, length, end, open_sequences)
-                        yield event
-                    elif length == UNDEFINED:
-                        pos, total = self._fragments(start)
-                        yield FRAGMENTS, tag, vr, start, total
-                    else:
-                        pos = start + length
-                        if pos > size:
+                    if vr != "SQ" and (length != UNDEFINED or tag == PIXEL_DATA or vr != "UN"):
+                        start = pos
+                        if length == UNDEFINED:
+                            pos, length = self._fragments(start, tag, vr)
+                            kind = FRAGMENTS
+                        elif (pos := start + length) > size:
                             raise Unsupported("value runs past the end")
+                        else:
+                            kind = VALUE
+                        if quiet:
+                            continue
                         if wanted is None or tag in wanted:
-                            yield VALUE, tag, vr, start, length
-                        elif group != top_group and not open_sequences:
+                            yield kind, tag, vr, start, length
+                        elif group != top_group and not stack:
                             top_group = group
-                            yield VALUE, tag, vr, start, length
-                    continue
-                pos = start  # an item delimiter: the data set ends
+                            yield kind, tag, vr, start, length
+                        continue
+                    if not quiet:
+                        yield SEQUENCE, tag, vr, pos, length
+                    stack.append((_sequence_end(pos, length, size), length, end, quiet))
+                    quiet = quiet or (wanted is not None and tag not in wanted)
             elif pos != end and end != size:
                 raise Unsupported("item content does not end where its length says")
-            if not open_sequences:
-                return pos
-            event, pos, end = self._next(pos, open_sequences)  # the item ended: the next one, or the sequence's end
-            yield event
+            if not stack:
+                return pos  # the data set ended (at ``end``, or at a stray item delimiter at the top)
+            item_length, pos, end = self._next(pos, stack[-1][0], stack[-1][1])
+            if end >= 0:
+                if not quiet:
+                    yield ITEM_START, ITEM, "", pos, item_length
+            else:
+                _, _, end, quiet = stack.pop()
+                if not quiet:
+                    yield END_SEQUENCE, SEQUENCE_END, "", pos, 0
 
-    def _open(self, pos: int, length: int, end: int, open_sequences: list[tuple[int, int, int]]) -> Step:
-        """Opens a sequence at ``pos`` inside a data set ending at ``end``: the first step into it."""
-        sequence_end = len(self.data) if length == UNDEFINED else pos + length
-        if sequence_end > len(self.data):
-            raise Unsupported("sequence runs past the end")
-        open_sequences.append((sequence_end, length, end))
-        return self._next(pos, open_sequences)
-
-    def _next(self, pos: int, open_sequences: list[tuple[int, int, int]]) -> Step:
-        """At ``pos`` in the innermost open sequence: its next item (the ITEM_START event, where the item starts
-        and ends) or its end (END_SEQUENCE, the sequence closed, and the end of the data set that holds it)."""
+    def _next(self, pos: int, sequence_end: int, length: int) -> tuple[int, int, int]:
+        """At ``pos`` in a sequence: its next item (the item's length, where it starts, where it ends) or its end
+        (0, the position after it, -1)."""
         data, size = self.data, len(self.data)
-        sequence_end, length, outer_end = open_sequences[-1]
         if pos < sequence_end:
             if pos + 8 > size:
                 raise Unsupported("item header runs past the end")
             group, elem, item_length = self._item(data, pos)
             tag, pos = group << 16 | elem, pos + 8
             if tag == ITEM:
-                item_end = size if item_length == UNDEFINED else pos + item_length
-                if item_end > sequence_end and item_length != UNDEFINED:
+                if item_length == UNDEFINED:
+                    return item_length, pos, size
+                if pos + item_length > sequence_end:
                     raise Unsupported("item runs past its sequence")
-                return (ITEM_START, ITEM, "", pos, item_length), pos, item_end
+                return item_length, pos, pos + item_length
             if tag != SEQUENCE_END:
                 raise Unsupported(f"expected an item, found ({tag:08X})")
         elif length == UNDEFINED:
             raise Unsupported("sequence without a delimiter")
-        open_sequences.pop()
-        return (END_SEQUENCE, SEQUENCE_END, "", pos, 0), pos, outer_end
+        return 0, pos, -1
 
-    def _fragments(self, pos: int) -> tuple[int, int]:
-        """(position after the sequence delimiter, total length of the fragments) of encapsulated data."""
+    def _fragments(self, pos: int, tag: int, vr: str) -> tuple[int, int]:
+        """(position after the sequence delimiter, total length of the fragments) of encapsulated Pixel Data; an
+        undefined length anywhere else is not Part 10 (PS3.5 7.1.1)."""
+        if tag != PIXEL_DATA:
+            raise Unsupported(f"undefined length on ({tag:08X}) {vr}")
         data, size, total = self.data, len(self.data), 0
         while pos + 8 <= size:
             group, elem, length = _IMPLICIT_LE(data, pos)
