@@ -1,11 +1,12 @@
 """The Part 10 element grammar (PS3.5 7.1 data elements, 7.5 sequences and items, A.4 encapsulated pixel data) as
 one iterator over a data set's bytes. Imports: stdlib, pydicom (data dictionary only).
 
-``Walk.elements`` yields one event per element, item boundary and sequence end, in file order; ``part10.scan``
-and ``part10.json_model`` consume it. It reads explicit and implicit VR little endian and explicit VR big endian,
-values and sequences of defined and undefined length, and checks as it goes that every element, item and
-sequence ends where it says: a truncated or garbled data set raises ``Unsupported`` (the caller falls back to
-pydicom, which keeps the last word on bad input). The walk holds no values: an event is a position in the bytes.
+``Walk.elements`` yields an event per element, item start and sequence end, in file order (or only those a
+consumer wants); ``part10.scan`` and ``part10.json_model`` consume it. It reads explicit and implicit VR
+little endian and explicit VR big endian, values and sequences of defined and undefined length, and checks as it
+goes that every element, item and sequence ends where it says: a truncated or garbled data set raises
+``Unsupported`` (the caller falls back to pydicom, which keeps the last word on bad input). The walk holds no
+values: an event is a position in the bytes.
 """
 
 from __future__ import annotations
@@ -37,13 +38,6 @@ _IMPLICIT_BE = struct.Struct(">HHL").unpack_from
 _LONG_LE = struct.Struct("<L").unpack_from
 _LONG_BE = struct.Struct(">L").unpack_from
 _VR_NAMES: dict[bytes, str] = {}
-
-
-def _sequence_end(pos: int, length: int, size: int) -> int:
-    end = size if length == UNDEFINED else pos + length
-    if end > size:
-        raise Unsupported("sequence runs past the end")
-    return end
 
 
 class Unsupported(Exception):
@@ -167,6 +161,13 @@ class Walk:
                 raise Unsupported("bad fragment")
             pos, total = pos + length, total + length
         raise Unsupported("encapsulated pixel data without a delimiter")
+
+
+def _sequence_end(pos: int, length: int, size: int) -> int:
+    end = size if length == UNDEFINED else pos + length
+    if end > size:
+        raise Unsupported("sequence runs past the end")
+    return end
 
 
 def _vr_name(vr_bytes: bytes, pos: int) -> str:
