@@ -11,8 +11,8 @@ from typing import Any
 import pydicom
 import pytest
 
-from dcmnode.core import json_model
 from dcmnode.core.metadata import instance_json
+from dcmnode.part10 import json_model
 from tests.factories import DEID_FILES, TEST_FILES
 
 FILES = sorted(TEST_FILES.glob("*.dcm")) + sorted(DEID_FILES.rglob("*.dcm"))

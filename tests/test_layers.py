@@ -32,12 +32,12 @@ ALLOWED: dict[str, set[str]] = {
     "config": {"errors"},
     "model": {"errors"},
     "store": {"errors", "model"},
-    "part10": {"errors", "model"},
+    "part10": {"errors"},
     "imaging": {"errors"},
     "sr": {"errors"},
     "core": {"errors", "model", "config", "store", "part10", "imaging", "sr"},
     "dimse": {"errors", "model", "config", "status", "core"},
-    "dicomweb": {"errors", "model", "config", "status", "core"},
+    "dicomweb": {"errors", "model", "config", "status", "core", "part10"},
     "nodeapi": {"errors", "model", "config", "core", "dicomweb"},
     "worker": {"errors", "model", "config", "core", "dimse"},
     "app": {"errors", "model", "config", "core", "dimse", "dicomweb", "nodeapi"},
@@ -122,3 +122,13 @@ def test_no_module_outside_store_runs_sql() -> None:
             elif isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL.search(node.value):
                 problems.append(f"{path.relative_to(SRC)}:{node.lineno} holds SQL: {node.value[:60]!r}")
     assert problems == []
+
+
+def test_no_module_docstring_keeps_a_hand_written_imports_line() -> None:
+    """This file states and checks the imports; a copy in a docstring only drifts (seven had)."""
+    stale = [
+        str(p.relative_to(SRC))
+        for p in SRC.rglob("*.py")
+        if "Imports:" in (ast.get_docstring(ast.parse(p.read_text())) or "")
+    ]
+    assert stale == []

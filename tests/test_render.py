@@ -15,9 +15,10 @@ import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
 
-from dcmnode.core import parse, pixel_header, render
+from dcmnode.core import parse, render
 from dcmnode.errors import DcmnodeError, InvalidInstance, InvalidRequest, NotAcceptable
 from dcmnode.imaging import pipeline
+from dcmnode.part10 import pixel_header
 from tests.factories import DEID_FILES, TEST_FILES, ct_series
 
 GENERATED = Path(tempfile.mkdtemp(prefix="dcmnode-oracle-"))

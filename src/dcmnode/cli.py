@@ -183,11 +183,11 @@ def cmd_import(args: argparse.Namespace, settings: config.Settings) -> int:
     from tqdm import tqdm
 
     from dcmnode.core.archives import Limits
-    from dcmnode.core.importer import ImportReport, import_files, iter_files
+    from dcmnode.core.importing import ImportReport, import_files, iter_files
     from dcmnode.core.services import Services
 
     logging.getLogger("dcmnode.core.ingest").setLevel(logging.WARNING)  # the bar and summary say it all
-    logging.getLogger("dcmnode.core.importer").setLevel(logging.WARNING)
+    logging.getLogger("dcmnode.core.importing").setLevel(logging.WARNING)
     logging.getLogger("dcmnode.core.archives").setLevel(logging.ERROR)  # refusals are listed in the summary
     files = list(iter_files(args.paths))  # archives (ZIP, TAR, TAR.GZ, by content) among them are expanded
     with Services.open(settings) as services:

@@ -28,9 +28,9 @@ from typing import Any
 
 import pydicom
 
-from dcmnode.core import json_model
-from dcmnode.core.frames import BINARY_VRS
 from dcmnode.errors import NotFound
+from dcmnode.part10 import json_model
+from dcmnode.part10.frames import BINARY_VRS
 from dcmnode.store import Store
 
 log = logging.getLogger(__name__)

@@ -24,9 +24,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
-from dcmnode.core import pixel_header, scan
 from dcmnode.errors import Conflict, DcmnodeError, InvalidInstance, SopClassMismatch
 from dcmnode.model import InstanceKey, check_uid
+from dcmnode.part10 import pixel_header, scan
 from dcmnode.store.index import InstanceRecord
 from dcmnode.store.schema import INSTANCE_COLUMNS, INTEGER_COLUMNS, PATIENT_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS
 
@@ -99,7 +99,7 @@ def parse_file(path: Path, expected: Expected | None = None) -> Parsed:
 
 
 def _parse_fast(raw: bytes | memoryview | mmap.mmap, expected: Expected | None) -> Parsed | None:
-    """The one-pass scan (``core.scan``); None when it declines and pydicom must decide."""
+    """The one-pass scan (``part10.scan``); None when it declines and pydicom must decide."""
     try:
         found = scan.scan(raw, _SCAN_TAGS, _SCAN_SEQUENCES)  # type: ignore[arg-type]
     except scan.Unsupported:

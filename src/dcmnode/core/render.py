@@ -24,10 +24,10 @@ from pydicom.pixels.processing import apply_color_lut  # pydicom.pixels re-expor
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
-from dcmnode.core import pixel_header, scan
 from dcmnode.core.retrieve import StoredFile
 from dcmnode.errors import InvalidRequest, NotAcceptable
 from dcmnode.imaging import enhance, pipeline
+from dcmnode.part10 import pixel_header, scan
 
 Window = pipeline.Window  # the adapters' names for the imaging types they take from requests
 parse_enhance = enhance.parse
@@ -136,7 +136,7 @@ class Renderer:
 
 
 def render_file(path: Path, request: RenderRequest, header: str | None = None) -> bytes:
-    """``header``: the file's ``instances.render`` summary from ingest (``core.pixel_header``), if the caller has
+    """``header``: the file's ``instances.render`` summary from ingest (``part10.pixel_header``), if the caller has
     it; without one the file's header is scanned here."""
     plain = pixel_header.PlainImage.from_text(header)
     found = None
@@ -355,7 +355,7 @@ def parse_viewport(text: str | None) -> Viewport | None:
 
 
 def _scan_native(path: Path) -> scan.Scanned | None:
-    """One pass of ``core.scan`` over an uncompressed little-endian file with native pixel data and nothing that
+    """One pass of ``part10.scan`` over an uncompressed little-endian file with native pixel data and nothing that
     needs pydicom (LUT sequences, palette, overlays); None for anything else."""
     try:
         with open(path, "rb") as fp, mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as view:

@@ -39,7 +39,7 @@ class StoredFile:
     transfer_syntax: str
     path: Path
     size: int
-    render: str | None = None  # the render summary kept at ingest (core.pixel_header), NULL for older rows
+    render: str | None = None  # the render summary kept at ingest (part10.pixel_header), NULL for older rows
 
 
 def select(store: Store, matches: Mapping[str, str], level: q.Level = q.Level.IMAGE) -> list[StoredFile]:

@@ -26,7 +26,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from dcmnode.core import frames as frame_io
 from dcmnode.core import metadata as meta
 from dcmnode.core import retrieve
 from dcmnode.core.catalog import Catalog
@@ -34,6 +33,7 @@ from dcmnode.dicomweb import accept, rendered
 from dcmnode.dicomweb.context import services
 from dcmnode.dicomweb.paths import base_url, etag_matches, path_uid, resource_uids
 from dcmnode.errors import InvalidRequest, NotAcceptable
+from dcmnode.part10 import frames as frame_io
 
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"

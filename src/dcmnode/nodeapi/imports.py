@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from dcmnode.core.importer import ENDED, ImportJob, Spool
+from dcmnode.core.importing import ENDED, ImportJob, Spool
 from dcmnode.core.importing.registry import Registry
 from dcmnode.dicomweb.context import services
 from dcmnode.errors import Conflict, InvalidRequest, PayloadTooLarge, UnsupportedMediaType

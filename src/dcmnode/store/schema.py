@@ -207,6 +207,6 @@ CREATE TABLE sr_jobs (
 
 @migrations()
 def m003_render_summary(db: Database) -> None:
-    """What a plain grey image renders from (``core.pixel_header``), kept at ingest; NULL for rows indexed before
+    """What a plain grey image renders from (``part10.pixel_header``), kept at ingest; NULL for rows indexed before
     (they are rendered from their file's header, as before)."""
     db.execute("ALTER TABLE instances ADD COLUMN render TEXT")

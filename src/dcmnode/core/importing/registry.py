@@ -12,7 +12,7 @@ import time
 
 from dcmnode.config import Settings
 from dcmnode.core.archives import Limits
-from dcmnode.core.importer import ImportJob, Spool
+from dcmnode.core.importing.job import ImportJob, Spool
 from dcmnode.core.ingest import Ingest
 from dcmnode.errors import NotFound
 from dcmnode.model import Source

@@ -1,5 +1,4 @@
-"""A super-resolved (or uncertainty) image as a DICOM *derived* instance of its source. Imports: stdlib, numpy,
-pydicom, errors, imaging.
+"""A super-resolved (or uncertainty) image as a DICOM *derived* instance of its source.
 
 What changes and what is kept follows ``../shared/notes/super-resolution.md`` §4, citing PS3.3:
 - same SOP Class, Patient, Study and Frame of Reference; new Series and SOP Instance UIDs (C.12.1, C.7.3.1);

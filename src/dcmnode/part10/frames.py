@@ -1,5 +1,4 @@
-"""Frames and bulk data out of a stored file, without reading the rest of it. Imports: stdlib, numpy, pydicom,
-errors, core.
+"""Frames and bulk data out of a stored file, without reading the rest of it.
 
 Native (uncompressed) pixel data: a frame is a byte range at a known offset (PS3.5 §8.1.1), read with one
 seek. Encapsulated pixel data: the frame's fragments, located through the Basic (or Extended) Offset Table

@@ -1,4 +1,4 @@
-"""What a plain grey image renders from, read from ``core.scan``'s pass over the file. Imports: stdlib, core.scan.
+"""What a plain grey image renders from, read from ``part10.scan``'s pass over the file.
 
 Ingest scans every file once anyway (``core.parse``); it keeps this summary in the index (``instances.render``),
 so that a cold ``/rendered`` of a plain image goes straight to one read at the pixel data's offset instead of
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import astuple, dataclass
 
-from dcmnode.core import scan
+from dcmnode.part10 import scan
 
 NATIVE = {scan.EXPLICIT_LITTLE, scan.IMPLICIT_LITTLE}
 TAGS = {

@@ -1,7 +1,5 @@
 """Import files, folders and archives through the ingest service: ``dcmnode import`` and upload jobs.
 
-Imports: stdlib, errors, model, store, core.ingest, core.archives.
-
 An ``ImportJob`` is the one import path. ``dcmnode import`` feeds it files from disk in the calling thread; the
 upload adapter (``dcmnode.nodeapi.imports``) feeds it files spooled from HTTP request bodies and hands archives to the
 job's own thread, which expands them member by member (``core.archives``) while more files arrive. Every DICOM
@@ -20,12 +18,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dcmnode.core import archives
 from dcmnode.core.archives import Kind, Limits, Member
+from dcmnode.core.importing.report import FileResult, ImportReport
 from dcmnode.core.ingest import Ingest
 from dcmnode.errors import Conflict, DcmnodeError
 from dcmnode.model import InstanceKey, Level, Outcome, Source, SourceKind, StoredInstance
@@ -37,40 +35,7 @@ log = logging.getLogger(__name__)
 OPEN, IMPORTING, DONE, CANCELLED, FAILED = "open", "importing", "done", "cancelled", "failed"
 ENDED = (DONE, CANCELLED, FAILED)
 
-Progress = Callable[[str, "ImportReport"], None]
-
-
-@dataclass(slots=True)
-class ImportReport:
-    files_total: int = 0  # files and archive members seen (an archive is a container, not a file)
-    expected: int = 0  # files announced by the client, plus the members ZIP directories declare: ETA only
-    stored: int = 0
-    duplicate: int = 0
-    bytes: int = 0  # bytes stored
-    processed_bytes: int = 0  # bytes of every DICOM file or member handled
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    studies: set[str] = field(default_factory=set)  # studies and series that received a stored instance
-    series: set[str] = field(default_factory=set)
-    studies_created: int = 0
-    series_created: int = 0
-    current_folder: str = ""
-
-    @property
-    def processed(self) -> int:
-        return self.stored + self.duplicate + len(self.failed) + len(self.skipped)
-
-
-@dataclass(frozen=True, slots=True)
-class FileResult:
-    path: str
-    status: str  # stored | duplicate | failed | skipped | queued
-    reason: str = ""
-
-    def to_json(self) -> dict[str, str]:
-        if self.status == "queued":  # an archive: its members' outcomes come with the job
-            return {"path": self.path, "status": self.status}
-        return {"path": self.path, "status": self.status, "reason": self.reason}
+Progress = Callable[[str, ImportReport], None]
 
 
 def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
@@ -131,10 +96,6 @@ class Spool:
         with contextlib.suppress(OSError):
             self._fp.close()
         self._files.discard(self.path)
-
-
-def folder_of(path: str) -> str:
-    return path.rpartition("/")[0]
 
 
 class ImportJob:
@@ -368,8 +329,7 @@ class ImportJob:
     # -- outcomes -------------------------------------------------------------------------------------------------
     def _seen(self, count: int, path: str) -> None:
         with self._lock:
-            self.report.files_total += count
-            self.report.current_folder = folder_of(path)
+            self.report.seen(count, path)
             self.version += 1
 
     def _ingest(self, path: str, store: Callable[[], StoredInstance]) -> FileResult:
@@ -383,8 +343,7 @@ class ImportJob:
             return self._fail(path, "internal error; see the node's log")
         if stored.outcome == Outcome.DUPLICATE:
             with self._lock:
-                self.report.duplicate += 1
-                self.report.processed_bytes += stored.size
+                self.report.count_duplicate(stored)
             self._notify(path)
             return FileResult(path, "duplicate")
         new_study, new_series = self._first_sight(stored)
@@ -394,15 +353,8 @@ class ImportJob:
 
     def _first_sight(self, stored: StoredInstance) -> tuple[bool, bool]:
         with self._lock:
-            r = self.report
-            r.stored += 1
-            r.bytes += stored.size
-            r.processed_bytes += stored.size
-            new_study, new_series = stored.key.study not in r.studies, stored.key.series not in r.series
-            r.studies.add(stored.key.study)
-            r.series.add(stored.key.series)
             self.version += 1
-        return new_study, new_series
+            return self.report.count_stored(stored)
 
     def _count_created(self, key: InstanceKey, new_study: bool, new_series: bool) -> None:
         """A study or series seen for the first time counts as created when its index row is younger than the
@@ -412,8 +364,7 @@ class ImportJob:
         series = new_series and index.created_since(Level.SERIES, key.series, self.started_at)
         if study or series:
             with self._lock:
-                self.report.studies_created += int(study)
-                self.report.series_created += int(series)
+                self.report.count_created(study, series)
 
     def _fail(self, path: str, reason: str) -> FileResult:
         with self._lock:
@@ -436,26 +387,13 @@ class ImportJob:
     # -- progress -------------------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         with self._lock:
-            r = self.report
             elapsed = max((self._t1 or time.monotonic()) - self._t0, 1e-6)
             return {
                 "id": self.id,
                 "name": self.name,
                 "state": self.state,
                 "bytes_received": self.bytes_received,
-                "files_total": r.files_total,
-                "processed": r.processed,
-                "stored": r.stored,
-                "duplicate": r.duplicate,
-                "failed_count": len(r.failed),
-                "skipped_count": len(r.skipped),
-                "failed": [{"path": p, "reason": why} for p, why in r.failed],
-                "skipped": [{"path": p, "reason": why} for p, why in r.skipped],
-                "studies_created": r.studies_created,
-                "series_created": r.series_created,
-                "mb_per_s": round(max(self.bytes_received, r.processed_bytes) / elapsed / 1e6, 2),
-                "eta_seconds": self._eta(elapsed),
-                "current_folder": r.current_folder,
+                **self.report.to_json(elapsed, self.bytes_received, self._eta(elapsed)),
                 "started_at": self.started_at,
                 "finished_at": self.finished_at,
             }
@@ -463,7 +401,4 @@ class ImportJob:
     def _eta(self, elapsed: float) -> float | None:  # under the lock
         if self.state == DONE:
             return 0.0
-        total, done = max(self.report.files_total, self.report.expected), self.report.processed
-        if self.state in ENDED or done == 0 or total <= done:
-            return None
-        return round((total - done) * elapsed / done, 1)
+        return None if self.state in ENDED else self.report.eta(elapsed)
