@@ -24,7 +24,7 @@ import struct
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
@@ -111,7 +111,7 @@ def skip_reason(head: bytes) -> str:
 
 def members(
     path: Path, files: Files, limits: Limits, declared: Callable[[int], None] | None = None
-) -> Iterator[Member]:
+) -> Generator[Member, None, None]:
     """Every member of the archive at ``path``, DICOM ones spooled into store temp files (the caller owns them).
     ``declared`` hears how many files a ZIP's directory lists. Raises InvalidRequest when the archive as a whole
     cannot be read (corrupt, not an archive, too many members)."""

@@ -16,6 +16,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
+from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 
 from dcmnode.errors import InvalidRequest, NotAcceptable, NotFound
@@ -146,7 +147,7 @@ def native_frame(path: Path, layout_: PixelLayout, number: int) -> bytes:
     if not layout_.encapsulated:
         return stored_frame(path, layout_, number)
     try:
-        array = pydicom.pixels.pixel_array(str(path), index=number - 1)
+        array = pixel_array(str(path), index=number - 1)
     except Exception as exc:
         raise NotAcceptable(f"cannot decode {UID(layout_.transfer_syntax).name}: {exc}") from exc
     bits = int(layout_.header.BitsAllocated)

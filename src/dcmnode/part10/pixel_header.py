@@ -61,11 +61,13 @@ class PlainImage:
         if not text:
             return None
         try:
-            version, *fields = json.loads(text)
+            version, rows, cols, bits, stored_bits, signed, frames, window, slope, intercept, invert, offset = (
+                json.loads(text)
+            )
             if version != VERSION:
                 return None
-            window = tuple(fields[6]) if fields[6] is not None else None
-            return cls(*fields[:6], window, *fields[7:])  # type: ignore[arg-type]
+            window = tuple(window) if window is not None else None
+            return cls(rows, cols, bits, stored_bits, signed, frames, window, slope, intercept, invert, offset)
         except (ValueError, TypeError):
             return None
 
@@ -119,4 +121,6 @@ def plain_image(found: scan.Scanned) -> PlainImage | None:
         return None  # NaN or infinite text: not something to keep in JSON
     invert = (photometric == "MONOCHROME1") != (text("PresentationLUTShape").upper() == "INVERSE")
     offset = found.pixel_offset
+    if offset is None:
+        return None  # no native Pixel Data value to read
     return PlainImage(rows, cols, bits, stored_bits, signed, frames, window, slope, intercept, invert, offset)
