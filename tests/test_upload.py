@@ -163,6 +163,7 @@ def test_tar_gz_nested_tree_with_progress_events(live: LiveServer, tmp_path: Pat
     archive = write_tar(tmp_path / "tree.tgz.bin", members)  # the name says nothing: the content is a TAR.GZ
     job = open_job(live, name="tree", expected_files=1)
     events: list[dict[str, Any]] = []
+    subscribed = threading.Event()
 
     def follow() -> None:
         with httpx.stream("GET", f"{live.url}/api/imports/{job['id']}/events", timeout=60) as response:
@@ -170,9 +171,11 @@ def test_tar_gz_nested_tree_with_progress_events(live: LiveServer, tmp_path: Pat
             for line in response.iter_lines():
                 if line.startswith("data: "):
                     events.append(json.loads(line[6:]))
+                    subscribed.set()
 
     reader = threading.Thread(target=follow)
     reader.start()
+    assert subscribed.wait(30), "the event stream sent no first event"  # the job as it is before the upload
     assert put(live, job["id"], "scans/tree.tgz.bin", archive).status_code == 202
     finish(live, job["id"])
     reader.join(60)
