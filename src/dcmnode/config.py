@@ -9,6 +9,7 @@ the file, one table per AE title: ``[peers.PACS1]`` with ``host`` and ``port``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import tomllib
 from collections.abc import Mapping
@@ -332,6 +333,16 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"http.oidc.leeway_seconds must be 0-60, not {oidc.leeway_seconds}")
     if settings.node.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"node.log_level must be DEBUG, INFO, WARNING or ERROR, not {settings.node.log_level}")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps a server on this machine (``""`` and ``0.0.0.0`` are every interface)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def describe() -> list[tuple[str, str, Any, str]]:
