@@ -25,6 +25,7 @@ from dcmnode.config import Settings
 from dcmnode.core import metadata
 from dcmnode.core.services import Services
 from dcmnode.dicomweb import routes as dicomweb_routes
+from dcmnode.dicomweb.access import AccessControl
 from dcmnode.dicomweb.context import HttpServices
 from dcmnode.dicomweb.fastpath import RenderedFastPath
 from dcmnode.dimse import scp
@@ -32,12 +33,14 @@ from dcmnode.errors import (
     Conflict,
     DcmnodeError,
     DuplicateInstance,
+    Forbidden,
     InvalidInstance,
     InvalidRequest,
     NotAcceptable,
     NotFound,
     PayloadTooLarge,
     StorageFull,
+    Unauthorized,
     UnsupportedMediaType,
 )
 
@@ -46,6 +49,8 @@ log = logging.getLogger(__name__)
 HTTP_STATUS: dict[type[DcmnodeError], int] = {
     InvalidInstance: 400,
     InvalidRequest: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
     NotFound: 404,
     NotAcceptable: 406,
     Conflict: 409,
@@ -82,20 +87,23 @@ class Node:
         self.dimse_port = self.scp.port
         return self.scp
 
-    def asgi(self) -> RenderedFastPath:
-        """The HTTP app (single rendered frames answered in front of it: ``dicomweb/fastpath.py``). The process
-        that serves it also keeps series metadata precomputed."""
+    def asgi(self) -> RenderedFastPath | AccessControl:
+        """The HTTP app (single rendered frames answered in front of it: ``dicomweb/fastpath.py``). With
+        ``http.auth = "on"`` every request is checked before either (``dicomweb/access.py``); with ``"none"``
+        nothing is in front, as before, and every request is the anonymous principal. The process that serves it
+        also keeps series metadata precomputed."""
         if not self.precomputer.started:
             self.services.catalog.metadata.start_workers()
             self.precomputer.start()
         self.http = http = HttpServices.build(self.services, self.dimse_port)
         dicomweb = dicomweb_routes.routes()
+        dicomweb_middleware = dicomweb_routes.middleware(self.settings.http.cors_origins)
         app = Starlette(
             routes=[
                 Mount(
                     http.prefix,
                     routes=dicomweb,
-                    middleware=dicomweb_routes.middleware(self.settings.http.cors_origins),
+                    middleware=dicomweb_middleware,
                 ),
                 Mount("/api", routes=nodeapi.routes()),
                 Mount("/", app=StaticFiles(directory=web_root(), html=True)),
@@ -104,7 +112,10 @@ class Node:
             lifespan=functools.partial(_lifespan, http),
         )
         app.state.services = http
-        return RenderedFastPath(app, dicomweb, http, cross_origin_policy=bool(self.settings.http.cors_origins))
+        fast = RenderedFastPath(app, dicomweb, http, cross_origin_policy=bool(self.settings.http.cors_origins))
+        if self.settings.http.auth != "on":
+            return fast
+        return AccessControl(fast, self.services.auth, dicomweb_middleware)
 
     def close(self) -> None:
         if self.http is not None:

@@ -1,4 +1,4 @@
-"""Command line: serve | import | status | reindex | render | export | sr | worker | send."""
+"""Command line: serve | import | status | reindex | render | export | sr | worker | send | token | user."""
 
 from __future__ import annotations
 
@@ -57,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, help="HTTP port (http.port, default 8080)")
     serve.add_argument("--dimse-port", type=int, help="DIMSE port (dimse.port, default 11112)")
     serve.add_argument("--ae-title", help="this node's AE title (node.ae_title, default DCMNODE)")
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help='serve a non-loopback address with http.auth = "none" (anyone who reaches it may read and write)',
+    )
     serve.set_defaults(func=cmd_serve)
 
     imp = sub.add_parser(
@@ -150,7 +155,54 @@ def _parser() -> argparse.ArgumentParser:
     snd.add_argument("series", help="Series Instance UID")
     snd.add_argument("ae_title", metavar="AET", help="the peer's AE title")
     snd.set_defaults(func=cmd_send)
+    _principal_parsers(sub, common)
     return parser
+
+
+def _principal_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    scopes_help = "comma-separated: read, write, delete, sr, deidentify, admin"
+    groups_help = "comma-separated study groups (labels) it may see; default: every study (*)"
+    tok = sub.add_parser(
+        "token",
+        help="create, list or revoke API tokens (Authorization: Bearer)",
+        description="API tokens for HTTP (Authorization: Bearer). Only a hash is kept, in the index, so this "
+        "works beside a node running on the same data folder; a revoked token stops working within 10 s.",
+    )
+    tsub = tok.add_subparsers(required=True, metavar="ACTION")
+    create = tsub.add_parser("create", parents=[common], help="create a token and print it once (last line)")
+    create.add_argument("name")
+    create.add_argument("--scopes", required=True, help=scopes_help)
+    create.add_argument("--groups", help=groups_help)
+    create.add_argument("--expires", type=float, metavar="DAYS", help="days until it stops working (default never)")
+    create.set_defaults(func=cmd_token_create)
+    tlist = tsub.add_parser("list", parents=[common], help="list tokens (never the tokens themselves)")
+    tlist.add_argument("--json", action="store_true", help="print JSON")
+    tlist.set_defaults(func=cmd_token_list)
+    revoke = tsub.add_parser("revoke", parents=[common], help="revoke a token")
+    revoke.add_argument("name")
+    revoke.set_defaults(func=cmd_token_revoke)
+
+    usr = sub.add_parser(
+        "user",
+        help="add, list, remove local users or change a password (viewer sign-in, DIMSE user identity)",
+        description="Local users. The password is asked for (twice) on a terminal, or read from the first line of "
+        "standard input when it is not one (scripts); only a scrypt hash is kept.",
+    )
+    usub = usr.add_subparsers(required=True, metavar="ACTION")
+    add = usub.add_parser("add", parents=[common], help="add a user (asks for the password)")
+    add.add_argument("name")
+    add.add_argument("--scopes", required=True, help=scopes_help)
+    add.add_argument("--groups", help=groups_help)
+    add.set_defaults(func=cmd_user_add)
+    passwd = usub.add_parser("passwd", parents=[common], help="change a user's password")
+    passwd.add_argument("name")
+    passwd.set_defaults(func=cmd_user_passwd)
+    remove = usub.add_parser("remove", parents=[common], help="remove a user")
+    remove.add_argument("name")
+    remove.set_defaults(func=cmd_user_remove)
+    ulist = usub.add_parser("list", parents=[common], help="list users")
+    ulist.add_argument("--json", action="store_true", help="print JSON")
+    ulist.set_defaults(func=cmd_user_list)
 
 
 def _settings(args: argparse.Namespace) -> config.Settings:
@@ -176,6 +228,20 @@ def _logging(level: str) -> None:
 def cmd_serve(args: argparse.Namespace, settings: config.Settings) -> int:
     from dcmnode import server
 
+    open_to = [
+        f"{name} {host or '*'}"
+        for name, host in (("HTTP", settings.http.host), ("DIMSE", settings.dimse.host))
+        if not config.is_loopback(host)
+    ]
+    if settings.http.auth != "on" and open_to and not args.insecure_no_auth:
+        print(
+            f"dcmnode: refusing to serve {' and '.join(open_to)} without authentication (http.auth = "
+            f'"{settings.http.auth}"): anyone who reaches it could read and write. Set [http] auth = "on" (or '
+            "DCMNODE_HTTP_AUTH=on) and create a token with `dcmnode token create`, bind 127.0.0.1, or pass "
+            "--insecure-no-auth.",
+            file=sys.stderr,
+        )
+        return 2
     return server.run(settings)
 
 
@@ -353,3 +419,128 @@ def cmd_send(args: argparse.Namespace, settings: config.Settings) -> int:
         if o.status != "sent":
             print(f"  failed: {o.sop}: {o.reason} {o.to_json()['dicom_status'] or ''}".rstrip())
     return 0 if len(sent) == len(outcomes) else 1
+
+
+def _scopes(text: str) -> Any:
+    from dcmnode.core.access import parse_scopes
+
+    try:
+        return parse_scopes(text)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+def cmd_token_create(args: argparse.Namespace, settings: config.Settings) -> int:
+    from dcmnode.core.auth import parse_groups
+    from dcmnode.core.services import Services
+
+    with Services.open(settings) as services:
+        token = services.auth.create_token(args.name, _scopes(args.scopes), parse_groups(args.groups), args.expires)
+    expires = f", expires in {args.expires:g} day(s)" if args.expires else ""
+    print(f"token {args.name} created ({args.scopes}{expires}); it is shown once, keep it now:")
+    print(token)
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace, settings: config.Settings) -> int:
+    from dcmnode.core.services import Services
+
+    with Services.open(settings) as services:
+        tokens = services.auth.tokens()
+    rows: list[dict[str, Any]] = [
+        {
+            "name": t.name,
+            "state": t.state,
+            "scopes": sorted(t.scopes),
+            "groups": sorted(t.groups),
+            "created_at": t.created_at,
+            "expires_at": t.expires_at,
+            "revoked_at": t.revoked_at,
+            "last_used_at": t.last_used_at,
+        }
+        for t in tokens
+    ]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for r in rows:
+        print(
+            f"{r['name']:<24} {r['state']:<8} scopes={','.join(r['scopes'])} groups={','.join(r['groups'])} "
+            f"created={r['created_at']} expires={r['expires_at'] or '-'} last_used={r['last_used_at'] or '-'}"
+        )
+    if not rows:
+        print("no tokens")
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace, settings: config.Settings) -> int:
+    from dcmnode.core.services import Services
+
+    with Services.open(settings) as services:
+        services.auth.revoke_token(args.name)
+    print(f"token {args.name} revoked (a running node stops accepting it within 10 s)")
+    return 0
+
+
+def _read_password(twice: bool) -> str:
+    """From the terminal (hidden, asked twice for a new one), else the first line of standard input."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    import getpass
+
+    password = getpass.getpass("password: ")
+    if twice and getpass.getpass("again: ") != password:
+        raise InvalidRequest("the two passwords differ")
+    return password
+
+
+def cmd_user_add(args: argparse.Namespace, settings: config.Settings) -> int:
+    from dcmnode.core.auth import parse_groups
+    from dcmnode.core.services import Services
+
+    scopes, groups = _scopes(args.scopes), parse_groups(args.groups)
+    password = _read_password(twice=True)
+    with Services.open(settings) as services:
+        services.auth.add_user(args.name, password, scopes, groups)
+    print(f"user {args.name} added ({','.join(sorted(scopes))}; groups {','.join(sorted(groups))})")
+    return 0
+
+
+def cmd_user_passwd(args: argparse.Namespace, settings: config.Settings) -> int:
+    from dcmnode.core.services import Services
+
+    password = _read_password(twice=True)
+    with Services.open(settings) as services:
+        services.auth.set_password(args.name, password)
+    print(f"password of {args.name} changed")
+    return 0
+
+
+def cmd_user_remove(args: argparse.Namespace, settings: config.Settings) -> int:
+    from dcmnode.core.services import Services
+
+    with Services.open(settings) as services:
+        services.auth.remove_user(args.name)
+    print(f"user {args.name} removed")
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace, settings: config.Settings) -> int:
+    from dcmnode.core.services import Services
+
+    with Services.open(settings) as services:
+        users = services.auth.users()
+    rows = [
+        {"name": u.name, "scopes": sorted(u.scopes), "groups": sorted(u.groups), "created_at": u.created_at}
+        for u in users
+    ]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for r in rows:
+        print(
+            f"{r['name']:<24} scopes={','.join(r['scopes'])} groups={','.join(r['groups'])} created={r['created_at']}"
+        )
+    if not rows:
+        print("no users")
+    return 0

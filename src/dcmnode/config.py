@@ -9,6 +9,7 @@ the file, one table per AE title: ``[peers.PACS1]`` with ``host`` and ``port``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import tomllib
 from collections.abc import Mapping
@@ -72,6 +73,25 @@ class HttpSettings:
         'origins allowed to call DICOMweb from a browser: "loopback" (any port on localhost/127.0.0.1/[::1]), '
         '"*" (any), or exact origins such as "https://viewer.example.org"; empty = no CORS headers',
     )
+    auth: str = _default(
+        "none",
+        'who may call HTTP: "none" (everyone, allowed only while both servers bind loopback) or "on" (a Bearer API '
+        "token or, when [http.oidc] is set, an OIDC access token; scopes per route)",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OidcSettings:
+    """``[http.oidc]``: OIDC bearer tokens (Keycloak, Entra, Google), checked when ``http.auth = "on"``."""
+
+    issuer: str = _default("", "the tokens' iss; empty = no OIDC tokens (API tokens only)")
+    audience: str = _default("", "the aud the tokens must carry (this node's client id)")
+    jwks: str = _default("", "the issuer's keys: a JWKS file path or an https URL (cached, re-read on an unknown kid)")
+    scopes_claim: str = _default(
+        "scope", 'claim holding the scopes: a space-separated string or a list; a dotted path ("realm_access.roles")'
+    )
+    groups_claim: str = _default("", "claim (dotted path) holding the study groups; empty = every study (*)")
+    leeway_seconds: float = _default(30.0, "clock skew allowed on exp/nbf/iat, in seconds (at most 60)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +152,7 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     sr: SrSettings = field(default_factory=SrSettings)
+    oidc: OidcSettings = field(default_factory=OidcSettings)  # the file's [http.oidc]
     peers: dict[str, Peer] = field(default_factory=dict)
     sr_rules: tuple[SrRule, ...] = ()
 
@@ -146,7 +167,10 @@ SECTIONS: dict[str, type[Any]] = {
     "http": HttpSettings,
     "store": StoreSettings,
     "sr": SrSettings,
+    "oidc": OidcSettings,  # written [http.oidc] in the file, DCMNODE_HTTP_OIDC_<KEY> in the environment
 }
+NESTED = {"oidc": ("http", "oidc")}  # sections written as a table inside another: name -> (parent, key)
+AUTH_MODES = ("none", "on")
 SR_WORKERS = ("process", "thread", "off")
 PEER_KEYS = {"host", "port", "description", "ae_title"}
 
@@ -179,8 +203,14 @@ def _merge_file(raw: dict[str, dict[str, Any]], path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     peers = data.pop("peers", {})
+    for name, (parent, key) in NESTED.items():
+        nested = data.get(parent, {}).pop(key, None) if isinstance(data.get(parent), dict) else None
+        if nested is not None:
+            if not isinstance(nested, dict):
+                raise ConfigError(f"{path}: [{parent}.{key}] must be a table")
+            raw[name].update(nested)
     for section, values in data.items():
-        if section not in raw or not isinstance(values, dict):
+        if section not in raw or section in NESTED or not isinstance(values, dict):
             raise ConfigError(f"{path}: unknown section [{section}]")
         raw[section].update(values)
     if not isinstance(peers, dict):
@@ -193,6 +223,9 @@ def _merge_env(raw: dict[str, dict[str, Any]], env: Mapping[str, str]) -> None:
         if not name.startswith("DCMNODE_") or name == "DCMNODE_CONFIG":
             continue
         section, _, key = name[len("DCMNODE_") :].lower().partition("_")
+        for nested, (parent, infix) in NESTED.items():
+            if section == parent and key.startswith(infix + "_"):
+                section, key = nested, key[len(infix) + 1 :]
         if section not in SECTIONS:
             continue
         fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
@@ -291,8 +324,25 @@ def _validate(settings: Settings) -> None:
     for rule in settings.sr_rules:
         if rule.send_to not in ("", "-") and not AE_TITLE.match(rule.send_to):
             raise ConfigError(f"sr.rules: send_to {rule.send_to!r} is not an AE title")
+    if settings.http.auth not in AUTH_MODES:
+        raise ConfigError(f"http.auth must be one of {AUTH_MODES}, not {settings.http.auth!r}")
+    oidc = settings.oidc
+    if oidc.issuer and not (oidc.audience and oidc.jwks):
+        raise ConfigError("[http.oidc] issuer needs audience and jwks")
+    if not 0 <= oidc.leeway_seconds <= 60:
+        raise ConfigError(f"http.oidc.leeway_seconds must be 0-60, not {oidc.leeway_seconds}")
     if settings.node.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"node.log_level must be DEBUG, INFO, WARNING or ERROR, not {settings.node.log_level}")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps a server on this machine (``""`` and ``0.0.0.0`` are every interface)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def describe() -> list[tuple[str, str, Any, str]]:
@@ -301,5 +351,12 @@ def describe() -> list[tuple[str, str, Any, str]]:
     for section, cls in SECTIONS.items():
         defaults = cls()
         for f in dataclasses.fields(cls):
-            rows.append((section, f.name, getattr(defaults, f.name), f.metadata.get("help", "")))
+            rows.append(
+                (
+                    ".".join(NESTED.get(section, (section,))),
+                    f.name,
+                    getattr(defaults, f.name),
+                    f.metadata.get("help", ""),
+                )
+            )
     return rows

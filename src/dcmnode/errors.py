@@ -16,7 +16,9 @@ bad C-FIND/C-MOVE/C-GET identifier), HTTP codes in ``app.py`` (``HTTP_STATUS``).
     ├── NotAcceptable            no media type / transfer syntax in the Accept header can be served (406)
     ├── PayloadTooLarge          (413)
     ├── Cancelled                0x0110 (0xFE00 Cancel on C-FIND/C-MOVE/C-GET): stopped on a cancel request
-    └── ConfigError              invalid settings (startup only)
+    ├── ConfigError              invalid settings (startup only)
+    ├── Unauthorized             0x0124 no or invalid credentials (401)
+    └── Forbidden                0x0124 Refused: Not Authorized, a scope is missing (403)
 """
 
 from __future__ import annotations
@@ -81,3 +83,15 @@ class Cancelled(DcmnodeError):
 
 class ConfigError(DcmnodeError):
     pass
+
+
+class Unauthorized(DcmnodeError):
+    """No credentials, or credentials that do not prove who is asking (HTTP 401 with ``WWW-Authenticate``)."""
+
+    status = 0x0124  # Refused: Not Authorized
+
+
+class Forbidden(DcmnodeError):
+    """The principal is known but lacks the scope the request needs (HTTP 403)."""
+
+    status = 0x0124  # Refused: Not Authorized

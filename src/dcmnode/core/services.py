@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from dcmnode.config import Settings
+from dcmnode.core.auth import Authenticator
 from dcmnode.core.catalog import Catalog
 from dcmnode.core.ingest import Ingest
 from dcmnode.core.jobs.queue import Jobs
@@ -27,6 +28,7 @@ class Services:
     catalog: Catalog  # the read side (queries, retrieves, metadata)
     jobs: Jobs  # the super-resolution job queue
     renderer: Renderer  # rendered frames with their disk cache
+    auth: Authenticator  # API tokens, local users, OIDC bearer tokens -> Principal (HTTP doors, DIMSE identity)
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -39,6 +41,7 @@ class Services:
             catalog=Catalog(store, settings.http.metadata_workers),
             jobs=Jobs(store.index),
             renderer=renderer,
+            auth=Authenticator(store, settings),
         )
 
     def close(self) -> None:

@@ -210,3 +210,31 @@ def m003_render_summary(db: Database) -> None:
     """What a plain grey image renders from (``part10.pixel_header``), kept at ingest; NULL for rows indexed before
     (they are rendered from their file's header, as before)."""
     db.execute("ALTER TABLE instances ADD COLUMN render TEXT")
+
+
+@migrations()
+def m004_principals(db: Database) -> None:
+    """Who may call the node (``core.auth``): API tokens (only a hash of each is kept) and local users (a scrypt
+    hash with its salt and parameters). ``scopes`` and ``groups`` are comma-separated names."""
+    db.execute("""
+CREATE TABLE tokens (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  name TEXT NOT NULL UNIQUE,
+  hash TEXT NOT NULL UNIQUE,
+  scopes TEXT NOT NULL,
+  groups TEXT NOT NULL,
+  created_at TEXT NOT NULL,
+  expires_at TEXT,
+  revoked_at TEXT,
+  last_used_at TEXT
+)""")
+    db.execute("""
+CREATE TABLE users (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  name TEXT NOT NULL UNIQUE,
+  password TEXT NOT NULL,
+  scopes TEXT NOT NULL,
+  groups TEXT NOT NULL,
+  created_at TEXT NOT NULL,
+  updated_at TEXT NOT NULL
+)""")

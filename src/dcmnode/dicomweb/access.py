@@ -1,0 +1,273 @@
+"""Every HTTP door checked: one table of (method, route) → the scope it needs, and the ASGI middleware that
+enforces it in front of everything else (``app.Node.asgi`` puts it outside the rendered fast path and the router).
+
+With ``http.auth = "none"`` the middleware is not in the app at all (nothing is checked, nothing costs) and every
+request is the anonymous principal (every scope, every study): ``principal(request)`` says so. With ``"on"``, the
+credential sources (``SOURCES``: today ``Authorization: Bearer``, an API token or an OIDC JWT; a session cookie
+source can be added beside it) give the principal; a request without one gets 401 with ``WWW-Authenticate:
+Bearer`` (``error="invalid_token"`` when a credential was sent and refused), one whose principal lacks the route's
+scope 403 (``error="insufficient_scope"``), both with a JSON body ``{"error", "status"}``. An
+``OPTIONS`` request (CORS preflight) never needs credentials. A path under ``/dicom-web`` or ``/api`` that the table
+does not know needs a valid credential and then gets the router's usual 404/405; any other path is a static viewer
+file and needs nothing (the sign-in page must load). Handlers read the principal with ``principal(request)``.
+
+``tests/test_auth_http.py`` walks the app's routes and the fast path's patterns and fails on any (route, method)
+missing from ``ROUTE_SCOPES``: a new route needs a row here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.requests import HTTPConnection
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from dcmnode.config import Settings
+from dcmnode.core.access import Kind, Principal, anonymous
+from dcmnode.core.access import Scope as Need
+from dcmnode.core.auth import Authenticator
+from dcmnode.dicomweb.context import DICOMWEB_PREFIX, services
+from dcmnode.errors import Forbidden
+
+log = logging.getLogger("dcmnode.http.access")
+
+PRINCIPAL_KEY = "dcmnode.principal"
+PUBLIC = None  # a route anyone may call, signed in or not
+
+W = DICOMWEB_PREFIX
+_RS = f"{W}/studies/{{study}}/series/{{series}}"
+_RI = f"{_RS}/instances/{{instance}}"
+
+# (method, route as the app declares it, prefix included) -> the scope it needs. HEAD takes GET's row.
+ROUTE_SCOPES: dict[tuple[str, str], Need | None] = {
+    # DICOMweb (dicomweb/routes.py): QIDO-RS, WADO-RS, rendered, thumbnails, export, WADO-URI, STOW-RS
+    ("GET", f"{W}/studies"): Need.READ,
+    ("POST", f"{W}/studies"): Need.WRITE,
+    ("GET", f"{W}/series"): Need.READ,
+    ("GET", f"{W}/instances"): Need.READ,
+    ("POST", f"{W}/studies/{{study}}"): Need.WRITE,
+    ("GET", f"{W}/studies/{{study}}/series"): Need.READ,
+    ("GET", f"{W}/studies/{{study}}/instances"): Need.READ,
+    ("GET", f"{_RS}/instances"): Need.READ,
+    ("GET", f"{W}/studies/{{study}}"): Need.READ,
+    ("GET", f"{W}/studies/{{study}}/metadata"): Need.READ,
+    ("GET", _RS): Need.READ,
+    ("GET", f"{_RS}/metadata"): Need.READ,
+    ("GET", _RI): Need.READ,
+    ("GET", f"{_RI}/metadata"): Need.READ,
+    ("GET", f"{_RI}/frames/{{frames}}"): Need.READ,
+    ("GET", f"{_RI}/bulkdata/{{tag}}"): Need.READ,
+    ("GET", f"{W}/studies/{{study}}/rendered"): Need.READ,
+    ("GET", f"{W}/studies/{{study}}/thumbnail"): Need.READ,
+    ("GET", f"{_RS}/rendered"): Need.READ,
+    ("GET", f"{_RS}/thumbnail"): Need.READ,
+    ("GET", f"{_RS}/export"): Need.READ,
+    ("GET", f"{_RI}/rendered"): Need.READ,  # also answered by the fast path
+    ("GET", f"{_RI}/thumbnail"): Need.READ,  # also answered by the fast path
+    ("GET", f"{_RI}/frames/{{frames}}/rendered"): Need.READ,  # also answered by the fast path
+    ("GET", f"{_RI}/frames/{{frames}}/thumbnail"): Need.READ,  # also answered by the fast path
+    ("GET", f"{W}/wado"): Need.READ,
+    # the node API (nodeapi/)
+    ("GET", "/api/status"): Need.READ,
+    ("GET", "/api/health"): PUBLIC,  # load balancers and the CLI's wait for "ready"
+    ("GET", "/api/enhance"): Need.READ,
+    ("POST", "/api/sr/jobs"): Need.SR,
+    ("GET", "/api/sr/jobs"): Need.READ,
+    ("GET", "/api/sr/jobs/{job}"): Need.READ,
+    ("DELETE", "/api/sr/jobs/{job}"): Need.SR,
+    ("POST", "/api/imports"): Need.WRITE,
+    ("GET", "/api/imports"): Need.WRITE,
+    ("GET", "/api/imports/{job}"): Need.WRITE,
+    ("DELETE", "/api/imports/{job}"): Need.WRITE,
+    ("POST", "/api/imports/{job}/finish"): Need.WRITE,
+    ("GET", "/api/imports/{job}/events"): Need.WRITE,
+    ("PUT", "/api/imports/{job}/files/{path:path}"): Need.WRITE,
+    # the viewer's static files (Mount "/"): the sign-in page must load without credentials
+    ("GET", "/{path:path}"): PUBLIC,
+}
+# Paths under these belong to routes: one the table does not know still needs a valid credential (then 404/405).
+PROTECTED = (W, "/api")
+STATIC = ("GET", "/{path:path}")
+
+
+class BadCredential(Exception):
+    """A credential was sent and refused (the reason is for the log; it never holds the credential)."""
+
+
+# A credential source: the principal its credential proves, None when the request carries none of its kind, or
+# BadCredential. ``bearer`` is the one source today; a session cookie source goes beside it.
+Source = Callable[[Scope, Authenticator], Awaitable[Principal | None]]
+
+
+async def bearer(scope: Scope, auth: Authenticator) -> Principal | None:
+    """``Authorization: Bearer <API token or OIDC JWT>`` (RFC 6750 §2.1)."""
+    value = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+    if value is None:
+        return None
+    kind, _, token = value.decode("latin-1").strip().partition(" ")
+    if kind.lower() != "bearer":
+        return None
+    token = token.strip()
+    if not token:
+        raise BadCredential("empty bearer token")
+    decided, found = auth.decided(token)
+    if not decided:  # a first sight may read the index, hash a password or fetch the issuer's keys
+        found = await run_in_threadpool(auth.verify_bearer, token)
+    if found is None:
+        raise BadCredential("unknown, revoked or expired token" if token.startswith("dcm_") else "JWT refused")
+    return found
+
+
+SOURCES: tuple[Source, ...] = (bearer,)
+
+
+class RouteTable:
+    """``ROUTE_SCOPES`` compiled: what a (method, path) needs."""
+
+    def __init__(self, table: dict[tuple[str, str], Need | None]) -> None:
+        self.table = table
+        by_method: dict[str, list[tuple[re.Pattern[str], Need | None]]] = {}
+        for (method, path), need in table.items():
+            if (method, path) != STATIC:
+                by_method.setdefault(method, []).append((compile_path(path)[0], need))
+        self._by_method = by_method
+
+    def decide(self, method: str, path: str) -> tuple[bool, Need | None]:
+        """(whether the table knows this request, the scope it needs: None = public)."""
+        for pattern, need in self._by_method.get("GET" if method == "HEAD" else method, ()):
+            if pattern.match(path):
+                return True, need
+        if any(path == p or path.startswith(p + "/") for p in PROTECTED):
+            return False, None  # a route's path, not in the table: a valid credential, then the router answers
+        if method in ("GET", "HEAD"):
+            return True, self.table[STATIC]
+        return False, None
+
+
+NOBODY = Principal("nobody", Kind.ANONYMOUS, frozenset(), frozenset())  # an OPTIONS preflight, a public file
+
+
+class AccessControl:
+    """The ASGI middleware in front of the whole app, when ``http.auth = "on"``."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        auth: Authenticator,
+        dicomweb_middleware: Sequence[Middleware] = (),
+        sources: Sequence[Source] = SOURCES,
+        table: dict[tuple[str, str], Need | None] = ROUTE_SCOPES,
+    ) -> None:
+        self.app = app
+        self.auth = auth
+        self.sources = tuple(sources)
+        self.routes = RouteTable(table)
+        denial: ASGIApp = _deny
+        for m in reversed(dicomweb_middleware):  # a refusal of a DICOMweb request carries its CORS headers
+            denial = m.cls(denial, *m.args, **m.kwargs)
+        self.dicomweb_denial = denial
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        address = scope["client"][0] if scope.get("client") else ""
+        method, path = scope.get("method", "GET"), scope["path"]
+        if method == "OPTIONS":
+            scope[PRINCIPAL_KEY] = NOBODY
+            await self.app(scope, receive, send)
+            return
+        known, need = self.routes.decide(method, path)
+        if known and need is PUBLIC:
+            scope[PRINCIPAL_KEY] = NOBODY
+            await self.app(scope, receive, send)
+            return
+        try:
+            found = await self._authenticate(scope)
+        except BadCredential as exc:
+            await self._refuse(scope, receive, send, 401, "invalid or expired credentials", str(exc), invalid=True)
+            return
+        if found is None:
+            await self._refuse(scope, receive, send, 401, "authentication required", "no credentials")
+            return
+        if need is not None and not found.allows(need):
+            reason = f"this request needs the {need} scope"
+            await self._refuse(scope, receive, send, 403, reason, f"{found.kind} {found.name} lacks {need}", need)
+            return
+        scope[PRINCIPAL_KEY] = dataclasses.replace(found, address=address) if address else found
+        await self.app(scope, receive, send)
+
+    async def _authenticate(self, scope: Scope) -> Principal | None:
+        for source in self.sources:
+            found = await source(scope, self.auth)
+            if found is not None:
+                return found
+        return None
+
+    async def _refuse(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        status: int,
+        reason: str,
+        detail: str,
+        need: Need | None = None,
+        invalid: bool = False,
+    ) -> None:
+        challenge = 'Bearer realm="dcmnode"'
+        if invalid:
+            challenge += ', error="invalid_token"'
+        elif need is not None:
+            challenge += f', error="insufficient_scope", scope="{need}"'
+        log.info("%s %s -> %d: %s", scope.get("method"), scope["path"], status, detail)  # never a credential
+        if scope["type"] != "http":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        scope["dcmnode.denial"] = (status, reason, challenge)
+        path = scope["path"]
+        app = self.dicomweb_denial if path == W or path.startswith(W + "/") else _deny
+        await app(scope, receive, send)
+
+
+async def _deny(scope: Scope, receive: Receive, send: Send) -> None:
+    status, reason, challenge = scope["dcmnode.denial"]
+    body = json.dumps({"error": reason, "status": status}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(body)),
+        (b"www-authenticate", challenge.encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def principal(connection: HTTPConnection) -> Principal:
+    """Who is asking (``AccessControl`` put it in the ASGI scope): the anonymous principal when auth is off."""
+    return principal_in(connection.scope, services(connection).settings)
+
+
+def principal_in(scope: Scope, settings: Settings) -> Principal:
+    """``principal`` from the ASGI scope itself (for code in front of the router, such as the fast path)."""
+    found: Any = scope.get(PRINCIPAL_KEY)
+    if found is None and settings.http.auth != "on":
+        return anonymous(scope["client"][0] if scope.get("client") else "")
+    assert isinstance(found, Principal), "the request did not pass AccessControl (app.Node.asgi puts it in front)"
+    return found
+
+
+def require(connection: HTTPConnection, need: Need) -> Principal:
+    """The principal, when it has ``need`` (for a handler that checks more than its route's scope)."""
+    found = principal(connection)
+    if not found.allows(need):
+        raise Forbidden(f"this request needs the {need} scope")
+    return found
