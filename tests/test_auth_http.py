@@ -196,7 +196,9 @@ def test_api_token_matrix_over_dicomweb(secured: LiveServer, logs: pytest.LogCap
     assert httpx.get(f"{secured.url}/api/health").status_code == 200
     assert httpx.get(f"{secured.url}/api/nothing-here").status_code == 401
     assert httpx.get(f"{secured.url}/api/nothing-here", headers=bearer(reader)).status_code == 404
-    assert httpx.delete(f"{base}/1.2.3", headers=bearer(writer)).status_code == 405
+    assert httpx.delete(f"{base}/1.2.3", headers=bearer(writer)).status_code == 403  # delete is its own scope
+    deleter = auth.create_token("deleter", frozenset({Scope.DELETE}), frozenset({"*"}))
+    assert httpx.delete(f"{base}/1.2.3", headers=bearer(deleter)).status_code == 404  # allowed: nothing to delete
     viewer = httpx.get(f"{secured.url}/")
     assert viewer.status_code == 200 and "text/html" in viewer.headers["content-type"]
     origin = "https://viewer.example.org"
@@ -219,6 +221,7 @@ def test_api_token_matrix_over_dicomweb(secured: LiveServer, logs: pytest.LogCap
         "old": "expired",
         "reader": "active",
         "writer": "active",
+        "deleter": "active",
     }
     assert next(t for t in auth.tokens() if t.name == "reader").last_used_at
     text = logs.text

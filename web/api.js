@@ -82,3 +82,31 @@ export function seriesPath(study, series) {
 export function instancePath(study, series, instance) {
   return `${seriesPath(study, series)}/instances/${instance}`;
 }
+
+let statusAnswer = null;
+
+/** GET /api/status, asked once per page load (again with `fresh`, after a change of the counts). */
+export function nodeStatus(fresh = false) {
+  if (fresh || !statusAnswer) {
+    statusAnswer = getJSON("api/status").catch((err) => {
+      statusAnswer = null;
+      throw err;
+    });
+  }
+  return statusAnswer;
+}
+
+/** Whether the node lets this viewer's principal use `scope` (its `can` object: read, write, delete, sr, ...). */
+export async function may(scope) {
+  try {
+    return (await nodeStatus()).can?.[scope] === true;
+  } catch {
+    return false; // a node that cannot say: offer nothing that needs a right
+  }
+}
+
+/** DELETE a study, series or instance (`path` under /dicom-web); tells the page with a dcmnode:deleted event. */
+export async function deleteResource(path) {
+  await request(`${DICOMWEB}/${path}`, { method: "DELETE" });
+  document.dispatchEvent(new CustomEvent("dcmnode:deleted", { detail: { path } }));
+}

@@ -1,7 +1,7 @@
 // Entry point: the header, the hash router (#/studies, #/viewer/{study}[/{series}][?job=N], #/upload, #/jobs),
 // global keyboard shortcuts, and "drop files anywhere" for uploads. Each view is a module with enter()/leave().
 
-import { getJSON } from "./api.js";
+import { nodeStatus } from "./api.js";
 import { JobsView } from "./jobs.js";
 import { StudiesView } from "./studies.js";
 import { installGlobalHandlers, showError } from "./toast.js";
@@ -49,7 +49,7 @@ async function route() {
 
 async function showNodeStatus() {
   try {
-    const status = await getJSON("api/status");
+    const status = await nodeStatus(true);
     document.getElementById("node-name").textContent = status.ae_title;
     document.title = `dcmnode · ${status.ae_title}`;
     const c = status.counts ?? {};
@@ -105,10 +105,12 @@ document.addEventListener("drop", (event) => {
   views.upload.startFromEntries(entries);
 });
 
-document.addEventListener("dcmnode:stored", () => {
-  views.studies.loaded = false; // searched again when shown
-  showNodeStatus();
-});
+for (const change of ["dcmnode:stored", "dcmnode:deleted"]) {
+  document.addEventListener(change, () => {
+    views.studies.loaded = false; // searched again when shown
+    showNodeStatus();
+  });
+}
 window.addEventListener("hashchange", route);
 window.dcmnodeViews = views; // for debugging from the console and for tests
 showNodeStatus();

@@ -17,14 +17,18 @@ export function savePosition(position) {
 }
 
 export class SeriesStrip {
-  constructor(el, onSelect) {
+  /** `onDelete(uid)`: the Delete action of a series, offered when `canDelete` is set (the node says so). */
+  constructor(el, onSelect, onDelete = null) {
     this.el = el;
     this.onSelect = onSelect;
+    this.onDelete = onDelete;
+    this.canDelete = false;
     this.series = [];
     this.selected = null;
     el.addEventListener("click", (event) => {
       const item = event.target.closest(".series-item");
-      if (item) this.onSelect(item.dataset.series);
+      if (event.target.closest("button[data-action=delete]")) this.onDelete?.(item.dataset.series);
+      else if (item) this.onSelect(item.dataset.series);
     });
     el.addEventListener("keydown", (event) => this.onKey(event));
   }
@@ -64,6 +68,15 @@ export class SeriesStrip {
       const count = number(ds, TAG.NumberOfSeriesRelatedInstances) ?? 0;
       info.textContent = `#${text(ds, TAG.SeriesNumber) || "–"} ${modality} · ${count} image${count === 1 ? "" : "s"}`;
       item.append(thumb, desc, info);
+      if (this.canDelete && this.onDelete) {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "danger series-delete";
+        button.dataset.action = "delete";
+        button.textContent = "Delete";
+        button.title = "Delete this series from the node";
+        item.append(button);
+      }
       this.el.append(item);
     }
     if (this.selected) this.select(this.selected);
@@ -87,6 +100,7 @@ export class SeriesStrip {
   }
 
   onKey(event) {
+    if (event.target.closest?.("button")) return; // Enter or Space on Delete presses it
     const items = [...this.el.children];
     const focused = items.indexOf(document.activeElement);
     const from = focused >= 0 ? focused : Math.max(0, items.findIndex((i) => i.dataset.series === this.selected));

@@ -1,8 +1,8 @@
 // The study list: QIDO-RS search (name, ID, accession, date range, modality), sortable columns, limit/offset paging.
 
-import { qido } from "./api.js";
+import { deleteResource, may, qido } from "./api.js";
 import { TAG, formatDate, formatName, number, text, value } from "./dicom.js";
-import { showError } from "./toast.js";
+import { showError, toast } from "./toast.js";
 
 const INCLUDE = ["StudyDescription", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "ModalitiesInStudy"];
 
@@ -42,8 +42,14 @@ export class StudiesView {
     for (const th of root.querySelectorAll("th[data-sort]")) {
       th.querySelector("button").addEventListener("click", () => this.sortBy(th.dataset.sort));
     }
-    this.body.addEventListener("click", (event) => this.open(event.target.closest("tr")));
+    this.canDelete = false;
+    this.body.addEventListener("click", (event) => {
+      const button = event.target.closest("button[data-action=delete]");
+      if (button) this.remove(button.closest("tr")).catch((err) => showError(err, "Delete"));
+      else this.open(event.target.closest("tr"));
+    });
     this.body.addEventListener("keydown", (event) => {
+      if (event.target.closest("button")) return; // Enter on the Delete button presses it, it does not open
       const tr = event.target.closest("tr");
       if (event.key === "Enter") this.open(tr);
       else if (event.key === "ArrowDown") tr?.nextElementSibling?.focus();
@@ -59,7 +65,24 @@ export class StudiesView {
   }
 
   async enter() {
+    this.canDelete = await may("delete");
+    for (const th of this.root.querySelectorAll("th[data-can=delete]")) th.hidden = !this.canDelete;
     if (!this.loaded) await this.search();
+  }
+
+  get columns() {
+    return this.canDelete ? 9 : 8;
+  }
+
+  /** The Delete action of a row: asks, deletes the study (DELETE /dicom-web/studies/{uid}), searches again. */
+  async remove(tr) {
+    const s = this.rows.find((row) => row.uid === tr?.dataset.study);
+    if (!s) return;
+    const what = `the study of ${s.name || "(no name)"}${s.description ? ` (${s.description})` : ""}`;
+    if (!confirm(`Delete ${what}: ${s.series} series, ${s.instances} images? This cannot be undone.`)) return;
+    await deleteResource(`studies/${encodeURIComponent(s.uid)}`);
+    toast(`Deleted ${what}.`);
+    await this.search();
   }
 
   onKey(event) {
@@ -93,12 +116,12 @@ export class StudiesView {
 
   async search() {
     this.loaded = true;
-    this.body.innerHTML = `<tr><td colspan="8" class="empty">Searching…</td></tr>`;
+    this.body.innerHTML = `<tr><td colspan="${this.columns}" class="empty">Searching…</td></tr>`;
     let found;
     try {
       found = await qido("studies", this.params());
     } catch (err) {
-      this.body.innerHTML = `<tr><td colspan="8" class="empty">The search failed.</td></tr>`;
+      this.body.innerHTML = `<tr><td colspan="${this.columns}" class="empty">The search failed.</td></tr>`;
       showError(err, "Study search");
       return;
     }
@@ -126,7 +149,7 @@ export class StudiesView {
     }
     this.body.replaceChildren();
     if (!rows.length) {
-      this.body.innerHTML = `<tr><td colspan="8" class="empty">No study matches.</td></tr>`;
+      this.body.innerHTML = `<tr><td colspan="${this.columns}" class="empty">No study matches.</td></tr>`;
     }
     for (const s of rows) {
       const tr = this.body.insertRow();
@@ -138,6 +161,15 @@ export class StudiesView {
         td.textContent = v ?? "";
         if (i >= 6) td.className = "num";
       });
+      if (this.canDelete) {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "danger";
+        button.dataset.action = "delete";
+        button.textContent = "Delete";
+        button.title = "Delete this study from the node";
+        tr.insertCell().append(button);
+      }
     }
     const first = this.rows.length ? this.offset + 1 : 0;
     this.root.querySelector("#page-info").textContent = `Studies ${first}–${this.offset + this.rows.length}`;

@@ -1,13 +1,13 @@
 // The viewer page: a study's series (selector), one or more panes (the series, and after super-resolution its
 // derived series and uncertainty map with synchronised scrolling), the toolbar, and the side panels.
 
-import { getJSON, qido } from "./api.js";
+import { deleteResource, getJSON, may, qido } from "./api.js";
 import { NON_IMAGE_MODALITIES, TAG, formatName, number, text, value } from "./dicom.js";
 import { EnhancePanel } from "./enhance.js";
 import { POSITIONS, SeriesStrip, savePosition, savedPosition } from "./series.js";
 import { SrPanel } from "./sr.js";
 import { TagBrowser } from "./tags.js";
-import { showError } from "./toast.js";
+import { showError, toast } from "./toast.js";
 import { Pane } from "./pane.js";
 
 const PRESET_KEYS = { 0: "", 1: "40,80", 2: "-600,1500", 3: "400,1800", 4: "40,400", 5: "50,350" };
@@ -22,7 +22,11 @@ export class ViewerView {
     this.tool = "window";
     this.format = "jpeg";
     this.panel = null;
-    this.strip = new SeriesStrip(this.$("#series-strip"), (uid) => this.selectSeries(uid).catch((e) => showError(e)));
+    this.strip = new SeriesStrip(
+      this.$("#series-strip"),
+      (uid) => this.selectSeries(uid).catch((e) => showError(e)),
+      (uid) => this.deleteSeries(uid).catch((e) => showError(e, "Delete")),
+    );
     const body = (name) => this.$(`[data-panel-body="${name}"]`);
     this.enhancePanel = new EnhancePanel(body("enhance"), (enhance, compare) => this.applyEnhance(enhance, compare));
     this.srPanel = new SrPanel(body("sr"), (job) => this.openSrResult(job).catch((e) => showError(e, "SR result")));
@@ -37,6 +41,7 @@ export class ViewerView {
       location.hash = "#/studies";
       return;
     }
+    this.strip.canDelete = await may("delete");
     if (study !== this.study) await this.loadStudy(study);
     const jobId = query.get("job");
     if (jobId) {
@@ -52,6 +57,28 @@ export class ViewerView {
 
   leave() {
     this.stopCine();
+  }
+
+  /** The Delete action of the series selector: asks, deletes (DELETE .../series/{uid}), then shows what is left
+   * of the study (its first image series), or the study list when nothing is. */
+  async deleteSeries(uid) {
+    const ds = this.seriesDs(uid);
+    if (!ds) return;
+    const count = number(ds, TAG.NumberOfSeriesRelatedInstances) ?? 0;
+    const label = text(ds, TAG.SeriesDescription) || `#${text(ds, TAG.SeriesNumber) || "–"} ${text(ds, TAG.Modality)}`;
+    if (!confirm(`Delete the series ${label} (${count} images)? This cannot be undone.`)) return;
+    await deleteResource(`studies/${encodeURIComponent(this.study)}/series/${encodeURIComponent(uid)}`);
+    toast(`Deleted the series ${label}.`);
+    const left = await qido(`studies/${this.study}/series`, {});
+    if (!left.length) {
+      location.hash = "#/studies"; // the study went with its last series
+      return;
+    }
+    const study = this.study;
+    const kept = this.mainSeries !== uid ? this.mainSeries : undefined;
+    this.study = null; // opened again: its series list and its first pane
+    history.replaceState(null, "", `#/viewer/${study}${kept ? `/${kept}` : ""}`);
+    await this.enter([study, kept], new URLSearchParams());
   }
 
   async loadStudy(study) {

@@ -1,4 +1,4 @@
-"""Command line: serve | import | status | reindex | render | export | sr | worker | send | token | user."""
+"""Command line: serve | import | status | reindex | delete | render | export | sr | worker | send | token | user."""
 
 from __future__ import annotations
 
@@ -91,6 +91,18 @@ def _parser() -> argparse.ArgumentParser:
         description="Rebuild index.sqlite from the files (the node must be stopped).",
     )
     reindex.set_defaults(func=cmd_reindex)
+
+    dele = sub.add_parser(
+        "delete",
+        parents=[common],
+        help="delete studies, series or instances (index rows, files, caches)",
+        description="Delete stored studies, series or instances by UID: the index rows first, then the files and "
+        "the cached metadata and renderings. Without --level each UID is looked up as a study, then a series, "
+        "then an instance. Exit status 1 when a UID matched nothing.",
+    )
+    dele.add_argument("uids", nargs="+", metavar="UID")
+    dele.add_argument("--level", choices=["study", "series", "instance"], help="what the UIDs name")
+    dele.set_defaults(func=cmd_delete)
 
     rend = sub.add_parser(
         "render",
@@ -303,6 +315,22 @@ def cmd_reindex(args: argparse.Namespace, settings: config.Settings) -> int:
     for path, reason in report.failed:
         print(f"  failed: {path}: {reason}")
     return 0
+
+
+def cmd_delete(args: argparse.Namespace, settings: config.Settings) -> int:
+    from dcmnode.core.services import Services
+    from dcmnode.model import Level
+
+    level = {None: None, "study": Level.STUDY, "series": Level.SERIES, "instance": Level.IMAGE}[args.level]
+    missing = 0
+    with Services.open(settings) as services:
+        for uid in args.uids:
+            try:
+                print(services.deletion.delete_uid(uid, level).describe())
+            except NotFound as err:
+                print(f"not found: {err.reason}", file=sys.stderr)
+                missing += 1
+    return 1 if missing else 0
 
 
 def cmd_render(args: argparse.Namespace, settings: config.Settings) -> int:

@@ -139,6 +139,21 @@ class MetadataCache:
             pass
         return self._build(stamp, path), stamp.key
 
+    def forget(self, series: str) -> int:
+        """Remove the cached metadata of a series (a delete). A deleted series is never served from here anyway
+        (its version is looked up in the index first, and it has none); this frees the space and makes sure a
+        series stored again is built from its new files. Returns how many cache files went."""
+        removed = 0
+        for path in self._versions(series):
+            path.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def _versions(self, series: str) -> list[Path]:
+        """The cache files of this series' versions (``{series}.{digest}.json``; not those of a series whose UID
+        merely starts with this one)."""
+        return [p for p in self.folder.glob(f"{series}.*.json") if "." not in p.name[len(series) + 1 : -5]]
+
     def _build(self, stamp: SeriesStamp, path: Path, inline: bool = False) -> bytes:
         with self._lock:
             waiting = self._building.get(stamp.key)
@@ -153,7 +168,7 @@ class MetadataCache:
             tmp = self.store.files.tmp_dir / f"meta-{stamp.key}-{threading.get_ident()}"
             tmp.write_bytes(data)
             os.replace(tmp, path)
-            for old in self.folder.glob(f"{stamp.series}.*.json"):
+            for old in self._versions(stamp.series):
                 if old != path:
                     old.unlink(missing_ok=True)
             return data

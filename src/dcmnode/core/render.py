@@ -83,8 +83,10 @@ class Renderer:
         self._size: int | None = None  # bytes in the cache; measured on the first write (opening stays cheap)
 
     def etag(self, item: StoredFile, request: RenderRequest) -> str:
+        """The file's identity (size, modification time, inode: a file stored again is a new file, from a new
+        temp file) and the canonical parameters."""
         stat = item.path.stat()
-        text = f"{item.sop}|{stat.st_size}|{stat.st_mtime_ns}|{request.key()}"
+        text = f"{item.sop}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}|{request.key()}"
         return hashlib.sha1(text.encode()).hexdigest()[:24]
 
     def render(self, item: StoredFile, request: RenderRequest) -> tuple[bytes, str]:
@@ -104,7 +106,23 @@ class Renderer:
             return render_file(item.path, request, item.render), etag, True
 
     def _path(self, item: StoredFile, etag: str, request: RenderRequest) -> Path:
-        return self.cache_dir / item.sop[-2:] / f"{etag}.{EXTENSIONS[request.media_type]}"
+        return self.cache_dir / item.sop[-2:] / f"{item.sop}.{etag}.{EXTENSIONS[request.media_type]}"
+
+    def forget(self, sops: list[str]) -> int:
+        """Remove the cached renderings of these instances (a delete): an instance stored again under the same UID
+        can never be answered from an image of the old file. Returns how many cache files went."""
+        removed = 0
+        for sop in sops:
+            for path in (self.cache_dir / sop[-2:]).glob(f"{sop}.*.*"):
+                if path.name.count(".") != sop.count(".") + 2:
+                    continue  # another instance's, whose UID starts with this one
+                size = path.stat().st_size
+                path.unlink(missing_ok=True)
+                removed += 1
+                with self._lock:
+                    if self._size is not None:
+                        self._size -= size
+        return removed
 
     def keep(self, item: StoredFile, etag: str, request: RenderRequest, data: bytes) -> None:
         path = self._path(item, etag, request)

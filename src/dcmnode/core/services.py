@@ -12,6 +12,7 @@ from types import TracebackType
 from dcmnode.config import Settings
 from dcmnode.core.auth import Authenticator
 from dcmnode.core.catalog import Catalog
+from dcmnode.core.deletion import Deletion
 from dcmnode.core.ingest import Ingest
 from dcmnode.core.jobs.queue import Jobs
 from dcmnode.core.render import Renderer
@@ -29,19 +30,22 @@ class Services:
     jobs: Jobs  # the super-resolution job queue
     renderer: Renderer  # rendered frames with their disk cache
     auth: Authenticator  # API tokens, local users, OIDC bearer tokens -> Principal (HTTP doors, DIMSE identity)
+    deletion: Deletion  # deleting studies, series, instances (rows, files, caches; the audit hook)
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
         store = Store.open(settings.data_dir, fsync=settings.store.fsync)
         renderer = Renderer(store.root / "cache" / "rendered", store.files.tmp_dir, settings.http.render_cache_mb * MIB)
+        catalog = Catalog(store, settings.http.metadata_workers)
         return cls(
             settings=settings,
             store=store,
             ingest=Ingest(store, settings.store.on_duplicate),
-            catalog=Catalog(store, settings.http.metadata_workers),
+            catalog=catalog,
             jobs=Jobs(store.index),
             renderer=renderer,
             auth=Authenticator(store, settings),
+            deletion=Deletion(store, catalog.metadata, renderer),
         )
 
     def close(self) -> None:

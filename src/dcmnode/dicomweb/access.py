@@ -75,6 +75,9 @@ ROUTE_SCOPES: dict[tuple[str, str], Need | None] = {
     ("GET", f"{_RI}/frames/{{frames}}/rendered"): Need.READ,  # also answered by the fast path
     ("GET", f"{_RI}/frames/{{frames}}/thumbnail"): Need.READ,  # also answered by the fast path
     ("GET", f"{W}/wado"): Need.READ,
+    ("DELETE", f"{W}/studies/{{study}}"): Need.DELETE,  # a vendor extension (dicomweb/delete.py)
+    ("DELETE", _RS): Need.DELETE,
+    ("DELETE", _RI): Need.DELETE,
     # the node API (nodeapi/)
     ("GET", "/api/status"): Need.READ,
     ("GET", "/api/health"): PUBLIC,  # load balancers and the CLI's wait for "ready"

@@ -18,6 +18,7 @@ from starlette.requests import HTTPConnection
 
 from dcmnode.config import Settings
 from dcmnode.core.catalog import Catalog
+from dcmnode.core.deletion import Deletion
 from dcmnode.core.importing.registry import Registry
 from dcmnode.core.ingest import Ingest
 from dcmnode.core.jobs.queue import Jobs
@@ -75,6 +76,7 @@ class HttpServices:
     catalog: Catalog
     renderer: Renderer
     jobs: Jobs
+    deletion: Deletion
     imports: Registry  # the bulk upload jobs of this process (``/api/imports``)
     qido: QidoLimits
     stow: StowLimits
@@ -92,6 +94,7 @@ class HttpServices:
             catalog=services.catalog,
             renderer=services.renderer,
             jobs=services.jobs,
+            deletion=services.deletion,
             imports=Registry(services.ingest, services.settings),
             qido=QidoLimits(http.max_query_results),
             stow=StowLimits(http.max_request_mb * MIB, http.max_part_mb * MIB, services.settings.store.fsync),

@@ -10,7 +10,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dcmnode.dicomweb import qido, rendered, stow, wado
+from dcmnode.dicomweb import delete, qido, rendered, stow, wado
 
 LOOPBACK_ORIGINS = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"
 EXPOSED_HEADERS = ["Warning", "Content-Location", "ETag", "Content-Length", "Content-Type", "Last-Modified"]
@@ -46,6 +46,9 @@ def routes() -> list[Route]:
             "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail", rendered.frame_thumbnail
         ),
         Route("/wado", wado.wado_uri, methods=["GET"]),
+        Route("/studies/{study}", delete.delete, methods=["DELETE"]),
+        Route("/studies/{study}/series/{series}", delete.delete, methods=["DELETE"]),
+        Route("/studies/{study}/series/{series}/instances/{instance}", delete.delete, methods=["DELETE"]),
     ]
 
 
@@ -63,7 +66,7 @@ def middleware(cors_origins: Sequence[str]) -> list[Middleware]:
             CORSMiddleware,
             allow_origins=origins,
             allow_origin_regex=regex,
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["*"],
             expose_headers=EXPOSED_HEADERS,
             max_age=600,

@@ -7,7 +7,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from dcmnode.core import render
+from dcmnode.core import access, render
+from dcmnode.dicomweb.access import principal
 from dcmnode.dicomweb.context import services
 
 
@@ -19,8 +20,14 @@ def status(request: Request) -> JSONResponse:
             "dimse_port": http.dimse_port,
             "counts": http.catalog.counts(),
             "sr_worker": http.settings.sr.worker,
+            "can": can(principal(request)),
         }
     )
+
+
+def can(who: access.Principal) -> dict[str, bool]:
+    """What the viewer may offer this principal: one flag per scope (the viewer hides what it may not do)."""
+    return {scope.value: who.allows(scope) for scope in access.Scope}
 
 
 def health(request: Request) -> JSONResponse:

@@ -8,14 +8,17 @@ itself, takes the lock exclusively and refuses to start beside them.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from pathlib import Path
 
 from dcmnode.errors import Conflict
 from dcmnode.store.files import Files
-from dcmnode.store.index import Index, InstanceRecord
+from dcmnode.store.index import DeletedInstance, Index, InstanceRecord
 
-__all__ = ["Files", "Index", "InstanceRecord", "Store"]
+__all__ = ["DeletedInstance", "Files", "Index", "InstanceRecord", "Store"]
+
+log = logging.getLogger(__name__)
 
 INDEX_NAME = "index.sqlite"
 
@@ -41,7 +44,50 @@ class Store:
         files.clean_temp()
         index = Index(root / INDEX_NAME)
         index.migrate()
-        return cls(root, files, index, lock_fd)
+        store = cls(root, files, index, lock_fd)
+        store.finish_deletes()
+        return store
+
+    def delete(self, study: str, series: str | None = None, sop: str | None = None) -> list[DeletedInstance]:
+        """Delete a study, a series or an instance: the index rows first, in one transaction, then the files.
+
+        The files to remove are noted in ``deleting/`` before the COMMIT and unlinked after it, still under the
+        writer lock (no one can store the same instance again in between); the note goes once they are gone. A
+        crash leaves at worst files without rows, never a row without its file, and the next ``Store.open``
+        removes those files (``finish_deletes``)."""
+        gone: list[DeletedInstance] = []
+        journal: list[Path] = []
+
+        def unlink() -> None:
+            if journal:
+                self.files.remove_many([g.path for g in gone])
+                self.files.discard(journal[0])
+
+        with self.index.write(then=unlink) as conn:
+            gone += self.index.delete_entity(conn, study, series, sop)
+            if gone:
+                journal.append(self.files.write_journal([g.path for g in gone]))
+        return gone
+
+    def finish_deletes(self) -> int:
+        """Finish the deletes of processes that died between their COMMIT and their unlinks: remove each noted
+        file that no index row holds (under the writer lock, so a store of the same instance cannot interleave).
+        Costs one look-up per noted file, not a walk of the store. Returns how many files were removed."""
+        removed = 0
+        for journal in self.files.stale_journals():
+            noted = [line for line in journal.read_text(encoding="ascii").splitlines() if line]
+            orphans: list[str] = []
+
+            def unlink(journal: Path = journal, orphans: list[str] = orphans) -> None:
+                self.files.remove_many(orphans)
+                self.files.discard(journal)
+
+            with self.index.write(then=unlink) as conn:
+                orphans += [rel for rel in noted if not self.index.holds(conn, rel)]
+            removed += len(orphans)
+        if removed:
+            log.warning("removed %d file(s) an interrupted delete left without an index row", removed)
+        return removed
 
     def close(self) -> None:
         self.index.close()

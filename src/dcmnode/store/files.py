@@ -4,6 +4,7 @@ Layout under the data folder::
 
     dicom/{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm   stored as received
     tmp/{pid}/                                                            temp files of one live process
+    deleting/{pid}-{n}.txt                                                the files a delete is removing
 
 A file enters ``dicom/`` only by ``os.replace`` of a complete, fsynced temp file, so a reader or a crash
 never sees half a file. UIDs are validated (``model.check_uid``) before any path is built from them.
@@ -46,6 +47,7 @@ class Files:
         self.dicom_dir = root / "dicom"
         self.tmp_root = root / "tmp"
         self.tmp_dir = self.tmp_root / str(os.getpid())  # per process: see clean_temp
+        self.deleting_dir = root / "deleting"
         self.fsync = fsync
         self._names = itertools.count()
         self.dicom_dir.mkdir(parents=True, exist_ok=True)
@@ -117,6 +119,40 @@ class Files:
                 folder.rmdir()
             except OSError:
                 break
+
+    def write_journal(self, relative_paths: list[str]) -> Path:
+        """Note, durably, the files a delete is about to remove (written before its COMMIT): if the process dies
+        between the COMMIT and the unlinks, the next ``Store.open`` finds the note and removes the files no row
+        holds any more (``stale_journals``)."""
+        self.deleting_dir.mkdir(exist_ok=True)
+        path = self.deleting_dir / f"{os.getpid()}-{next(self._names)}.txt"
+        with disk_errors(), open(path, "w", encoding="ascii") as fp:
+            fp.write("".join(f"{p}\n" for p in relative_paths))
+            fp.flush()
+            if self.fsync:
+                os.fsync(fp.fileno())
+        self.sync_dirs([self.deleting_dir])
+        return path
+
+    def stale_journals(self) -> list[Path]:
+        """The delete notes of processes that died (a live process's are its own business)."""
+        if not self.deleting_dir.is_dir():
+            return []
+        found = []
+        for path in sorted(self.deleting_dir.iterdir()):
+            pid = path.name.split("-", 1)[0]
+            if not (pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid))):
+                found.append(path)
+        return found
+
+    def remove_many(self, relative_paths: list[str]) -> None:
+        """Remove stored files (pruning the folders they leave empty) and make the removals durable."""
+        folders: set[Path] = set()
+        for rel in relative_paths:
+            path = self.absolute(rel)
+            self.remove(path)
+            folders |= {path.parent, path.parent.parent, self.dicom_dir}
+        self.sync_dirs(sorted(f for f in folders if f.is_dir()))
 
     def clean_temp(self) -> int:
         """Remove temp files left by processes that died (kill -9, power loss); a live process's stay."""

@@ -12,7 +12,7 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +33,17 @@ class InstanceRecord:
     study: dict[str, Any]
     series: dict[str, Any]
     instance: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedInstance:
+    """One instance ``delete_entity`` removed: its UIDs, its file (relative to the data folder), its patient."""
+
+    study: str
+    series: str
+    sop: str
+    path: str
+    patient_id: str  # Patient ID (0010,0020), for the audit record; never the patient's name
 
 
 _CREATED = {Level.STUDY: ("studies", "StudyInstanceUID"), Level.SERIES: ("series", "SeriesInstanceUID")}
@@ -93,8 +104,10 @@ class Index:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """The only way to write: one writer at a time (threads and processes), one transaction."""
+    def write(self, then: Callable[[], None] | None = None) -> Iterator[sqlite3.Connection]:
+        """The only way to write: one writer at a time (threads and processes), one transaction. ``then`` runs
+        after COMMIT while the writer lock is still held (a delete unlinks its files there, so that no writer can
+        store the same instance again between the COMMIT and the unlink)."""
         conn = self.connection()
         with self._exclusive():
             conn.execute("BEGIN IMMEDIATE")
@@ -104,6 +117,8 @@ class Index:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            if then is not None:
+                then()
 
     # -- instances -----------------------------------------------------------------------------------------
     def instance(self, sop_uid: str, conn: sqlite3.Connection | None = None) -> sqlite3.Row | None:
@@ -186,6 +201,71 @@ class Index:
                 "DELETE FROM patients WHERE id = ? AND NOT EXISTS (SELECT 1 FROM studies WHERE patient_id = ?)",
                 (owner[0], owner[0]),
             )
+
+    def delete_entity(
+        self, conn: sqlite3.Connection, study: str, series: str | None = None, sop: str | None = None
+    ) -> list[DeletedInstance]:
+        """Remove a study, a series of it or an instance of that series (inside ``write()``): its instance rows in
+        one statement, then the series, study and patient rows left empty. Returns what was removed (nothing when
+        nothing matches: a series named under another study matches nothing).
+
+        Same lock order as ``delete_instance``: the one write lock first, the hierarchy read before anything is
+        removed, rows removed bottom-up."""
+        where, params = ["i.StudyInstanceUID = ?"], [study]
+        if series is not None:
+            where.append("i.SeriesInstanceUID = ?")
+            params.append(series)
+        if sop is not None:
+            where.append("i.SOPInstanceUID = ?")
+            params.append(sop)
+        clause = " AND ".join(where)
+        rows = conn.execute(
+            "SELECT i.SOPInstanceUID, i.SeriesInstanceUID, i.StudyInstanceUID, i.path, s.patient_id, p.PatientID "
+            "FROM instances i JOIN studies s ON s.StudyInstanceUID = i.StudyInstanceUID "
+            f"JOIN patients p ON p.id = s.patient_id WHERE {clause}",
+            params,
+        ).fetchall()
+        if not rows:
+            return []
+        conn.execute(f"DELETE FROM instances AS i WHERE {clause}", params)
+        for one in sorted({str(r[1]) for r in rows}):
+            conn.execute(
+                "DELETE FROM series WHERE SeriesInstanceUID = ? AND NOT EXISTS "
+                "(SELECT 1 FROM instances WHERE SeriesInstanceUID = ?)",
+                (one, one),
+            )
+        gone = conn.execute(
+            "DELETE FROM studies WHERE StudyInstanceUID = ? AND NOT EXISTS "
+            "(SELECT 1 FROM series WHERE StudyInstanceUID = ?) RETURNING patient_id",
+            (study, study),
+        ).fetchone()
+        if gone is not None:
+            conn.execute(
+                "DELETE FROM patients WHERE id = ? AND NOT EXISTS (SELECT 1 FROM studies WHERE patient_id = ?)",
+                (gone[0], gone[0]),
+            )
+        return [DeletedInstance(str(r[2]), str(r[1]), str(r[0]), str(r[3]), str(r[5])) for r in rows]
+
+    def holds(self, conn: sqlite3.Connection, relative_path: str) -> bool:
+        """Whether an instance row points at this stored file (looked up by its SOP Instance UID, the file's
+        name, which is indexed)."""
+        sop = relative_path.rsplit("/", 1)[-1].removesuffix(".dcm")
+        row = self.instance(sop, conn)
+        return row is not None and row["path"] == relative_path
+
+    def locate(self, uid: str) -> tuple[Level, str, str | None, str | None] | None:
+        """What a bare UID names, looked up as a study, then a series, then an instance: (level, study, series,
+        sop) with the levels above filled in; None when nothing stored has that UID."""
+        conn = self.connection()
+        if conn.execute("SELECT 1 FROM studies WHERE StudyInstanceUID = ?", (uid,)).fetchone() is not None:
+            return Level.STUDY, uid, None, None
+        row = conn.execute("SELECT StudyInstanceUID FROM series WHERE SeriesInstanceUID = ?", (uid,)).fetchone()
+        if row is not None:
+            return Level.SERIES, str(row[0]), uid, None
+        found = self.instance(uid, conn)
+        if found is not None:
+            return Level.IMAGE, str(found["StudyInstanceUID"]), str(found["SeriesInstanceUID"]), uid
+        return None
 
     # -- series and studies --------------------------------------------------------------------------------
     def series_study(self, series: str) -> str | None:

@@ -1,0 +1,24 @@
+"""``DELETE`` of a study, a series or an instance: a vendor extension of PS3.18.
+
+PS3.18 defines no Delete transaction (its RESTful services are Retrieve, Store, Search, UPS, Capabilities; removal
+of instances in DICOM is the Rejection Note of IHE IOCM, dcm4chee's "reject"). ``DELETE`` on the WADO-RS
+resource URL is what Orthanc, dcm4chee-arc (after a reject), Google Cloud Healthcare and Microsoft's dicom-server
+answer, and what dicomweb-client's ``delete_study`` / ``delete_series`` / ``delete_instance`` send: 204 No
+Content when it is gone, 404 when nothing stored matches. Needs the ``delete`` scope.
+"""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dcmnode.dicomweb.access import principal
+from dcmnode.dicomweb.context import services
+from dcmnode.dicomweb.paths import resource_uids
+
+
+async def delete(request: Request) -> Response:
+    study, series, sop = resource_uids(request)
+    await run_in_threadpool(services(request).deletion.delete, study, series, sop, principal(request))
+    return Response(status_code=204)
