@@ -13,6 +13,7 @@ from dcmnode.config import Settings
 from dcmnode.core.catalog import Catalog
 from dcmnode.core.ingest import Ingest
 from dcmnode.core.jobs.queue import Jobs
+from dcmnode.core.labels import Labels
 from dcmnode.core.render import Renderer
 from dcmnode.store import Store
 
@@ -27,6 +28,7 @@ class Services:
     catalog: Catalog  # the read side (queries, retrieves, metadata)
     jobs: Jobs  # the super-resolution job queue
     renderer: Renderer  # rendered frames with their disk cache
+    labels: Labels  # study labels (per-study access)
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -39,6 +41,7 @@ class Services:
             catalog=Catalog(store, settings.http.metadata_workers),
             jobs=Jobs(store.index),
             renderer=renderer,
+            labels=Labels(store),
         )
 
     def close(self) -> None:

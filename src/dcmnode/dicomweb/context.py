@@ -15,12 +15,15 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection
+from starlette.types import Scope
 
 from dcmnode.config import Settings
+from dcmnode.core import access
 from dcmnode.core.catalog import Catalog
 from dcmnode.core.importing.registry import Registry
 from dcmnode.core.ingest import Ingest
 from dcmnode.core.jobs.queue import Jobs
+from dcmnode.core.labels import Labels
 from dcmnode.core.render import Renderer
 from dcmnode.core.services import Services
 
@@ -75,6 +78,7 @@ class HttpServices:
     catalog: Catalog
     renderer: Renderer
     jobs: Jobs
+    labels: Labels
     imports: Registry  # the bulk upload jobs of this process (``/api/imports``)
     qido: QidoLimits
     stow: StowLimits
@@ -92,6 +96,7 @@ class HttpServices:
             catalog=services.catalog,
             renderer=services.renderer,
             jobs=services.jobs,
+            labels=services.labels,
             imports=Registry(services.ingest, services.settings),
             qido=QidoLimits(http.max_query_results),
             stow=StowLimits(http.max_request_mb * MIB, http.max_part_mb * MIB, services.settings.store.fsync),
@@ -110,3 +115,24 @@ def services(connection: HTTPConnection) -> HttpServices:
     found = connection.app.state.services
     assert isinstance(found, HttpServices), "the app was built without HttpServices (app.Node.asgi sets them)"
     return found
+
+
+PRINCIPAL = "dcmnode.principal"  # the ASGI scope key authentication sets (a ``core.access.Principal``)
+
+
+def principal_of(scope: Scope) -> access.Principal:
+    """Who asks: the principal authentication put in the ASGI scope, else everyone (``http.auth = "none"``)."""
+    found = scope.get(PRINCIPAL)
+    if isinstance(found, access.Principal):
+        return found
+    client = scope.get("client")
+    return access.anonymous(str(client[0]) if client else "")
+
+
+def principal(connection: HTTPConnection) -> access.Principal:
+    return principal_of(connection.scope)
+
+
+def groups(connection: HTTPConnection) -> frozenset[str]:
+    """The asking principal's groups: the studies it sees carry one of them (``*``: every study)."""
+    return principal_of(connection.scope).groups

@@ -210,3 +210,17 @@ def m003_render_summary(db: Database) -> None:
     """What a plain grey image renders from (``part10.pixel_header``), kept at ingest; NULL for rows indexed before
     (they are rendered from their file's header, as before)."""
     db.execute("ALTER TABLE instances ADD COLUMN render TEXT")
+
+
+@migrations()
+def m005_study_labels(db: Database) -> None:
+    """Labels on studies (per-study access: a principal sees the studies carrying one of its groups). A label row
+    goes with its study's row (ON DELETE CASCADE; ``Index.connection`` turns foreign keys on)."""
+    db.execute("""
+CREATE TABLE study_labels (
+  study TEXT NOT NULL REFERENCES studies(StudyInstanceUID) ON DELETE CASCADE,
+  label TEXT NOT NULL,
+  created_at TEXT NOT NULL,
+  PRIMARY KEY (study, label)
+) WITHOUT ROWID""")
+    db.execute("CREATE INDEX ix_study_labels_label ON study_labels (label, study)")
