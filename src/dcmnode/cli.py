@@ -1,4 +1,5 @@
-"""Command line: serve | import | status | reindex | delete | render | export | sr | worker | send | token | user."""
+"""Command line: serve | import | status | reindex | delete | render | export | sr | worker | send | token | user |
+label."""
 
 from __future__ import annotations
 
@@ -168,6 +169,18 @@ def _parser() -> argparse.ArgumentParser:
     snd.add_argument("ae_title", metavar="AET", help="the peer's AE title")
     snd.set_defaults(func=cmd_send)
     _principal_parsers(sub, common)
+
+    lab = sub.add_parser(
+        "label",
+        parents=[common],
+        help="add, remove or list the labels of a stored study (per-study access)",
+        description="Labels name the groups that see a study: a principal with groups sees only the studies "
+        "carrying one of them. A label is 1-64 characters of A-Z a-z 0-9 _ . -",
+    )
+    lab.add_argument("action", choices=["add", "remove", "list"])
+    lab.add_argument("study", metavar="STUDY_UID", help="Study Instance UID")
+    lab.add_argument("labels", nargs="*", metavar="LABEL")
+    lab.set_defaults(func=cmd_label)
     return parser
 
 
@@ -571,4 +584,24 @@ def cmd_user_list(args: argparse.Namespace, settings: config.Settings) -> int:
         )
     if not rows:
         print("no users")
+    return 0
+
+
+def cmd_label(args: argparse.Namespace, settings: config.Settings) -> int:
+    from dcmnode.core import labels
+    from dcmnode.core.services import Services
+
+    names = labels.checked(args.labels)
+    if args.action == "list" and names:
+        raise InvalidRequest("label list takes no LABEL")
+    if args.action != "list" and not names:
+        raise InvalidRequest(f"label {args.action} needs at least one LABEL")
+    with Services.open(settings) as services:
+        for name in names:
+            if args.action == "add":
+                services.labels.add(args.study, name)
+            elif not services.labels.remove(args.study, name):
+                print(f"dcmnode: study {args.study} did not carry {name}", file=sys.stderr)
+        found = services.labels.of(args.study)
+    print(" ".join(found))
     return 0

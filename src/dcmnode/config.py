@@ -3,7 +3,8 @@
 ``config/dcmnode.toml`` documents every field below with its default; a test keeps the
 two in step. Environment variables are ``DCMNODE_<SECTION>_<KEY>`` (section names have no underscore, so
 ``DCMNODE_DIMSE_MAX_ASSOCIATIONS`` is section ``dimse``, key ``max_associations``). Peers are declared only in
-the file, one table per AE title: ``[peers.PACS1]`` with ``host`` and ``port``.
+the file, one table per AE title: ``[peers.PACS1]`` with ``host`` and ``port``, and optionally ``labels`` (study
+labels attached to what the peer sends by C-STORE) and ``groups`` (the studies its C-FIND/C-MOVE/C-GET see).
 """
 
 from __future__ import annotations
@@ -143,6 +144,8 @@ class Peer:
     host: str
     port: int
     description: str = ""
+    labels: tuple[str, ...] = ()  # study labels attached to every study this peer sends (C-STORE)
+    groups: tuple[str, ...] = ("*",)  # its C-FIND/C-MOVE/C-GET see studies carrying one of these ("*": all)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +175,8 @@ SECTIONS: dict[str, type[Any]] = {
 NESTED = {"oidc": ("http", "oidc")}  # sections written as a table inside another: name -> (parent, key)
 AUTH_MODES = ("none", "on")
 SR_WORKERS = ("process", "thread", "off")
-PEER_KEYS = {"host", "port", "description", "ae_title"}
+PEER_KEYS = {"host", "port", "description", "ae_title", "labels", "groups"}
+LABEL = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # a study label (core.labels); "*" is a group, never a label
 
 
 def load(
@@ -280,8 +284,21 @@ def _build_peers(tables: dict[str, Any]) -> dict[str, Peer]:
         if "host" not in table or "port" not in table:
             raise ConfigError(f"[peers.{ae_title}] needs host and port")
         title = str(table.get("ae_title", ae_title))
-        peers[title] = Peer(title, str(table["host"]), int(table["port"]), str(table.get("description", "")))
+        labels = _names(table.get("labels", []), f"[peers.{ae_title}] labels", star=False)
+        groups = _names(table.get("groups", ["*"]), f"[peers.{ae_title}] groups", star=True)
+        description = str(table.get("description", ""))
+        peers[title] = Peer(title, str(table["host"]), int(table["port"]), description, labels, groups)
     return peers
+
+
+def _names(value: Any, where: str, star: bool) -> tuple[str, ...]:
+    """A list of label names (``star``: or ``*``, every study)."""
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and (LABEL.match(v) or (star and v == "*")) for v in value
+    ):
+        also = ', or "*" (every study)' if star else ""
+        raise ConfigError(f"{where}: a list of labels (1-64 characters of A-Z a-z 0-9 _ . -){also}")
+    return tuple(dict.fromkeys(value))
 
 
 def _build_rules(tables: Any) -> tuple[SrRule, ...]:

@@ -60,6 +60,7 @@ class Source:
     kind: SourceKind
     ae_title: str = ""  # calling AE for DIMSE; empty otherwise
     address: str = ""  # peer address (host) where known
+    labels: tuple[str, ...] = ()  # study labels to attach to the studies this source stores (per-study access)
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.ae_title}" if self.ae_title else str(self.kind)

@@ -1,7 +1,8 @@
 """The read side of the store, as the adapters see it: search, select for retrieve, metadata.
 
 DIMSE and DICOMweb hold a ``Catalog`` (never the store itself), so that what a
-query or a retrieve may do is decided here, once.
+query or a retrieve may do is decided here, once. ``groups`` is the asking principal's (``core.access``): a study
+that carries none of them is answered as if it were not stored; None (or ``*``) sees every study.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 
 from dcmnode.core import metadata, retrieve
 from dcmnode.core import query as q
-from dcmnode.store import Store
+from dcmnode.errors import NotFound
+from dcmnode.store import Store, labels
 
 
 class Catalog:
@@ -29,14 +31,36 @@ class Catalog:
     def iterate(self, query: q.Query) -> Iterator[dict[str, Any]]:
         return q.iterate(self.store.index, query)
 
-    def select(self, matches: Mapping[str, str], level: q.Level = q.Level.IMAGE) -> list[retrieve.StoredFile]:
-        return retrieve.select(self.store, matches, level)
+    def select(
+        self, matches: Mapping[str, str], level: q.Level = q.Level.IMAGE, groups: frozenset[str] | None = None
+    ) -> list[retrieve.StoredFile]:
+        return retrieve.select(self.store, matches, level, groups)
 
-    def resource(self, study: str, series: str | None = None, sop: str | None = None) -> list[retrieve.StoredFile]:
-        return retrieve.resource(self.store, study, series, sop)
+    def resource(
+        self,
+        study: str,
+        series: str | None = None,
+        sop: str | None = None,
+        groups: frozenset[str] | None = None,
+    ) -> list[retrieve.StoredFile]:
+        return retrieve.resource(self.store, study, series, sop, groups)
 
-    def series_metadata(self, study: str, series: str) -> tuple[bytes, str]:
+    def series_metadata(self, study: str, series: str, groups: frozenset[str] | None = None) -> tuple[bytes, str]:
+        """The series' metadata, from the cache; the study's visibility is checked first (the cache knows no
+        principal)."""
+        if not self.visible(study, groups):
+            raise NotFound(f"series {series} of study {study} is not stored here")
         return self.metadata.series_json(study, series)
+
+    def visible(self, study: str, groups: frozenset[str] | None) -> bool:
+        """Whether ``groups`` sees the study (True for every study when there is no filter)."""
+        limit = q.study_filter(groups)
+        return limit is None or labels.visible(self.store.index, study, sorted(limit))
+
+    def series_visible(self, series: str, groups: frozenset[str] | None) -> bool:
+        """Whether the series is stored and its study visible to ``groups``."""
+        study = self.store.index.series_study(series)
+        return study is not None and self.visible(study, groups)
 
     def study_series(self, study: str) -> list[str]:
         return self.store.index.study_series(study)

@@ -6,6 +6,10 @@ Order of work, so that an acknowledged instance is durable and a failed one leav
 3. one index transaction: duplicate policy, upsert rows, ``os.replace`` the temp file into place, COMMIT;
 4. fsync the folders whose entries changed, then answer success. Any failure removes the temp file (and a
    newly placed file).
+
+Study labels (``Source.labels``: a peer's ``labels``, an import's or a STOW request's) are attached in the same
+transaction as the rows, to each instance stored or replaced (not to a duplicate kept as stored). A replaced
+instance keeps its study's labels even when its study row is removed and made again.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dcmnode.core.parse import PREAMBLE, Expected, Parsed, lacks_preamble, parse
 from dcmnode.errors import DcmnodeError, DuplicateInstance
 from dcmnode.model import Outcome, Source, StoredInstance
 from dcmnode.store import Store
+from dcmnode.store import labels as study_labels
 from dcmnode.store.index import now
 
 log = logging.getLogger(__name__)
@@ -109,6 +114,7 @@ class Ingest:
         files, index = self.store.files, self.store.index
         final = files.path_for(parsed.key)
         existing = None
+        kept_labels: list[str] = []
         placed = False
         changed: list[Path] = []
         try:
@@ -122,6 +128,8 @@ class Ingest:
                         raise DuplicateInstance(
                             f"SOP Instance {parsed.key.sop} is already stored", parsed.sop_class, parsed.key.sop
                         )
+                    if existing["StudyInstanceUID"] == parsed.key.study:  # its row may go with the instance
+                        kept_labels = study_labels.of(index, parsed.key.study, conn)
                     index.delete_instance(conn, parsed.key.sop)
                 record = parsed.record
                 record.instance.update(
@@ -135,6 +143,8 @@ class Ingest:
                 if source.ae_title:  # the first calling AE of a series is kept; others do not blank it
                     record.series["source_ae"] = source.ae_title
                 index.upsert_instance(conn, record)
+                if source.labels or kept_labels:
+                    study_labels.add(conn, parsed.key.study, [*kept_labels, *source.labels])
                 changed = files.install(temp, parsed.key)
                 placed = True
         except DcmnodeError as err:

@@ -29,6 +29,7 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
+from dcmnode.core import access
 from dcmnode.errors import InvalidRequest
 from dcmnode.model import UID_PATTERN
 from dcmnode.model import Level as Level  # re-exported: adapters say q.Level
@@ -155,6 +156,7 @@ class Query:
     fuzzy: bool = False
     limit: int | None = None
     offset: int = 0
+    groups: frozenset[str] | None = None  # the principal's groups: only studies carrying one; None or "*": all
 
     def returned(self) -> list[str]:
         """Every keyword this query returns, in a stable order; nothing from below the query level."""
@@ -212,15 +214,27 @@ def iterate(index: Index, query: Query, limit: int | None = None) -> Iterator[di
     names = query.returned()
     returned = [ATTRIBUTES[n].key for n in names]
     conditions = _conditions(query.matches, query.fuzzy)
-    for row in matching.iterate(index, query.level, returned, conditions, limit, query.offset):
+    groups = study_filter(query.groups)
+    for row in matching.iterate(index, query.level, returned, conditions, limit, query.offset, groups):
         yield dict(zip(names, row, strict=True))
 
 
-def instances(index: Index, matches: Mapping[str, str], level: Level = Level.IMAGE) -> list[dict[str, Any]]:
+def instances(
+    index: Index, matches: Mapping[str, str], level: Level = Level.IMAGE, groups: frozenset[str] | None = None
+) -> list[dict[str, Any]]:
     """The stored instances under the entities ``matches`` selects at ``level`` (retrieve requests:
-    PS3.4 C.4.2.1.4 / C.4.3.1.3, unique keys at and above the level; keys below it are ignored)."""
+    PS3.4 C.4.2.1.4 / C.4.3.1.3, unique keys at and above the level; keys below it are ignored), of the studies
+    ``groups`` sees only: a PATIENT-level retrieve takes the patient's visible studies, nothing of the others."""
     kept = {n: v for n, v in matches.items() if _DEPTH[attribute(n).level] <= _DEPTH[level]}
-    return matching.instances(index, _conditions({attribute(n).keyword: v for n, v in kept.items()}, False))
+    conditions = _conditions({attribute(n).keyword: v for n, v in kept.items()}, False)
+    return matching.instances(index, conditions, study_filter(groups))
+
+
+def study_filter(groups: frozenset[str] | None) -> frozenset[str] | None:
+    """The labels a study must carry one of, or None for no filter (no groups given, or ``*``)."""
+    if groups is None or access.ALL_GROUPS in groups:
+        return None
+    return frozenset(groups)
 
 
 def _conditions(matches: Mapping[str, str], fuzzy: bool) -> list[tuple[matching.Key, matching.Condition]]:

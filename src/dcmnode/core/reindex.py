@@ -1,7 +1,8 @@
 """Rebuild the index from the files (``dcmnode reindex``).
 
 The files are the source of truth. A new index is built beside the old one and swapped in with one rename, so
-an interrupted reindex leaves the old index as it was.
+an interrupted reindex leaves the old index as it was. Study labels are not in the files: those of the studies
+the new index holds are carried over from the old one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from dcmnode.core.parse import parse_file
 from dcmnode.errors import DcmnodeError
 from dcmnode.model import SourceKind
-from dcmnode.store import INDEX_NAME, Store
+from dcmnode.store import INDEX_NAME, Store, labels
 from dcmnode.store.index import Index
 
 BATCH = 500
@@ -44,6 +45,8 @@ def reindex(root: Path) -> ReindexReport:
                 _index_batch(store, fresh, batch, report)
                 batch = []
         _index_batch(store, fresh, batch, report)
+        with fresh.write() as conn:
+            labels.restore(conn, labels.every(store.index))
         fresh.checkpoint()
         fresh.close()
         store.index.close()

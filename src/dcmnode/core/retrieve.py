@@ -42,9 +42,12 @@ class StoredFile:
     render: str | None = None  # the render summary kept at ingest (part10.pixel_header), NULL for older rows
 
 
-def select(store: Store, matches: Mapping[str, str], level: q.Level = q.Level.IMAGE) -> list[StoredFile]:
-    """The stored instances under the entities ``matches`` names (unique keys, or any matching key)."""
-    rows = q.instances(store.index, matches, level)
+def select(
+    store: Store, matches: Mapping[str, str], level: q.Level = q.Level.IMAGE, groups: frozenset[str] | None = None
+) -> list[StoredFile]:
+    """The stored instances under the entities ``matches`` names (unique keys, or any matching key), of the
+    studies ``groups`` sees (None or ``*``: every study)."""
+    rows = q.instances(store.index, matches, level, groups)
     return [
         StoredFile(
             study=r["StudyInstanceUID"],
@@ -60,14 +63,17 @@ def select(store: Store, matches: Mapping[str, str], level: q.Level = q.Level.IM
     ]
 
 
-def resource(store: Store, study: str, series: str | None = None, sop: str | None = None) -> list[StoredFile]:
-    """The instances of a study, series or instance named in a URL; NotFound if there are none."""
+def resource(
+    store: Store, study: str, series: str | None = None, sop: str | None = None, groups: frozenset[str] | None = None
+) -> list[StoredFile]:
+    """The instances of a study, series or instance named in a URL; NotFound if there are none, or if the study
+    is outside ``groups`` (as if it did not exist)."""
     matches = {"StudyInstanceUID": study}
     if series:
         matches["SeriesInstanceUID"] = series
     if sop:
         matches["SOPInstanceUID"] = sop
-    found = select(store, matches)
+    found = select(store, matches, groups=groups)
     if not found:
         what = f"instance {sop}" if sop else f"series {series}" if series else f"study {study}"
         raise NotFound(f"{what} is not stored here")

@@ -15,6 +15,7 @@ from dcmnode.core.catalog import Catalog
 from dcmnode.core.deletion import Deletion
 from dcmnode.core.ingest import Ingest
 from dcmnode.core.jobs.queue import Jobs
+from dcmnode.core.labels import Labels
 from dcmnode.core.render import Renderer
 from dcmnode.store import Store
 
@@ -31,6 +32,7 @@ class Services:
     renderer: Renderer  # rendered frames with their disk cache
     auth: Authenticator  # API tokens, local users, OIDC bearer tokens -> Principal (HTTP doors, DIMSE identity)
     deletion: Deletion  # deleting studies, series, instances (rows, files, caches; the audit hook)
+    labels: Labels  # study labels (per-study access)
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -46,6 +48,7 @@ class Services:
             renderer=renderer,
             auth=Authenticator(store, settings),
             deletion=Deletion(store, catalog.metadata, renderer),
+            labels=Labels(store),
         )
 
     def close(self) -> None:

@@ -22,24 +22,19 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
-from starlette.requests import HTTPConnection
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dcmnode.config import Settings
-from dcmnode.core.access import Kind, Principal, anonymous
+from dcmnode.core.access import Principal
 from dcmnode.core.access import Scope as Need
 from dcmnode.core.auth import Authenticator
-from dcmnode.dicomweb.context import DICOMWEB_PREFIX, services
-from dcmnode.errors import Forbidden
+from dcmnode.dicomweb.context import DICOMWEB_PREFIX, NOBODY, PRINCIPAL
 
 log = logging.getLogger("dcmnode.http.access")
 
-PRINCIPAL_KEY = "dcmnode.principal"
 PUBLIC = None  # a route anyone may call, signed in or not
 
 W = DICOMWEB_PREFIX
@@ -90,6 +85,9 @@ ROUTE_SCOPES: dict[tuple[str, str], Need | None] = {
     ("GET", "/api/imports"): Need.WRITE,
     ("GET", "/api/imports/{job}"): Need.WRITE,
     ("DELETE", "/api/imports/{job}"): Need.WRITE,
+    ("GET", "/api/studies/{study}/labels"): Need.READ,
+    ("PUT", "/api/studies/{study}/labels/{label}"): Need.WRITE,
+    ("DELETE", "/api/studies/{study}/labels/{label}"): Need.WRITE,
     ("POST", "/api/imports/{job}/finish"): Need.WRITE,
     ("GET", "/api/imports/{job}/events"): Need.WRITE,
     ("PUT", "/api/imports/{job}/files/{path:path}"): Need.WRITE,
@@ -155,7 +153,6 @@ class RouteTable:
         return False, None
 
 
-NOBODY = Principal("nobody", Kind.ANONYMOUS, frozenset(), frozenset())  # an OPTIONS preflight, a public file
 
 
 class AccessControl:
@@ -185,12 +182,12 @@ class AccessControl:
         address = scope["client"][0] if scope.get("client") else ""
         method, path = scope.get("method", "GET"), scope["path"]
         if method == "OPTIONS":
-            scope[PRINCIPAL_KEY] = NOBODY
+            scope[PRINCIPAL] = NOBODY
             await self.app(scope, receive, send)
             return
         known, need = self.routes.decide(method, path)
         if known and need is PUBLIC:
-            scope[PRINCIPAL_KEY] = NOBODY
+            scope[PRINCIPAL] = NOBODY
             await self.app(scope, receive, send)
             return
         try:
@@ -205,7 +202,7 @@ class AccessControl:
             reason = f"this request needs the {need} scope"
             await self._refuse(scope, receive, send, 403, reason, f"{found.kind} {found.name} lacks {need}", need)
             return
-        scope[PRINCIPAL_KEY] = dataclasses.replace(found, address=address) if address else found
+        scope[PRINCIPAL] = dataclasses.replace(found, address=address) if address else found
         await self.app(scope, receive, send)
 
     async def _authenticate(self, scope: Scope) -> Principal | None:
@@ -252,25 +249,3 @@ async def _deny(scope: Scope, receive: Receive, send: Send) -> None:
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-def principal(connection: HTTPConnection) -> Principal:
-    """Who is asking (``AccessControl`` put it in the ASGI scope): the anonymous principal when auth is off."""
-    return principal_in(connection.scope, services(connection).settings)
-
-
-def principal_in(scope: Scope, settings: Settings) -> Principal:
-    """``principal`` from the ASGI scope itself (for code in front of the router, such as the fast path)."""
-    found: Any = scope.get(PRINCIPAL_KEY)
-    if found is None and settings.http.auth != "on":
-        return anonymous(scope["client"][0] if scope.get("client") else "")
-    assert isinstance(found, Principal), "the request did not pass AccessControl (app.Node.asgi puts it in front)"
-    return found
-
-
-def require(connection: HTTPConnection, need: Need) -> Principal:
-    """The principal, when it has ``need`` (for a handler that checks more than its route's scope)."""
-    found = principal(connection)
-    if not found.allows(need):
-        raise Forbidden(f"this request needs the {need} scope")
-    return found

@@ -15,13 +15,16 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection
+from starlette.types import Scope
 
 from dcmnode.config import Settings
+from dcmnode.core import access
 from dcmnode.core.catalog import Catalog
 from dcmnode.core.deletion import Deletion
 from dcmnode.core.importing.registry import Registry
 from dcmnode.core.ingest import Ingest
 from dcmnode.core.jobs.queue import Jobs
+from dcmnode.core.labels import Labels
 from dcmnode.core.render import Renderer
 from dcmnode.core.services import Services
 
@@ -77,6 +80,7 @@ class HttpServices:
     renderer: Renderer
     jobs: Jobs
     deletion: Deletion
+    labels: Labels
     imports: Registry  # the bulk upload jobs of this process (``/api/imports``)
     qido: QidoLimits
     stow: StowLimits
@@ -95,6 +99,7 @@ class HttpServices:
             renderer=services.renderer,
             jobs=services.jobs,
             deletion=services.deletion,
+            labels=services.labels,
             imports=Registry(services.ingest, services.settings),
             qido=QidoLimits(http.max_query_results),
             stow=StowLimits(http.max_request_mb * MIB, http.max_part_mb * MIB, services.settings.store.fsync),
@@ -113,3 +118,29 @@ def services(connection: HTTPConnection) -> HttpServices:
     found = connection.app.state.services
     assert isinstance(found, HttpServices), "the app was built without HttpServices (app.Node.asgi sets them)"
     return found
+
+
+PRINCIPAL = "dcmnode.principal"  # the ASGI scope key authentication sets (a ``core.access.Principal``)
+# A request that reached a handler without passing authentication while it is on: it may do nothing, see nothing.
+NOBODY = access.Principal("nobody", access.Kind.ANONYMOUS, frozenset(), frozenset())
+
+
+def principal_of(scope: Scope, settings: Settings) -> access.Principal:
+    """Who asks: the principal authentication (``dicomweb.access.AccessControl``) put in the ASGI scope; with
+    ``http.auth = "none"`` everyone (the anonymous principal); with auth on and none set, nobody (fail closed)."""
+    found = scope.get(PRINCIPAL)
+    if isinstance(found, access.Principal):
+        return found
+    if settings.http.auth == "on":
+        return NOBODY
+    client = scope.get("client")
+    return access.anonymous(str(client[0]) if client else "")
+
+
+def principal(connection: HTTPConnection) -> access.Principal:
+    return principal_of(connection.scope, services(connection).settings)
+
+
+def groups(connection: HTTPConnection) -> frozenset[str]:
+    """The asking principal's groups: the studies it sees carry one of them (``*``: every study)."""
+    return principal(connection).groups

@@ -13,12 +13,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dcmnode.dicomweb.access import principal
-from dcmnode.dicomweb.context import services
+from dcmnode.dicomweb.context import principal, services
 from dcmnode.dicomweb.paths import resource_uids
+from dcmnode.errors import NotFound
 
 
 async def delete(request: Request) -> Response:
     study, series, sop = resource_uids(request)
-    await run_in_threadpool(services(request).deletion.delete, study, series, sop, principal(request))
+    http, who = services(request), principal(request)
+    if not await run_in_threadpool(http.catalog.visible, study, who.groups):
+        raise NotFound(f"study {study} is not stored here")  # a study outside the principal's groups: as if absent
+    await run_in_threadpool(http.deletion.delete, study, series, sop, who)
     return Response(status_code=204)

@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from dcmnode.dicomweb import rendered
-from dcmnode.dicomweb.context import HttpServices
+from dcmnode.dicomweb.context import HttpServices, principal_of
 from dcmnode.dicomweb.paths import path_uid
 from dcmnode.errors import DcmnodeError
 
@@ -113,6 +113,7 @@ class RenderedFastPath:
                 uids,
                 job,
                 wanted.decode("latin-1") if wanted is not None else None,
+                principal_of(scope, http.settings).groups,  # a study outside them is NotFound: the full app answers 404
             )
             data, etag, item, fresh = await run_in_threadpool(work)  # the same anyio pool as the full app
         except DcmnodeError:

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from dcmnode.core import query as q
 from dcmnode.dicomweb import dicom_json
 from dcmnode.dicomweb.accept import require_json
-from dcmnode.dicomweb.context import services
+from dcmnode.dicomweb.context import groups, services
 from dcmnode.dicomweb.paths import base_url, path_uid
 from dcmnode.errors import InvalidRequest
 
@@ -63,6 +63,7 @@ async def _search(request: Request, level: q.Level, defaults: frozenset[q.Level]
     for key, name in (("study", "StudyInstanceUID"), ("series", "SeriesInstanceUID")):
         if key in request.path_params:
             query.matches[name] = path_uid(request.path_params[key], name)
+    query.groups = groups(request)  # only the studies the principal sees; counts, limit and offset after that
     catalog = services(request).catalog
     result = await run_in_threadpool(catalog.search, query)
     base = base_url(request)

@@ -22,7 +22,7 @@ from dcmnode.core import render
 from dcmnode.core.catalog import Catalog
 from dcmnode.core.retrieve import StoredFile
 from dcmnode.dicomweb import accept
-from dcmnode.dicomweb.context import HttpServices, services
+from dcmnode.dicomweb.context import HttpServices, groups, services
 from dcmnode.dicomweb.paths import etag_matches, resource_uids
 from dcmnode.errors import InvalidRequest, NotAcceptable
 
@@ -71,7 +71,9 @@ async def _image(request: Request, uids: tuple[str, str | None, str | None], job
     catalog = services(request).catalog
     renderer = services(request).renderer
     wanted = request.headers.get("if-none-match")
-    data, etag, item, fresh = await run_in_threadpool(find_and_render, catalog, renderer, uids, job, wanted)
+    data, etag, item, fresh = await run_in_threadpool(
+        find_and_render, catalog, renderer, uids, job, wanted, groups(request)
+    )
     headers = {"ETag": f'"{etag}"', "Cache-Control": CACHE_CONTROL}
     if data is None:
         return Response(status_code=304, headers=headers)
@@ -91,9 +93,11 @@ def find_and_render(
     uids: tuple[str, str | None, str | None],
     job: render.RenderRequest,
     wanted: str | None,
+    seen_by: frozenset[str] | None = None,
 ) -> tuple[bytes | None, str, StoredFile, bool]:
-    """In one worker-thread hop: the instance (the middle one of a study or series), its ETag, its image."""
-    items = catalog.resource(*uids)
+    """In one worker-thread hop: the instance (the middle one of a study or series), its ETag, its image;
+    NotFound for a study outside the principal's groups ``seen_by``."""
+    items = catalog.resource(*uids, groups=seen_by)
     item = items[len(items) // 2]
     etag = renderer.etag(item, job)
     if etag_matches(wanted, f'"{etag}"'):
@@ -126,7 +130,7 @@ def _frame_number(request: Request) -> int:
 async def collection(request: Request) -> Response:
     """A study's or series' /rendered: one image per instance, multipart/related."""
     catalog = services(request).catalog
-    items = await run_in_threadpool(catalog.resource, *resource_uids(request))
+    items = await run_in_threadpool(catalog.resource, *resource_uids(request), groups=groups(request))
     job = request_from(request)
     renderer = services(request).renderer
     boundary = secrets.token_hex(16)
@@ -193,7 +197,7 @@ async def export(request: Request) -> Response:
         raise InvalidRequest(f"format={fmt!r}: one of {', '.join(exporting.FORMATS)}")
     catalog = services(request).catalog
     study, series, _ = resource_uids(request)
-    items = await run_in_threadpool(catalog.resource, study, series)
+    items = await run_in_threadpool(catalog.resource, study, series, groups=groups(request))
     renderer = services(request).renderer
     out = renderer.tmp_dir / f"export-{secrets.token_hex(8)}.{'zip' if fmt == 'zip' else 'nii.gz'}"
     writer = exporting.write_zip if fmt == "zip" else exporting.write_nifti

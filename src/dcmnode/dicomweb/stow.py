@@ -4,6 +4,9 @@ The body is streamed to temp files part by
 part (a 2 GB request never sits in memory); once the closing boundary is in, each part goes through ``core.ingest``
 and its outcome lands in ReferencedSOPSequence or FailedSOPSequence (FailureReason = the PS3.4 status a C-STORE of
 the part would answer, ``status.code(err, Service.STORE)``).
+
+Vendor extension: ``?label=a&label=b`` labels every study the request stores (per-study access; ``core.labels``).
+A principal limited to groups may only set labels among them.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from dcmnode.core import labels
 from dcmnode.core.ingest import Ingest
 from dcmnode.core.parse import Expected
-from dcmnode.dicomweb.context import StowLimits, services
+from dcmnode.dicomweb.context import StowLimits, groups, services
 from dcmnode.dicomweb.multipart import Part, PartSpooler, parse_media_type
 from dcmnode.dicomweb.paths import base_url, path_uid
 from dcmnode.errors import DcmnodeError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
@@ -46,6 +50,8 @@ async def store(request: Request) -> Response:
     study = request.path_params.get("study")
     if study is not None:
         study = path_uid(study, "StudyInstanceUID")
+    asked = labels.checked(request.query_params.getlist("label"))
+    labels.allowed_for(asked, groups(request))
     boundary = _check_content_type(request.headers.get("content-type"))
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limits.max_request_bytes:
@@ -53,7 +59,7 @@ async def store(request: Request) -> Response:
     parts = await _spool(request, boundary, ingest, limits)
     if not parts:
         raise InvalidRequest("the multipart body holds no parts")
-    stored, failed = await run_in_threadpool(_ingest_parts, ingest, parts, study, _source(request))
+    stored, failed = await run_in_threadpool(_ingest_parts, ingest, parts, study, _source(request, asked))
     base = base_url(request)
     return JSONResponse(
         _response_body(stored, failed, study, base), status_code=_http_status(stored, failed), media_type=DICOM_JSON
@@ -93,9 +99,9 @@ async def _spool(request: Request, boundary: str, ingest: Ingest, limits: StowLi
         raise
 
 
-def _source(request: Request) -> Source:
+def _source(request: Request, study_labels: tuple[str, ...] = ()) -> Source:
     host = request.client.host if request.client else ""
-    return Source(SourceKind.STOW, address=host)
+    return Source(SourceKind.STOW, address=host, labels=study_labels)
 
 
 def _ingest_parts(

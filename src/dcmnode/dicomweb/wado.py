@@ -30,7 +30,7 @@ from dcmnode.core import metadata as meta
 from dcmnode.core import retrieve
 from dcmnode.core.catalog import Catalog
 from dcmnode.dicomweb import accept, rendered
-from dcmnode.dicomweb.context import services
+from dcmnode.dicomweb.context import groups, services
 from dcmnode.dicomweb.paths import base_url, etag_matches, path_uid, resource_uids
 from dcmnode.errors import InvalidRequest, NotAcceptable
 from dcmnode.part10 import frames as frame_io
@@ -95,7 +95,7 @@ async def retrieve_instance(request: Request) -> Response:
 
 async def _retrieve(request: Request, uids: tuple[str, str | None, str | None]) -> Response:
     catalog = services(request).catalog
-    files = await run_in_threadpool(catalog.resource, *uids)
+    files = await run_in_threadpool(catalog.resource, *uids, groups=groups(request))
     single = uids[2] is not None
     choice = negotiate_dicom(request.headers.get("accept"), {f.transfer_syntax for f in files}, single)
     etag = _etag(*(f"{f.sop}:{f.size}:{f.transfer_syntax}" for f in files), choice.syntax)
@@ -151,7 +151,7 @@ async def series_metadata(request: Request) -> Response:
     assert series is not None
     accept.require_json(request.headers.get("accept"))
     catalog = services(request).catalog
-    data, version = await run_in_threadpool(catalog.series_metadata, study, series)
+    data, version = await run_in_threadpool(catalog.series_metadata, study, series, groups(request))
     return await _json(request, data, _etag(version))
 
 
@@ -159,16 +159,16 @@ async def study_metadata(request: Request) -> Response:
     study, _, _ = resource_uids(request)
     accept.require_json(request.headers.get("accept"))
     catalog = services(request).catalog
-    data, versions = await run_in_threadpool(_study_json, catalog, study)
+    data, versions = await run_in_threadpool(_study_json, catalog, study, groups(request))
     return await _json(request, data, _etag(*versions))
 
 
-def _study_json(catalog: Catalog, study: str) -> tuple[bytes, list[str]]:
+def _study_json(catalog: Catalog, study: str, seen_by: frozenset[str]) -> tuple[bytes, list[str]]:
     """The study's metadata (its series' arrays joined) and the version keys of those series."""
     series = catalog.study_series(study)
-    if not series:
-        catalog.resource(study)  # raises NotFound with the reason
-    found = [catalog.series_metadata(study, s) for s in series]
+    if not series or not catalog.visible(study, seen_by):
+        catalog.resource(study, groups=seen_by)  # raises NotFound with the reason
+    found = [catalog.series_metadata(study, s, seen_by) for s in series]
     parts = [data[1:-1] for data, _ in found]
     return b"[" + b",".join(p for p in parts if p) + b"]", [version for _, version in found]
 
@@ -177,7 +177,7 @@ async def instance_metadata(request: Request) -> Response:
     study, series, sop = resource_uids(request)
     accept.require_json(request.headers.get("accept"))
     catalog = services(request).catalog
-    [item] = await run_in_threadpool(catalog.resource, study, series, sop)
+    [item] = await run_in_threadpool(catalog.resource, study, series, sop, groups=groups(request))
     obj = await run_in_threadpool(meta.instance_json, item.path, item.study, item.series, item.sop)
     data = json.dumps([obj], ensure_ascii=False, separators=(",", ":")).encode()
     return await _json(request, data, _etag(item.sop, str(item.size)), cache=INSTANCE_CACHE)
@@ -241,7 +241,7 @@ async def frames(request: Request) -> Response:
     study, series, sop = resource_uids(request)
     numbers = frame_io.parse_frame_list(request.path_params["frames"])
     catalog = services(request).catalog
-    [item] = await run_in_threadpool(catalog.resource, study, series, sop)
+    [item] = await run_in_threadpool(catalog.resource, study, series, sop, groups=groups(request))
     choice = negotiate_frames(request.headers.get("accept"), item.transfer_syntax)
     etag = _etag(item.sop, str(item.size), item.transfer_syntax, ",".join(map(str, numbers)), choice.syntax)
     if _not_modified(request, etag):
@@ -276,7 +276,7 @@ async def bulkdata(request: Request) -> Response:
     except ValueError as exc:
         raise InvalidRequest(f"bulk data tag {tag_text!r}: expected 8 hex digits") from exc
     catalog = services(request).catalog
-    [item] = await run_in_threadpool(catalog.resource, study, series, sop)
+    [item] = await run_in_threadpool(catalog.resource, study, series, sop, groups=groups(request))
     etag = _etag(item.sop, str(item.size), tag_text)
     headers = {"ETag": etag, "Cache-Control": INSTANCE_CACHE}
     if _not_modified(request, etag):
@@ -306,7 +306,7 @@ async def wado_uri(request: Request) -> Response:
     sop = path_uid(params["objectUID"], "objectUID")
     content_types = [c.strip() for c in params.get("contentType", "image/jpeg").split(",")]  # §9.1.2.3.1 default
     catalog = services(request).catalog
-    [item] = await run_in_threadpool(catalog.resource, study, series, sop)
+    [item] = await run_in_threadpool(catalog.resource, study, series, sop, groups=groups(request))
     if DICOM not in content_types:
         images = [c for c in content_types if c in ("image/jpeg", "image/png", "image/gif")]
         if not images:

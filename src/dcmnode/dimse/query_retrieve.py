@@ -8,6 +8,10 @@ negotiated with SCP/SCU role selection. Both send each file as stored when the r
 syntax, and decompress it when the receiver accepted only uncompressed syntaxes. C-CANCEL is honoured between
 matches and between sub-operations. A request that fails is answered from ``dcmnode.status``: 0xA900 for a bad
 identifier, the service's "unable to process" code (0xC320, 0xC520, 0xC420) for anything else.
+
+Per-study access: the calling AE's ``groups`` (``[peers.X] groups``; a caller not declared, or declared without
+``groups``, sees every study) restrict C-FIND matches, patient-level counts and the instances C-MOVE and C-GET
+send: a study outside them is answered as if it were not stored (no match, no sub-operation).
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dcmnode import status
 from dcmnode.config import Peer, Settings
+from dcmnode.core import access, retrieve
 from dcmnode.core import query as q
-from dcmnode.core import retrieve
 from dcmnode.core.catalog import Catalog
 from dcmnode.dimse import send
 from dcmnode.errors import DcmnodeError, InvalidRequest
@@ -134,9 +138,16 @@ def handle_find(event: evt.Event, catalog: Catalog, settings: Settings) -> Itera
         yield _refusal(exc, Service.FIND, event), None
 
 
+def caller_groups(event: evt.Event, settings: Settings) -> frozenset[str]:
+    """The groups of the association's calling AE: its ``[peers.X] groups`` when declared, else every study."""
+    peer = settings.peers.get(str(event.assoc.requestor.ae_title).strip())
+    return frozenset(peer.groups) if peer is not None else frozenset({access.ALL_GROUPS})
+
+
 def _matches(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterator[Response]:
     requestor = event.assoc.requestor
     query, unknown = identifier_to_query(event.identifier, str(event.context.abstract_syntax))
+    query.groups = caller_groups(event, settings)
     count = 0
     for row in catalog.iterate(query):
         if event.is_cancelled:
@@ -162,15 +173,16 @@ def _refusal(exc: Exception, service: Service, event: evt.Event) -> Dataset:
     return answer
 
 
-def _retrieve_files(event: evt.Event, catalog: Catalog) -> list[retrieve.StoredFile]:
-    """The instances a C-MOVE/C-GET identifier names. The level's unique key must be given (PS3.4 C.4.2.2.1),
-    so that an empty identifier cannot retrieve the whole store."""
+def _retrieve_files(event: evt.Event, catalog: Catalog, settings: Settings) -> list[retrieve.StoredFile]:
+    """The instances a C-MOVE/C-GET identifier names, of the studies the caller sees (a PATIENT-level retrieve
+    takes each visible study of the patient, nothing of the others). The level's unique key must be given
+    (PS3.4 C.4.2.2.1), so that an empty identifier cannot retrieve the whole store."""
     query, _ = identifier_to_query(event.identifier, str(event.context.abstract_syntax))
     unique = q.UNIQUE_KEY[query.level]
     value = query.matches.get(unique, "").strip()
     if not value or "*" in value or "?" in value:
         raise InvalidRequest(f"a {query.level} retrieve needs {unique} (one value or a list of UIDs)")
-    return catalog.select(query.matches, query.level)
+    return catalog.select(query.matches, query.level, caller_groups(event, settings))
 
 
 def _proposal(files: list[retrieve.StoredFile]) -> list[PresentationContext]:
@@ -214,7 +226,7 @@ def handle_move(event: evt.Event, catalog: Catalog, settings: Settings) -> Itera
         yield None, None
         return
     try:
-        files = _retrieve_files(event, catalog)
+        files = _retrieve_files(event, catalog, settings)
         contexts = _proposal(files)
     except Exception as exc:
         yield from _refused_move(peer, _refusal(exc, Service.MOVE, event))
@@ -300,7 +312,7 @@ def handle_get(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterat
     catalog : Catalog
         The read side of the store.
     settings : Settings
-        The node's settings (not read; bound like C-FIND's and C-MOVE's).
+        The node's settings: the calling AE's ``groups`` under ``[peers]``.
 
     Yields
     ------
@@ -314,7 +326,7 @@ def handle_get(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterat
     """
     requestor = event.assoc.requestor
     try:
-        files = _retrieve_files(event, catalog)
+        files = _retrieve_files(event, catalog, settings)
     except Exception as exc:
         refusal = _refusal(exc, Service.GET, event)
         yield 1

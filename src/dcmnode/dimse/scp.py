@@ -145,7 +145,7 @@ def start(settings: Settings, ingest: Ingest, catalog: Catalog, sock: socket.soc
     handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, handle_open),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [ingest, pacer]),
+        (evt.EVT_C_STORE, handle_store, [ingest, pacer, settings]),
         (evt.EVT_C_FIND, query_retrieve.handle_find, [catalog, settings]),
         (evt.EVT_C_MOVE, query_retrieve.handle_move, [catalog, settings]),
         (evt.EVT_C_GET, query_retrieve.handle_get, [catalog, settings]),
@@ -214,7 +214,7 @@ def handle_echo(event: evt.Event) -> int:
     return SUCCESS
 
 
-def handle_store(event: evt.Event, ingest: Ingest, pacer: Pacer) -> int | Dataset:
+def handle_store(event: evt.Event, ingest: Ingest, pacer: Pacer, settings: Settings | None = None) -> int | Dataset:
     """``evt.EVT_C_STORE``: store the received instance, as received, through ``Ingest``.
 
     Parameters
@@ -226,6 +226,8 @@ def handle_store(event: evt.Event, ingest: Ingest, pacer: Pacer) -> int | Datase
         Where the instance goes; it returns only once the instance is durable.
     pacer : Pacer
         Told of the activity, so that the association's reactor polls fast while instances arrive.
+    settings : Settings, optional
+        The node's settings: a calling AE declared under ``[peers]`` with ``labels`` has its studies labelled.
 
     Returns
     -------
@@ -235,7 +237,9 @@ def handle_store(event: evt.Event, ingest: Ingest, pacer: Pacer) -> int | Datase
     """
     pacer.touch(event.assoc)
     requestor = event.assoc.requestor
-    source = Source(SourceKind.DIMSE, ae_title=requestor.ae_title, address=str(requestor.address))
+    peer = settings.peers.get(requestor.ae_title) if settings is not None else None
+    labels = peer.labels if peer is not None else ()
+    source = Source(SourceKind.DIMSE, ae_title=requestor.ae_title, address=str(requestor.address), labels=labels)
     expected = Expected(
         sop_class=str(event.context.abstract_syntax),
         sop_instance=str(cast(C_STORE, event.request).AffectedSOPInstanceUID or "") or None,

@@ -1,6 +1,6 @@
 """``/api/imports``: bulk upload over HTTP, import jobs fed file by file or with archives.
 
-    POST   /imports                       {"name", "expected_files"} → 201 job, Location
+    POST   /imports                       {"name", "expected_files", "labels"} → 201 job, Location
     PUT    /imports/{id}/files/{path}     raw bytes → 200 {"path", "status", "reason"} (202 "queued": an archive)
     POST   /imports/{id}/finish           no more files → 202 job (done once the queued archives are)
     GET    /imports, /imports/{id}        job(s)
@@ -10,6 +10,7 @@
 A body is streamed into a store temp file as it arrives (never held in memory); file writes, ingest and archive
 reading run on worker threads, never on the event loop. ``path`` is the file's place in the user's folder: it is
 reported, never used to build a file system path. Jobs live in this process; ended ones are kept for an hour.
+``labels`` (a list of label names) labels every study the job stores (per-study access, ``core.labels``).
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from dcmnode.core import labels
 from dcmnode.core.importing import ENDED, ImportJob, Spool
 from dcmnode.core.importing.registry import Registry
-from dcmnode.dicomweb.context import services
+from dcmnode.dicomweb.context import groups, services
 from dcmnode.errors import Conflict, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from dcmnode.model import Source, SourceKind
 
@@ -56,10 +58,11 @@ def _job_response(job: ImportJob, status_code: int = 200, headers: dict[str, str
 
 # -- routes -------------------------------------------------------------------------------------------------------
 async def create(request: Request) -> JSONResponse:
-    """``POST /imports`` with an optional JSON body ``{"name": str, "expected_files": int}``."""
-    name, expected = _create_params(await _small_body(request), request.headers.get("content-type", ""))
+    """``POST /imports`` with an optional JSON body ``{"name": str, "expected_files": int, "labels": [str]}``."""
+    name, expected, study_labels = _create_params(await _small_body(request), request.headers.get("content-type", ""))
+    labels.allowed_for(study_labels, groups(request))
     host = request.client.host if request.client else ""
-    job = _registry(request).create(name, expected, Source(SourceKind.IMPORT, address=host))
+    job = _registry(request).create(name, expected, Source(SourceKind.IMPORT, address=host, labels=study_labels))
     return _job_response(job, 201, {"Location": f"/api/imports/{job.id}"})
 
 
@@ -72,9 +75,9 @@ async def _small_body(request: Request, limit: int = 64 * 1024) -> bytes:
     return bytes(body)
 
 
-def _create_params(body: bytes, content_type: str) -> tuple[str, int]:
+def _create_params(body: bytes, content_type: str) -> tuple[str, int, tuple[str, ...]]:
     if not body.strip():
-        return "", 0
+        return "", 0, ()
     if content_type.split(";")[0].strip().lower() not in ("application/json", ""):
         raise UnsupportedMediaType("send the job description as application/json")
     try:
@@ -82,8 +85,8 @@ def _create_params(body: bytes, content_type: str) -> tuple[str, int]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"the body is not JSON: {exc}") from exc
     if not isinstance(params, dict):
-        raise InvalidRequest('the body is {"name": "<text>", "expected_files": <count>}')
-    unknown = set(params) - {"name", "expected_files"}
+        raise InvalidRequest('the body is {"name": "<text>", "expected_files": <count>, "labels": ["<label>"]}')
+    unknown = set(params) - {"name", "expected_files", "labels"}
     if unknown:
         raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
     name, expected = params.get("name", ""), params.get("expected_files", 0)
@@ -91,7 +94,10 @@ def _create_params(body: bytes, content_type: str) -> tuple[str, int]:
         raise InvalidRequest(f"name: text of at most {MAX_NAME} characters")
     if isinstance(expected, bool) or not isinstance(expected, int) or expected < 0:
         raise InvalidRequest(f"expected_files {expected!r}: a count (0 or more)")
-    return name, expected
+    asked = params.get("labels", [])
+    if not isinstance(asked, list):
+        raise InvalidRequest("labels: a list of label names")
+    return name, expected, labels.checked(asked)
 
 
 async def put_file(request: Request) -> Response:

@@ -4,6 +4,9 @@ POST   /sr/jobs          {"series": UID, "factor": 2, "method": "learned", "send
 GET    /sr/jobs          ?status=&series=&limit= → the newest jobs first
 GET    /sr/jobs/{id}     one job
 DELETE /sr/jobs/{id}     cancel: 200 when it ended at once, 202 while a running job stops
+
+Per-study access: a series (or a job on a series) whose study is outside the caller's groups is 404, and the
+list leaves such jobs out.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dcmnode.core.jobs.queue import Jobs, check_options, check_send_to
-from dcmnode.dicomweb.context import services
-from dcmnode.errors import InvalidRequest, UnsupportedMediaType
+from dcmnode.core.jobs.queue import Job, Jobs, check_options, check_send_to
+from dcmnode.dicomweb.context import groups, services
+from dcmnode.errors import InvalidRequest, NotFound, UnsupportedMediaType
 
 
 def _jobs(request: Request) -> Jobs:
@@ -50,6 +53,8 @@ async def submit_job(request: Request) -> JSONResponse:
     if send_to is not None and not isinstance(send_to, str):
         raise InvalidRequest('send_to is an AE title, "-" (do not send) or null (back to the sender)')
     check_send_to(services(request).settings, send_to)
+    if not services(request).catalog.series_visible(body["series"], groups(request)):
+        raise NotFound(f"series {body['series']} is not stored here")
     job = _jobs(request).submit(body["series"], factor, method, send_to, origin="api")
     return JSONResponse(job.to_json(), status_code=202, headers={"Location": f"/api/sr/jobs/{job.id}"})
 
@@ -60,16 +65,24 @@ def list_jobs(request: Request) -> JSONResponse:
     if not limit.isdigit() or not 1 <= int(limit) <= 1000:
         raise InvalidRequest(f"limit={limit!r}: 1-1000")
     jobs = _jobs(request).find(params.get("status"), params.get("series"), int(limit))
-    return JSONResponse([j.to_json() for j in jobs])
+    catalog, seen_by = services(request).catalog, groups(request)
+    return JSONResponse([j.to_json() for j in jobs if catalog.visible(j.study, seen_by)])
+
+
+def _visible_job(request: Request) -> Job:
+    job = _jobs(request).get(_job_id(request))
+    if not services(request).catalog.visible(job.study, groups(request)):
+        raise NotFound(f"no super-resolution job {job.id}")
+    return job
 
 
 def get_job(request: Request) -> JSONResponse:
-    return JSONResponse(_jobs(request).get(_job_id(request)).to_json())
+    return JSONResponse(_visible_job(request).to_json())
 
 
 def cancel_job(request: Request) -> Response:
     """``DELETE``: a queued job is cancelled at once, a running one within a second or so (202 until then)."""
-    job = _jobs(request).cancel(_job_id(request))
+    job = _jobs(request).cancel(_visible_job(request).id)
     return JSONResponse(job.to_json(), status_code=200 if job.status == "cancelled" else 202)
 
 

@@ -8,8 +8,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from dcmnode.core import access, render
-from dcmnode.dicomweb.access import principal
-from dcmnode.dicomweb.context import services
+from dcmnode.dicomweb.context import principal, services
 
 
 def status(request: Request) -> JSONResponse:

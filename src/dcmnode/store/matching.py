@@ -9,6 +9,12 @@ the whole query into one statement. The SQLite-only constructs are here and nowh
   single value and wildcard matching of names are case-insensitive (PS3.4 C.2.2.2.1) and stay on an index;
 - ``group_concat`` for ModalitiesInStudy and SOPClassesInStudy, ``rowid`` as the arrival order;
 - an upper range bound followed by ``\\x7f``, which sorts after any longer value with that prefix.
+
+Per-study access: ``groups`` (None = every study) keeps the studies carrying one of those labels
+(``study_labels``): at study, series and instance level the entity's study must carry one, at patient level the
+patient must have such a study. The patient-level counts (NumberOfPatientRelated*) count the visible studies only,
+so that a principal never learns of a study it may not see; the study- and series-level counts are within a visible
+study and unchanged.
 """
 
 from __future__ import annotations
@@ -124,9 +130,51 @@ RETRIEVE_COLUMNS = (
 RETRIEVE_ORDER = "st.StudyDate, i.StudyInstanceUID, se.SeriesNumber, i.SeriesInstanceUID, i.InstanceNumber"
 
 
+# The patient-level counts, restricted to the studies a set of groups sees ("{}": the study alias's visibility).
+PATIENT_COUNTS = {
+    "NumberOfPatientRelatedStudies": "(SELECT COUNT(*) FROM studies x WHERE x.patient_id = p.id AND {x})",
+    "NumberOfPatientRelatedSeries": "(SELECT COUNT(*) FROM series x JOIN studies y"
+    " ON y.StudyInstanceUID = x.StudyInstanceUID WHERE y.patient_id = p.id AND {y})",
+    "NumberOfPatientRelatedInstances": "(SELECT COUNT(*) FROM instances x JOIN studies y"
+    " ON y.StudyInstanceUID = x.StudyInstanceUID WHERE y.patient_id = p.id AND {y})",
+}
+
+
 def expression(key: Key) -> str:
     """The SQL expression giving an attribute's value."""
     return COMPUTED.get(key.keyword) or f"{ALIAS[key.level]}.{key.keyword}"
+
+
+def _returned(returned: Sequence[Key], groups: frozenset[str] | None) -> Clause:
+    """The select list; with ``groups`` the patient-level counts count visible studies only."""
+    parts, params = [], []
+    for key in returned:
+        template = PATIENT_COUNTS.get(key.keyword) if groups is not None else None
+        if template is None:
+            parts.append(expression(key))
+            continue
+        alias = "x" if "{x}" in template else "y"
+        clause, values = _labelled(f"{alias}.StudyInstanceUID", groups or frozenset())
+        parts.append(template.replace("{" + alias + "}", clause))
+        params += values
+    return ", ".join(parts), params
+
+
+def _labelled(study: str, groups: frozenset[str]) -> Clause:
+    """The study ``study`` (an SQL expression) carries one of ``groups``."""
+    if not groups:
+        return "0", []
+    names = sorted(groups)
+    marks = ", ".join("?" * len(names))
+    return f"EXISTS (SELECT 1 FROM study_labels l WHERE l.study = {study} AND l.label IN ({marks}))", names
+
+
+def visibility(level: Level, groups: frozenset[str]) -> Clause:
+    """The entities of ``level`` a principal with ``groups`` sees (PATIENT: those with a visible study)."""
+    if level is P:
+        clause, params = _labelled("y.StudyInstanceUID", groups)
+        return f"EXISTS (SELECT 1 FROM studies y WHERE y.patient_id = p.id AND {clause})", params
+    return _labelled("st.StudyInstanceUID", groups)
 
 
 # -- statements ------------------------------------------------------------------------------------------------
@@ -137,10 +185,13 @@ def iterate(
     conditions: Sequence[tuple[Key, Condition]],
     limit: int | None = None,
     offset: int = 0,
+    groups: frozenset[str] | None = None,
 ) -> Iterator[tuple[Any, ...]]:
-    """The matching entities of ``level``, one tuple of ``returned`` values each, in the level's order."""
-    select = ", ".join(expression(k) for k in returned)
-    where, params = _where(conditions)
+    """The matching entities of ``level``, one tuple of ``returned`` values each, in the level's order; with
+    ``groups``, only those a principal with these groups sees (``limit`` and ``offset`` count those only)."""
+    select, params = _returned(returned, groups)
+    where, where_params = _where(conditions, level, groups)
+    params += where_params
     sql = f"SELECT {select} FROM {FROM[level]}{where} ORDER BY {ORDER[level]}"
     if limit is not None or offset:
         sql += " LIMIT ? OFFSET ?"
@@ -153,19 +204,25 @@ def iterate(
         cursor.close()
 
 
-def instances(index: Index, conditions: Sequence[tuple[Key, Condition]]) -> list[dict[str, Any]]:
+def instances(
+    index: Index, conditions: Sequence[tuple[Key, Condition]], groups: frozenset[str] | None = None
+) -> list[dict[str, Any]]:
     """The stored instances under the matching entities (``RETRIEVE_COLUMNS`` each), in study, series and
-    instance order."""
-    where, params = _where(conditions)
+    instance order; with ``groups``, only those of the studies carrying one of them."""
+    where, params = _where(conditions, IM, groups)
     columns = ", ".join(f"i.{c}" for c in RETRIEVE_COLUMNS)
     sql = f"SELECT {columns} FROM {FROM[IM]}{where} ORDER BY {RETRIEVE_ORDER}"
     return [dict(zip(RETRIEVE_COLUMNS, row, strict=True)) for row in index.connection().execute(sql, params)]
 
 
-def _where(conditions: Sequence[tuple[Key, Condition]]) -> Clause:
+def _where(conditions: Sequence[tuple[Key, Condition]], level: Level, groups: frozenset[str] | None) -> Clause:
     clauses, params = [], []
     for key, condition in conditions:
         clause, values = clause_for(expression(key), condition)
+        clauses.append(clause)
+        params += values
+    if groups is not None:
+        clause, values = visibility(level, groups)
         clauses.append(clause)
         params += values
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params

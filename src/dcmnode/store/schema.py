@@ -238,3 +238,17 @@ CREATE TABLE users (
   created_at TEXT NOT NULL,
   updated_at TEXT NOT NULL
 )""")
+
+
+@migrations()
+def m005_study_labels(db: Database) -> None:
+    """Labels on studies (per-study access: a principal sees the studies carrying one of its groups). A label row
+    goes with its study's row (ON DELETE CASCADE; ``Index.connection`` turns foreign keys on)."""
+    db.execute("""
+CREATE TABLE study_labels (
+  study TEXT NOT NULL REFERENCES studies(StudyInstanceUID) ON DELETE CASCADE,
+  label TEXT NOT NULL,
+  created_at TEXT NOT NULL,
+  PRIMARY KEY (study, label)
+) WITHOUT ROWID""")
+    db.execute("CREATE INDEX ix_study_labels_label ON study_labels (label, study)")
