@@ -3,12 +3,14 @@
 ``config/dcmnode.toml`` documents every field below with its default; a test keeps the
 two in step. Environment variables are ``DCMNODE_<SECTION>_<KEY>`` (section names have no underscore, so
 ``DCMNODE_DIMSE_MAX_ASSOCIATIONS`` is section ``dimse``, key ``max_associations``). Peers are declared only in
-the file, one table per AE title: ``[peers.PACS1]`` with ``host`` and ``port``.
+the file, one table per AE title: ``[peers.PACS1]`` with ``host`` and ``port`` (and, for DIMSE access control,
+``allow`` and ``hosts``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import tomllib
 from collections.abc import Mapping
@@ -48,7 +50,12 @@ class DimseSettings:
     dimse_timeout: float = _default(60.0, "seconds to wait for DIMSE messages")
     network_timeout: float = _default(60.0, "seconds of network silence before an association is aborted")
     allowed_callers: list[str] = _default([], "calling AE titles allowed to associate; empty = any")
-    require_known_callers: bool = _default(False, "only AE titles declared under [peers] may associate")
+    require_known_callers: bool = _default(
+        False, "only AE titles declared under [peers] may associate, and only when calling this node's AE title"
+    )
+    require_user_identity: bool = _default(
+        False, "associations must carry User Identity (username + password of a local user, or a JWT)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,12 +124,17 @@ class SrRule:
         )
 
 
+DIMSE_SERVICES = ("echo", "store", "find", "move", "get")
+
+
 @dataclass(frozen=True, slots=True)
 class Peer:
     ae_title: str
     host: str
     port: int
     description: str = ""
+    allow: tuple[str, ...] = DIMSE_SERVICES  # the DIMSE services this AE may use as a caller
+    hosts: tuple[str, ...] = ()  # addresses or networks it may call from (normalised); empty = any
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +160,7 @@ SECTIONS: dict[str, type[Any]] = {
     "sr": SrSettings,
 }
 SR_WORKERS = ("process", "thread", "off")
-PEER_KEYS = {"host", "port", "description", "ae_title"}
+PEER_KEYS = {"host", "port", "description", "ae_title", "allow", "hosts"}
 
 
 def load(
@@ -247,8 +259,29 @@ def _build_peers(tables: dict[str, Any]) -> dict[str, Peer]:
         if "host" not in table or "port" not in table:
             raise ConfigError(f"[peers.{ae_title}] needs host and port")
         title = str(table.get("ae_title", ae_title))
-        peers[title] = Peer(title, str(table["host"]), int(table["port"]), str(table.get("description", "")))
+        allow = _peer_list(table, "allow", ae_title, DIMSE_SERVICES)
+        unknown_services = sorted(set(allow) - set(DIMSE_SERVICES))
+        if unknown_services:
+            raise ConfigError(f"[peers.{ae_title}] allow: unknown services {unknown_services}: {DIMSE_SERVICES}")
+        hosts = tuple(_network(h, ae_title) for h in _peer_list(table, "hosts", ae_title, ()))
+        description = str(table.get("description", ""))
+        peers[title] = Peer(title, str(table["host"]), int(table["port"]), description, allow, hosts)
     return peers
+
+
+def _peer_list(table: dict[str, Any], key: str, ae_title: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = table.get(key, list(default))
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"[peers.{ae_title}] {key} must be a list of strings, not {value!r}")
+    return tuple(v.strip().lower() if key == "allow" else v.strip() for v in value)
+
+
+def _network(text: str, ae_title: str) -> str:
+    """A peer's ``hosts`` entry as a normalised network ("10.0.0.5/32", "10.1.0.0/16", "::1/128")."""
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError as exc:
+        raise ConfigError(f"[peers.{ae_title}] hosts: {text!r} is not an IP address or network") from exc
 
 
 def _build_rules(tables: Any) -> tuple[SrRule, ...]:
