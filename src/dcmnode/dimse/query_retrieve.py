@@ -226,6 +226,16 @@ def handle_move(event: evt.Event, catalog: Catalog, settings: Settings) -> Itera
     yield from _sub_operations(event, files, accepted)
 
 
+def refuse_move(event: evt.Event, settings: Settings, refusal: Dataset) -> Iterator[Destination | int | Response]:
+    """Answer a C-MOVE with ``refusal`` (e.g. 0x0124, ``dimse.access``): 0xA801 for an undeclared destination as
+    ``handle_move`` does, else the refusal after the Verification-only association ``_refused_move`` opens."""
+    peer = _destination(event, settings)
+    if peer is None:
+        yield None, None
+        return
+    yield from _refused_move(peer, refusal)
+
+
 def _destination(event: evt.Event, settings: Settings) -> Peer | None:
     """The declared peer a C-MOVE names as Move Destination; None (and a log line saying where to declare it)
     for an AE title not under ``[peers]``."""
