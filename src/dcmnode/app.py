@@ -83,7 +83,8 @@ class Node:
     def start_dimse(self, sock: socket.socket | None = None) -> scp.Scp:
         """Serve DIMSE in this process (threads), on ``sock`` or a new socket from the settings."""
         sock = sock or scp.listen(self.settings.dimse.host, self.settings.dimse.port)
-        self.scp = scp.start(self.settings, self.services.ingest, self.services.catalog, sock)
+        services = self.services
+        self.scp = scp.start(self.settings, services.ingest, services.catalog, sock, authenticator=services.auth)
         self.dimse_port = self.scp.port
         return self.scp
 

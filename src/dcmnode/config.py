@@ -4,7 +4,8 @@
 two in step. Environment variables are ``DCMNODE_<SECTION>_<KEY>`` (section names have no underscore, so
 ``DCMNODE_DIMSE_MAX_ASSOCIATIONS`` is section ``dimse``, key ``max_associations``). Peers are declared only in
 the file, one table per AE title: ``[peers.PACS1]`` with ``host`` and ``port``, and optionally ``labels`` (study
-labels attached to what the peer sends by C-STORE) and ``groups`` (the studies its C-FIND/C-MOVE/C-GET see).
+labels attached to what the peer sends by C-STORE), ``groups`` (the studies its C-FIND/C-MOVE/C-GET see), and,
+for DIMSE access control, ``allow`` and ``hosts``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,12 @@ class DimseSettings:
     dimse_timeout: float = _default(60.0, "seconds to wait for DIMSE messages")
     network_timeout: float = _default(60.0, "seconds of network silence before an association is aborted")
     allowed_callers: list[str] = _default([], "calling AE titles allowed to associate; empty = any")
-    require_known_callers: bool = _default(False, "only AE titles declared under [peers] may associate")
+    require_known_callers: bool = _default(
+        False, "only AE titles declared under [peers] may associate, and only when calling this node's AE title"
+    )
+    require_user_identity: bool = _default(
+        False, "associations must carry User Identity (username + password of a local user, or a JWT)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +144,9 @@ class SrRule:
         )
 
 
+DIMSE_SERVICES = ("echo", "store", "find", "move", "get")
+
+
 @dataclass(frozen=True, slots=True)
 class Peer:
     ae_title: str
@@ -146,6 +155,8 @@ class Peer:
     description: str = ""
     labels: tuple[str, ...] = ()  # study labels attached to every study this peer sends (C-STORE)
     groups: tuple[str, ...] = ("*",)  # its C-FIND/C-MOVE/C-GET see studies carrying one of these ("*": all)
+    allow: tuple[str, ...] = DIMSE_SERVICES  # the DIMSE services this AE may use as a caller
+    hosts: tuple[str, ...] = ()  # addresses or networks it may call from (normalised); empty = any
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +186,7 @@ SECTIONS: dict[str, type[Any]] = {
 NESTED = {"oidc": ("http", "oidc")}  # sections written as a table inside another: name -> (parent, key)
 AUTH_MODES = ("none", "on")
 SR_WORKERS = ("process", "thread", "off")
-PEER_KEYS = {"host", "port", "description", "ae_title", "labels", "groups"}
+PEER_KEYS = {"host", "port", "description", "ae_title", "labels", "groups", "allow", "hosts"}
 LABEL = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # a study label (core.labels); "*" is a group, never a label
 
 
@@ -286,8 +297,16 @@ def _build_peers(tables: dict[str, Any]) -> dict[str, Peer]:
         title = str(table.get("ae_title", ae_title))
         labels = _names(table.get("labels", []), f"[peers.{ae_title}] labels", star=False)
         groups = _names(table.get("groups", ["*"]), f"[peers.{ae_title}] groups", star=True)
+        allow = _peer_list(table, "allow", ae_title, DIMSE_SERVICES)
+        unknown_services = sorted(set(allow) - set(DIMSE_SERVICES))
+        if unknown_services:
+            raise ConfigError(f"[peers.{ae_title}] allow: unknown services {unknown_services}: {DIMSE_SERVICES}")
+        hosts = tuple(_network(h, ae_title) for h in _peer_list(table, "hosts", ae_title, ()))
         description = str(table.get("description", ""))
-        peers[title] = Peer(title, str(table["host"]), int(table["port"]), description, labels, groups)
+        peers[title] = Peer(
+            title, str(table["host"]), int(table["port"]), description,
+            labels=labels, groups=groups, allow=allow, hosts=hosts,
+        )  # fmt: skip
     return peers
 
 
@@ -299,6 +318,21 @@ def _names(value: Any, where: str, star: bool) -> tuple[str, ...]:
         also = ', or "*" (every study)' if star else ""
         raise ConfigError(f"{where}: a list of labels (1-64 characters of A-Z a-z 0-9 _ . -){also}")
     return tuple(dict.fromkeys(value))
+
+
+def _peer_list(table: dict[str, Any], key: str, ae_title: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = table.get(key, list(default))
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"[peers.{ae_title}] {key} must be a list of strings, not {value!r}")
+    return tuple(v.strip().lower() if key == "allow" else v.strip() for v in value)
+
+
+def _network(text: str, ae_title: str) -> str:
+    """A peer's ``hosts`` entry as a normalised network ("10.0.0.5/32", "10.1.0.0/16", "::1/128")."""
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError as exc:
+        raise ConfigError(f"[peers.{ae_title}] hosts: {text!r} is not an IP address or network") from exc
 
 
 def _build_rules(tables: Any) -> tuple[SrRule, ...]:

@@ -16,6 +16,10 @@ may answer that code, else the service's "unable to process" code:
 The standard leaves the Cxxx value to the implementation; dcmnode uses pynetdicom's qrscp codes, 0xC320 (C-FIND),
 0xC520 (C-MOVE) and 0xC420 (C-GET), distinct from the 0xC3x1/0xC4x1/0xC5x1 pynetdicom itself answers when a
 handler fails. A bad identifier (``InvalidRequest`` on a query or retrieve) is 0xA900, as in qrscp.
+
+A service the caller may not use (DIMSE access control, ``dimse/access.py``) is answered ``not_authorized``:
+0x0124 Refused: Not Authorized (PS3.7 Annex C, a general failure status) with the reason as Error Comment, on
+every service, C-ECHO included (pynetdicom's Verification status table is the general one, which holds it).
 """
 
 from __future__ import annotations
@@ -40,10 +44,12 @@ OUT_OF_RESOURCES_SUB_OPERATIONS: Final = 0xA702  # unable to perform sub-operati
 MOVE_DESTINATION_UNKNOWN: Final = 0xA801
 IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS: Final = 0xA900  # C-STORE: data set does not match SOP class
 CANNOT_UNDERSTAND: Final = 0xC000
+NOT_AUTHORIZED: Final = 0x0124  # PS3.7 Annex C: Refused: Not Authorized
 ERROR_COMMENT_LENGTH: Final = 64  # Error Comment (0000,0902) is LO
 
 
 class Service(StrEnum):
+    ECHO = "C-ECHO"
     STORE = "C-STORE"
     FIND = "C-FIND"
     MOVE = "C-MOVE"
@@ -56,10 +62,12 @@ def _codes(*codes: int | range) -> frozenset[int]:
 
 _A7XX, _A9XX, _CXXX = range(0xA700, 0xA800), range(0xA900, 0xAA00), range(0xC000, 0xD000)
 ANSWERABLE: Final[Mapping[Service, frozenset[int]]] = {
-    Service.STORE: _codes(_A7XX, _A9XX, _CXXX, PROCESSING_FAILURE, DUPLICATE_SOP_INSTANCE),
+    Service.ECHO: _codes(PROCESSING_FAILURE, NOT_AUTHORIZED),
+    Service.STORE: _codes(_A7XX, _A9XX, _CXXX, PROCESSING_FAILURE, DUPLICATE_SOP_INSTANCE, NOT_AUTHORIZED),
     # Cancel (0xFE00) is no failure, but a final status the Q/R services may answer (PS3.4 C.4.1.1.4 ...)
-    Service.FIND: _codes(OUT_OF_RESOURCES, IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, _CXXX, CANCEL),
+    Service.FIND: _codes(OUT_OF_RESOURCES, IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, _CXXX, CANCEL, NOT_AUTHORIZED),
     Service.MOVE: _codes(
+        NOT_AUTHORIZED,
         OUT_OF_RESOURCES_MATCHES,
         OUT_OF_RESOURCES_SUB_OPERATIONS,
         MOVE_DESTINATION_UNKNOWN,
@@ -68,12 +76,18 @@ ANSWERABLE: Final[Mapping[Service, frozenset[int]]] = {
         CANCEL,
     ),
     Service.GET: _codes(
-        OUT_OF_RESOURCES_MATCHES, OUT_OF_RESOURCES_SUB_OPERATIONS, IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, _CXXX, CANCEL
+        NOT_AUTHORIZED,
+        OUT_OF_RESOURCES_MATCHES,
+        OUT_OF_RESOURCES_SUB_OPERATIONS,
+        IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+        _CXXX,
+        CANCEL,
     ),
 }
-"""The failure codes each service may answer (PS3.4 Tables B.2-1, C.4-1, C.4-2, C.4-3)."""
+"""The failure codes each service may answer (PS3.4 Tables B.2-1, C.4-1, C.4-2, C.4-3; 0x0124 from PS3.7 Annex C)."""
 
 UNABLE_TO_PROCESS: Final[Mapping[Service, int]] = {
+    Service.ECHO: PROCESSING_FAILURE,
     Service.STORE: PROCESSING_FAILURE,
     Service.FIND: 0xC320,
     Service.MOVE: 0xC520,
@@ -103,4 +117,12 @@ def failure(err: DcmnodeError, service: Service) -> Dataset:
     status = Dataset()
     status.Status = code(err, service)
     status.ErrorComment = err.reason[:ERROR_COMMENT_LENGTH]
+    return status
+
+
+def not_authorized(reason: str) -> Dataset:
+    """The answer to a request the caller may not make: Status 0x0124 and the reason as Error Comment."""
+    status = Dataset()
+    status.Status = NOT_AUTHORIZED
+    status.ErrorComment = reason[:ERROR_COMMENT_LENGTH]
     return status

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 
 class Scope(StrEnum):
@@ -65,3 +66,17 @@ def parse_scopes(text: str | Iterable[str]) -> frozenset[Scope]:
     if unknown:
         raise ValueError(f"unknown scope(s) {', '.join(unknown)}: one of {', '.join(Scope)}")
     return frozenset(Scope(n) for n in names)
+
+
+class Authenticator(Protocol):
+    """What checks a caller's credentials (local users, tokens, OIDC): given to the adapters, which know nothing of
+    how users are stored. Each answers the principal the credentials stand for, or None when they are not valid;
+    neither may log the secret it is given."""
+
+    def verify_password(self, name: str, password: str) -> Principal | None:
+        """A local user's name and password (DIMSE User Identity types 1 and 2; type 1 sends no password)."""
+        ...
+
+    def verify_jwt(self, token: str) -> Principal | None:
+        """A JSON Web Token, checked like an OIDC bearer token (DIMSE User Identity type 5)."""
+        ...

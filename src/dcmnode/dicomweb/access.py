@@ -153,8 +153,6 @@ class RouteTable:
         return False, None
 
 
-
-
 class AccessControl:
     """The ASGI middleware in front of the whole app, when ``http.auth = "on"``."""
 

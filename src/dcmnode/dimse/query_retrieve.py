@@ -111,7 +111,9 @@ def _vr_of(tag: int) -> str:
         return "UN"
 
 
-def handle_find(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterator[Response]:
+def handle_find(
+    event: evt.Event, catalog: Catalog, settings: Settings, principal: access.Principal | None = None
+) -> Iterator[Response]:
     """Answer a C-FIND (``evt.EVT_C_FIND``) from the index.
 
     Parameters
@@ -133,21 +135,26 @@ def handle_find(event: evt.Event, catalog: Catalog, settings: Settings) -> Itera
         0xA900 for a bad identifier, 0xC320 for anything else.
     """
     try:
-        yield from _matches(event, catalog, settings)
+        yield from _matches(event, catalog, settings, principal)
     except Exception as exc:
         yield _refusal(exc, Service.FIND, event), None
 
 
-def caller_groups(event: evt.Event, settings: Settings) -> frozenset[str]:
-    """The groups of the association's calling AE: its ``[peers.X] groups`` when declared, else every study."""
+def caller_groups(event: evt.Event, settings: Settings, principal: access.Principal | None = None) -> frozenset[str]:
+    """The groups of whoever asks: the association's principal (``dimse.access.Gate``: a verified user's groups,
+    else the calling AE's ``[peers.X] groups``); without a gate, the peer's groups when declared, else every study."""
+    if principal is not None:
+        return principal.groups
     peer = settings.peers.get(str(event.assoc.requestor.ae_title).strip())
     return frozenset(peer.groups) if peer is not None else frozenset({access.ALL_GROUPS})
 
 
-def _matches(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterator[Response]:
+def _matches(
+    event: evt.Event, catalog: Catalog, settings: Settings, principal: access.Principal | None
+) -> Iterator[Response]:
     requestor = event.assoc.requestor
     query, unknown = identifier_to_query(event.identifier, str(event.context.abstract_syntax))
-    query.groups = caller_groups(event, settings)
+    query.groups = caller_groups(event, settings, principal)
     count = 0
     for row in catalog.iterate(query):
         if event.is_cancelled:
@@ -173,7 +180,9 @@ def _refusal(exc: Exception, service: Service, event: evt.Event) -> Dataset:
     return answer
 
 
-def _retrieve_files(event: evt.Event, catalog: Catalog, settings: Settings) -> list[retrieve.StoredFile]:
+def _retrieve_files(
+    event: evt.Event, catalog: Catalog, settings: Settings, principal: access.Principal | None
+) -> list[retrieve.StoredFile]:
     """The instances a C-MOVE/C-GET identifier names, of the studies the caller sees (a PATIENT-level retrieve
     takes each visible study of the patient, nothing of the others). The level's unique key must be given
     (PS3.4 C.4.2.2.1), so that an empty identifier cannot retrieve the whole store."""
@@ -182,7 +191,7 @@ def _retrieve_files(event: evt.Event, catalog: Catalog, settings: Settings) -> l
     value = query.matches.get(unique, "").strip()
     if not value or "*" in value or "?" in value:
         raise InvalidRequest(f"a {query.level} retrieve needs {unique} (one value or a list of UIDs)")
-    return catalog.select(query.matches, query.level, caller_groups(event, settings))
+    return catalog.select(query.matches, query.level, caller_groups(event, settings, principal))
 
 
 def _proposal(files: list[retrieve.StoredFile]) -> list[PresentationContext]:
@@ -194,7 +203,9 @@ def _proposal(files: list[retrieve.StoredFile]) -> list[PresentationContext]:
         raise DcmnodeError(err.reason) from err
 
 
-def handle_move(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterator[Destination | int | Response]:
+def handle_move(
+    event: evt.Event, catalog: Catalog, settings: Settings, principal: access.Principal | None = None
+) -> Iterator[Destination | int | Response]:
     """Answer a C-MOVE (``evt.EVT_C_MOVE``): send the instances the identifier names to a declared peer.
 
     Parameters
@@ -226,7 +237,7 @@ def handle_move(event: evt.Event, catalog: Catalog, settings: Settings) -> Itera
         yield None, None
         return
     try:
-        files = _retrieve_files(event, catalog, settings)
+        files = _retrieve_files(event, catalog, settings, principal)
         contexts = _proposal(files)
     except Exception as exc:
         yield from _refused_move(peer, _refusal(exc, Service.MOVE, event))
@@ -236,6 +247,16 @@ def handle_move(event: evt.Event, catalog: Catalog, settings: Settings) -> Itera
     yield len(files)
     log.info("C-MOVE from %s: %d instances to %s", event.assoc.requestor.ae_title, len(files), _described(peer))
     yield from _sub_operations(event, files, accepted)
+
+
+def refuse_move(event: evt.Event, settings: Settings, refusal: Dataset) -> Iterator[Destination | int | Response]:
+    """Answer a C-MOVE with ``refusal`` (e.g. 0x0124, ``dimse.access``): 0xA801 for an undeclared destination as
+    ``handle_move`` does, else the refusal after the Verification-only association ``_refused_move`` opens."""
+    peer = _destination(event, settings)
+    if peer is None:
+        yield None, None
+        return
+    yield from _refused_move(peer, refusal)
 
 
 def _destination(event: evt.Event, settings: Settings) -> Peer | None:
@@ -300,7 +321,9 @@ def _unsendable(item: retrieve.StoredFile) -> Dataset:
     return ds
 
 
-def handle_get(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterator[int | Response]:
+def handle_get(
+    event: evt.Event, catalog: Catalog, settings: Settings, principal: access.Principal | None = None
+) -> Iterator[int | Response]:
     """Answer a C-GET (``evt.EVT_C_GET``): send the instances the identifier names back over the same
     association, as C-STORE sub-operations on the storage contexts the requestor accepted the SCP role for.
 
@@ -326,7 +349,7 @@ def handle_get(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterat
     """
     requestor = event.assoc.requestor
     try:
-        files = _retrieve_files(event, catalog, settings)
+        files = _retrieve_files(event, catalog, settings, principal)
     except Exception as exc:
         refusal = _refusal(exc, Service.GET, event)
         yield 1

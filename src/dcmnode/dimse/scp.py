@@ -1,4 +1,5 @@
-"""DIMSE SCP: C-ECHO and C-STORE over pynetdicom, a thin adapter over ``core.ingest``.
+"""DIMSE SCP: C-ECHO and C-STORE over pynetdicom, a thin adapter over ``core.ingest``. Who may associate and
+which services it may use is decided by ``dimse.access.Gate``, bound around every handler here.
 
 The DICOM status of a failure
 comes from the domain error (``status.failure``, which for C-STORE is ``err.status``, PS3.4 Annex B.2.3): 0xA700
@@ -31,10 +32,12 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dcmnode import status
 from dcmnode.config import Settings
+from dcmnode.core.access import Authenticator
 from dcmnode.core.catalog import Catalog
 from dcmnode.core.ingest import Ingest
 from dcmnode.core.parse import Expected
 from dcmnode.dimse import query_retrieve
+from dcmnode.dimse.access import Gate
 from dcmnode.dimse.pacer import Pacer
 from dcmnode.errors import DcmnodeError
 from dcmnode.model import Source, SourceKind
@@ -55,7 +58,7 @@ ACCEPT_YIELD = 0.002  # seconds a process waits per association it already serve
 INTERNAL_ERROR = "internal error while storing; see the node's log"
 
 
-def build_ae(settings: Settings) -> AE:
+def build_ae(settings: Settings, gate: Gate) -> AE:
     dimse = settings.dimse
     ae = AE(ae_title=settings.node.ae_title)
     ae.maximum_associations = dimse.max_associations
@@ -63,11 +66,7 @@ def build_ae(settings: Settings) -> AE:
     ae.acse_timeout = dimse.acse_timeout
     ae.dimse_timeout = dimse.dimse_timeout
     ae.network_timeout = dimse.network_timeout
-    callers = list(dimse.allowed_callers)
-    if dimse.require_known_callers:
-        callers += list(settings.peers)
-    if callers:
-        ae.require_calling_aet = sorted(set(callers))
+    gate.configure(ae)  # calling / called AE title checks
     ae.add_supported_context(Verification)
     # Every storage SOP class, every transfer syntax pynetdicom knows: stored as received, never transcoded.
     # Both roles accepted in SCP/SCU role selection: a C-GET requestor acts as storage SCP (PS3.4 C.4.3).
@@ -123,10 +122,11 @@ def listen(host: str, port: int, backlog: int = 128) -> socket.socket:
 class Scp:
     """The running SCP: pynetdicom's threaded server (one thread per association) and its pacer."""
 
-    def __init__(self, server: ThreadedAssociationServer, pacer: Pacer, thread: threading.Thread) -> None:
+    def __init__(self, server: ThreadedAssociationServer, pacer: Pacer, thread: threading.Thread, gate: Gate) -> None:
         self.server = server
         self.pacer = pacer
         self.thread = thread
+        self.gate = gate  # access decisions; gate.principal_of(event) is who made a request
 
     @property
     def port(self) -> int:
@@ -138,17 +138,27 @@ class Scp:
         self.pacer.stop()
 
 
-def start(settings: Settings, ingest: Ingest, catalog: Catalog, sock: socket.socket) -> Scp:
-    """Serve C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET on ``sock`` (from ``listen``) in a background thread."""
-    ae = build_ae(settings)
+def start(
+    settings: Settings,
+    ingest: Ingest,
+    catalog: Catalog,
+    sock: socket.socket,
+    authenticator: Authenticator | None = None,
+) -> Scp:
+    """Serve C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET on ``sock`` (from ``listen``) in a background thread.
+    ``authenticator`` checks User Identity (``dimse.access``); without one, an identity sent is ignored, as
+    pynetdicom does, and ``dimse.require_user_identity`` is a ConfigError."""
+    gate = Gate(settings, authenticator)
+    ae = build_ae(settings, gate)
     pacer = Pacer()
     handlers: list[Any] = [
+        *gate.handlers(),
         (evt.EVT_CONN_OPEN, handle_open),
-        (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [ingest, pacer, settings]),
-        (evt.EVT_C_FIND, query_retrieve.handle_find, [catalog, settings]),
-        (evt.EVT_C_MOVE, query_retrieve.handle_move, [catalog, settings]),
-        (evt.EVT_C_GET, query_retrieve.handle_get, [catalog, settings]),
+        (evt.EVT_C_ECHO, gate.echo(handle_echo)),
+        (evt.EVT_C_STORE, gate.store(handle_store), [ingest, pacer, settings]),
+        (evt.EVT_C_FIND, gate.find(query_retrieve.handle_find), [catalog, settings]),
+        (evt.EVT_C_MOVE, gate.move(query_retrieve.handle_move), [catalog, settings]),
+        (evt.EVT_C_GET, gate.get(query_retrieve.handle_get), [catalog, settings]),
         (evt.EVT_ESTABLISHED, handle_established),
         (evt.EVT_REJECTED, handle_rejected),
         *pacer.handlers(),
@@ -157,7 +167,7 @@ def start(settings: Settings, ingest: Ingest, catalog: Catalog, sock: socket.soc
     server = ae.make_server(sock.getsockname(), evt_handlers=handlers, server_class=server_class)
     thread = threading.Thread(target=server.serve_forever, name="dimse-server", daemon=True)
     thread.start()
-    return Scp(server, pacer, thread)
+    return Scp(server, pacer, thread, gate)
 
 
 def handle_open(event: evt.Event) -> None:

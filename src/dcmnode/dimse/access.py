@@ -1,0 +1,318 @@
+"""DIMSE access control: who may associate, which services each caller may use, and who each association is.
+
+At association, in the order pynetdicom and this gate apply them:
+
+1. pynetdicom's own checks (``configure``): with ``dimse.require_known_callers`` (or ``dimse.allowed_callers``)
+   a calling AE title that is not declared is rejected permanent, service user, "calling AE title not
+   recognized" (1, 1, 3); with ``require_known_callers`` a called AE title other than this node's is rejected
+   (1, 1, 7). Both are ``AE.require_calling_aet`` and ``AE.require_called_aet``.
+2. This gate, on ``EVT_REQUESTED`` (before pynetdicom negotiates; pynetdicom has no setting for these): a declared
+   peer with ``hosts`` calling from another address is rejected (1, 1, 3), as an AE title that is not recognized
+   from there; with ``dimse.require_user_identity`` a request without a User Identity item is rejected permanent,
+   service user, no reason given (1, 1, 1) (pynetdicom itself accepts it even with an ``EVT_USER_ID`` handler).
+3. User Identity (PS3.7 D.3.3.7), ``EVT_USER_ID``: types 1 (username; no password is sent, so the authenticator
+   is asked with an empty one) and 2 (username + passcode) go to ``Authenticator.verify_password``, type 5 (JWT)
+   to ``Authenticator.verify_jwt``; types 3 and 4 (Kerberos, SAML) are refused. A refused identity is rejected
+   the way pynetdicom rejects it: transient, service provider (ACSE), no reason given (2, 2, 1).
+
+Once established, the association has an ``Access``: its principal (the verified user, kind USER, else the
+calling AE, kind PEER) and the services its calling AE may use (the peer's ``allow``; every service for a caller
+that is not declared, which only ``require_known_callers = false`` lets in). A request for a service outside
+them, or, for a user, outside its scopes (C-STORE needs ``write``; C-FIND, C-MOVE and C-GET ``read``), is
+answered 0x0124 Refused: Not Authorized with the reason as Error Comment (``status.not_authorized``). The
+handlers read the principal with ``Gate.principal_of(event)``; the table is emptied on release, abort and close.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, Final
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+
+from dcmnode import status
+from dcmnode.config import DIMSE_SERVICES, Settings
+from dcmnode.core.access import ALL_GROUPS, Authenticator, Kind, Principal, Scope
+from dcmnode.dimse import query_retrieve
+from dcmnode.errors import ConfigError
+from dcmnode.status import Service
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES: Final = {
+    Service.ECHO: "echo",
+    Service.STORE: "store",
+    Service.FIND: "find",
+    Service.MOVE: "move",
+    Service.GET: "get",
+}
+"""The name of each service in a peer's ``allow``."""
+SCOPES: Final[dict[Service, Scope | None]] = {
+    Service.ECHO: None,
+    Service.STORE: Scope.WRITE,
+    Service.FIND: Scope.READ,
+    Service.MOVE: Scope.READ,
+    Service.GET: Scope.READ,
+}
+"""The scope a user needs for each service (C-ECHO needs none)."""
+
+# A-ASSOCIATE-RJ (result, source, reason) (PS3.8 9.3.4)
+REJECT_CALLING_AE: Final = (0x01, 0x01, 0x03)  # permanent, service user, calling AE title not recognized
+REJECT_NO_REASON: Final = (0x01, 0x01, 0x01)  # permanent, service user, no reason given
+USER_ID_PASSWORD: Final = (1, 2)  # username, username + passcode
+USER_ID_JWT: Final = 5
+ALL_SERVICES: Final = frozenset(DIMSE_SERVICES)
+NOBODY: Final = frozenset[str]()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Access:
+    """What an established association may do: who it is, and the services its calling AE may use."""
+
+    principal: Principal
+    services: frozenset[str]
+    calling: str  # the calling AE title
+
+    def refusal(self, service: Service) -> str | None:
+        """Why ``service`` is refused, or None when it is allowed."""
+        if SERVICE_NAMES[service] not in self.services:
+            return f"{service} not allowed for calling AE {self.calling}"
+        scope = SCOPES[service]
+        if self.principal.kind is Kind.USER and scope is not None and not self.principal.allows(scope):
+            return f"{service} needs scope {scope}; user {self.principal.name} lacks it"
+        return None
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Gate:
+    """The access decisions of one SCP (one ``AE``): bind ``handlers()`` to the server, wrap each service handler
+    with ``echo`` / ``store`` / ``find`` / ``move`` / ``get``, and read the principal with ``principal_of``."""
+
+    def __init__(self, settings: Settings, authenticator: Authenticator | None = None) -> None:
+        if settings.dimse.require_user_identity and authenticator is None:
+            raise ConfigError("dimse.require_user_identity needs an authenticator (local users or OIDC)")
+        self._settings = settings
+        self._authenticator = authenticator
+        self._hosts: dict[str, tuple[Network, ...]] = {
+            title: tuple(ipaddress.ip_network(h) for h in peer.hosts)
+            for title, peer in settings.peers.items()
+            if peer.hosts
+        }
+        self._lock = threading.Lock()
+        self._users: dict[Association, Principal] = {}  # verified at negotiation, before establishment
+        self._access: dict[Association, Access] = {}
+
+    # -- association ----------------------------------------------------------------------------------------
+
+    def configure(self, ae: AE) -> None:
+        """pynetdicom's own checks of the calling and called AE titles."""
+        dimse = self._settings.dimse
+        callers = list(dimse.allowed_callers)
+        if dimse.require_known_callers:
+            callers += list(self._settings.peers)
+            ae.require_called_aet = True
+        if callers:
+            ae.require_calling_aet = sorted(set(callers))
+
+    def handlers(self) -> list[Any]:
+        """The event handlers the server binds (``EVT_USER_ID`` only when there is an authenticator)."""
+        bound: list[Any] = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_REJECTED, self._forget),
+            (evt.EVT_RELEASED, self._forget),
+            (evt.EVT_ABORTED, self._forget),
+            (evt.EVT_CONN_CLOSE, self._forget),
+        ]
+        if self._authenticator is not None:
+            bound.append((evt.EVT_USER_ID, self._on_user_id))
+        return bound
+
+    def _on_requested(self, event: evt.Event) -> None:
+        """``EVT_REQUESTED``: the checks pynetdicom has no setting for (the caller's address, a missing User
+        Identity); a request pynetdicom will reject for its AE titles is left to it, so that it says why."""
+        assoc = event.assoc
+        request = assoc.requestor.primitive
+        if request is None:
+            return
+        calling = str(request.calling_ae_title).strip()
+        called = str(request.called_ae_title).strip()
+        required = [t.strip() for t in assoc.ae.require_calling_aet]
+        if (required and calling not in required) or (assoc.ae.require_called_aet and called != assoc.ae.ae_title):
+            return
+        address = str(assoc.requestor.address)
+        networks = self._hosts.get(calling)
+        if networks is not None and not _within(address, networks):
+            log.warning("association from %s (%s) rejected: not one of its hosts", calling, address)
+            _reject(assoc, REJECT_CALLING_AE)
+        elif self._settings.dimse.require_user_identity and assoc.requestor.user_identity is None:
+            log.warning("association from %s (%s) rejected: no User Identity", calling, address)
+            _reject(assoc, REJECT_NO_REASON)
+
+    def _on_user_id(self, event: evt.Event) -> tuple[bool, bytes | None]:
+        """``EVT_USER_ID``: check the credentials; the principal is kept for the association. Never logs them."""
+        assoc = event.assoc
+        kind = int(getattr(event, "user_id_type"))  # noqa: B009 (set by pynetdicom, unknown to its type hints)
+        caller = f"{assoc.requestor.ae_title} ({assoc.requestor.address})"
+        primary = bytes(getattr(event, "primary_field") or b"")  # noqa: B009
+        secondary = bytes(getattr(event, "secondary_field") or b"")  # noqa: B009
+        principal = self._verify(kind, primary, secondary)
+        if principal is None:
+            log.warning("association from %s: User Identity (type %d) refused", caller, kind)
+            return False, None
+        principal = dataclasses.replace(principal, address=str(assoc.requestor.address))
+        with self._lock:
+            self._users[assoc] = principal
+        log.info("association from %s: user %s", caller, principal.name)
+        return True, None
+
+    def _verify(self, kind: int, primary: bytes, secondary: bytes) -> Principal | None:
+        authenticator = self._authenticator
+        if authenticator is None:
+            return None
+        try:
+            if kind in USER_ID_PASSWORD:
+                password = secondary.decode("utf-8") if kind == 2 else ""
+                return authenticator.verify_password(primary.decode("utf-8"), password)
+            if kind == USER_ID_JWT:
+                return authenticator.verify_jwt(primary.decode("ascii"))
+        except UnicodeDecodeError:
+            return None
+        except Exception:
+            log.exception("User Identity check failed")  # the traceback names no credential
+            return None
+        log.warning("User Identity type %d (Kerberos, SAML) is not supported", kind)
+        return None
+
+    def _on_established(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        calling = str(assoc.requestor.ae_title).strip()
+        peer = self._settings.peers.get(calling)
+        services = frozenset(peer.allow) if peer is not None else ALL_SERVICES
+        with self._lock:
+            user = self._users.pop(assoc, None)
+        groups = frozenset(peer.groups) if peer is not None else frozenset({ALL_GROUPS})  # what its queries see
+        address = str(assoc.requestor.address)
+        principal = user or Principal(calling, Kind.PEER, _scopes(services), groups, address)
+        with self._lock:
+            self._access[assoc] = Access(principal, services, calling)
+
+    def _forget(self, event: evt.Event) -> None:
+        with self._lock:
+            self._users.pop(event.assoc, None)
+            self._access.pop(event.assoc, None)
+
+    def principals(self) -> list[Principal]:
+        """The principals of the established associations, now."""
+        with self._lock:
+            return [access.principal for access in self._access.values()]
+
+    def __len__(self) -> int:
+        """Associations the gate holds an entry for (users being negotiated, established associations)."""
+        with self._lock:
+            return len(self._users) + len(self._access)
+
+    # -- requests -------------------------------------------------------------------------------------------
+
+    def access_of(self, event: evt.Event) -> Access:
+        """The association's access; one the gate does not know (released, or never established) may do
+        nothing and sees nothing."""
+        with self._lock:
+            access = self._access.get(event.assoc)
+        if access is None:
+            calling = str(event.assoc.requestor.ae_title).strip()
+            return Access(Principal(calling, Kind.PEER, groups=frozenset()), NOBODY, calling)
+        return access
+
+    def principal_of(self, event: evt.Event) -> Principal:
+        """Who made the request: the verified user, else the calling AE (its groups decide what it sees)."""
+        return self.access_of(event).principal
+
+    def refusal(self, event: evt.Event, service: Service) -> Dataset | None:
+        """The 0x0124 answer when the association may not use ``service``, else None."""
+        access = self.access_of(event)
+        reason = access.refusal(service)
+        if reason is None:
+            return None
+        requestor = event.assoc.requestor
+        log.warning("%s from %s (%s) refused 0x0124: %s", service, requestor.ae_title, requestor.address, reason)
+        return status.not_authorized(reason)
+
+    def echo(self, handler: Callable[..., int]) -> Callable[..., int | Dataset]:
+        return self._plain(Service.ECHO, handler)
+
+    def store(self, handler: Callable[..., int | Dataset]) -> Callable[..., int | Dataset]:
+        return self._plain(Service.STORE, handler)
+
+    def _plain(self, service: Service, handler: Callable[..., int | Dataset]) -> Callable[..., int | Dataset]:
+        def guarded(event: evt.Event, *args: Any) -> int | Dataset:
+            refusal = self.refusal(event, service)
+            return handler(event, *args) if refusal is None else refusal
+
+        return guarded
+
+    def find(self, handler: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+        def guarded(event: evt.Event, *args: Any) -> Iterator[Any]:
+            refusal = self.refusal(event, Service.FIND)
+            if refusal is None:
+                yield from handler(event, *args, self.principal_of(event))
+            else:
+                yield refusal, None
+
+        return guarded
+
+    def move(self, handler: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+        """C-MOVE: to an undeclared destination 0xA801 as before; else 0x0124 when refused. pynetdicom answers
+        a C-MOVE only after associating with its destination, so a refused one opens (and releases) a
+        Verification-only association with the declared destination first (``query_retrieve.refuse_move``)."""
+
+        def guarded(event: evt.Event, catalog: Any, settings: Settings) -> Iterator[Any]:
+            refusal = self.refusal(event, Service.MOVE)
+            if refusal is None:
+                yield from handler(event, catalog, settings, self.principal_of(event))
+            else:
+                yield from query_retrieve.refuse_move(event, settings, refusal)
+
+        return guarded
+
+    def get(self, handler: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+        def guarded(event: evt.Event, *args: Any) -> Iterator[Any]:
+            refusal = self.refusal(event, Service.GET)
+            if refusal is None:
+                yield from handler(event, *args, self.principal_of(event))
+            else:
+                yield 1  # pynetdicom answers nothing before the count of sub-operations
+                yield refusal, None
+
+        return guarded
+
+
+def _scopes(services: frozenset[str]) -> frozenset[Scope]:
+    return frozenset(s for service, s in SCOPES.items() if s is not None and SERVICE_NAMES[service] in services)
+
+
+def _within(address: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
+
+
+def _reject(assoc: Association, reason: tuple[int, int, int]) -> None:
+    """Reject from ``EVT_REQUESTED`` as pynetdicom rejects after its own checks (``ACSE._negotiate_as_acceptor``):
+    send the A-ASSOCIATE-RJ, tell the ``EVT_REJECTED`` handlers, stop the association (pynetdicom then skips
+    negotiation and closes the connection)."""
+    assoc.acse.send_reject(*reason)
+    evt.trigger(assoc, evt.EVT_REJECTED, {})
+    assoc.kill()
