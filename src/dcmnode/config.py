@@ -20,6 +20,7 @@ from dcmnode.errors import ConfigError
 
 AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash, no control chars
 DUPLICATE_POLICIES = ("keep", "replace", "reject")
+SYSLOG_URL = re.compile(r"^(udp|tcp)://(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(\d{1,5})$")
 
 
 def _default(value: Any, text: str) -> Any:
@@ -99,6 +100,17 @@ class SrSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditSettings:
+    enabled: bool = _default(True, "write the audit trail (data/audit/YYYY-MM-DD.jsonl, one JSON record per event)")
+    syslog: str = _default(
+        "", 'also send each record as RFC 5424 syslog: "udp://host:port" or "tcp://host:port"; empty = off'
+    )
+    fail_closed: bool = _default(
+        False, "a request whose audit record cannot be written is refused (HTTP 503, DIMSE 0xA700/0xA702)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class SrRule:
     """``[[sr.rules]]``: start an SR job when a complete series matches (empty fields match anything)."""
 
@@ -132,6 +144,7 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     sr: SrSettings = field(default_factory=SrSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     peers: dict[str, Peer] = field(default_factory=dict)
     sr_rules: tuple[SrRule, ...] = ()
 
@@ -146,6 +159,7 @@ SECTIONS: dict[str, type[Any]] = {
     "http": HttpSettings,
     "store": StoreSettings,
     "sr": SrSettings,
+    "audit": AuditSettings,
 }
 SR_WORKERS = ("process", "thread", "off")
 PEER_KEYS = {"host", "port", "description", "ae_title"}
@@ -291,6 +305,8 @@ def _validate(settings: Settings) -> None:
     for rule in settings.sr_rules:
         if rule.send_to not in ("", "-") and not AE_TITLE.match(rule.send_to):
             raise ConfigError(f"sr.rules: send_to {rule.send_to!r} is not an AE title")
+    if settings.audit.syslog and not SYSLOG_URL.match(settings.audit.syslog):
+        raise ConfigError(f"audit.syslog must be udp://host:port or tcp://host:port, not {settings.audit.syslog!r}")
     if settings.node.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"node.log_level must be DEBUG, INFO, WARNING or ERROR, not {settings.node.log_level}")
 
