@@ -25,10 +25,12 @@ from dcmnode.config import Settings
 from dcmnode.core import metadata
 from dcmnode.core.services import Services
 from dcmnode.dicomweb import routes as dicomweb_routes
+from dcmnode.dicomweb.audit import AuditTrail
 from dcmnode.dicomweb.context import HttpServices
 from dcmnode.dicomweb.fastpath import RenderedFastPath
 from dcmnode.dimse import scp
 from dcmnode.errors import (
+    AuditUnavailable,
     Conflict,
     DcmnodeError,
     DuplicateInstance,
@@ -53,6 +55,7 @@ HTTP_STATUS: dict[type[DcmnodeError], int] = {
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
     StorageFull: 507,
+    AuditUnavailable: 503,
 }
 
 
@@ -78,7 +81,7 @@ class Node:
     def start_dimse(self, sock: socket.socket | None = None) -> scp.Scp:
         """Serve DIMSE in this process (threads), on ``sock`` or a new socket from the settings."""
         sock = sock or scp.listen(self.settings.dimse.host, self.settings.dimse.port)
-        self.scp = scp.start(self.settings, self.services.ingest, self.services.catalog, sock)
+        self.scp = scp.start(self.settings, self.services.ingest, self.services.catalog, sock, self.services.audit)
         self.dimse_port = self.scp.port
         return self.scp
 
@@ -104,7 +107,9 @@ class Node:
             lifespan=functools.partial(_lifespan, http),
         )
         app.state.services = http
-        return RenderedFastPath(app, dicomweb, http, cross_origin_policy=bool(self.settings.http.cors_origins))
+        trail = AuditTrail(app, self.services.audit)  # one record per DICOMweb read (dicomweb/audit.py)
+        cors = bool(self.settings.http.cors_origins)
+        return RenderedFastPath(trail, dicomweb, http, cross_origin_policy=cors, audit=trail)
 
     def close(self) -> None:
         if self.http is not None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from starlette.requests import HTTPConnection
 
 from dcmnode.config import Settings
+from dcmnode.core.audit import Audit
 from dcmnode.core.catalog import Catalog
 from dcmnode.core.importing.registry import Registry
 from dcmnode.core.ingest import Ingest
@@ -79,6 +80,7 @@ class HttpServices:
     qido: QidoLimits
     stow: StowLimits
     dimse_port: int  # where DIMSE listens (``/api/status``)
+    audit: Audit  # the audit trail (``dicomweb/audit.py``)
     prefix: str = DICOMWEB_PREFIX
     gzip: GzipCache = field(default_factory=GzipCache)
     cache_writer: concurrent.futures.ThreadPoolExecutor = field(default_factory=_cache_writer)
@@ -92,10 +94,11 @@ class HttpServices:
             catalog=services.catalog,
             renderer=services.renderer,
             jobs=services.jobs,
-            imports=Registry(services.ingest, services.settings),
+            imports=Registry(services.ingest, services.settings, services.audit),
             qido=QidoLimits(http.max_query_results),
             stow=StowLimits(http.max_request_mb * MIB, http.max_part_mb * MIB, services.settings.store.fsync),
             dimse_port=dimse_port,
+            audit=services.audit,
         )
 
     def close(self) -> None:

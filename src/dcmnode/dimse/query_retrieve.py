@@ -12,8 +12,9 @@ identifier, the service's "unable to process" code (0xC320, 0xC520, 0xC420) for 
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
@@ -27,10 +28,11 @@ from dcmnode import status
 from dcmnode.config import Peer, Settings
 from dcmnode.core import query as q
 from dcmnode.core import retrieve
+from dcmnode.core.audit import Actor, Audit
 from dcmnode.core.catalog import Catalog
-from dcmnode.dimse import send
-from dcmnode.errors import DcmnodeError, InvalidRequest
-from dcmnode.status import CANCEL, PENDING, Service
+from dcmnode.dimse import audit, send
+from dcmnode.errors import AuditUnavailable, DcmnodeError, InvalidRequest
+from dcmnode.status import CANCEL, MOVE_DESTINATION_UNKNOWN, PENDING, SUB_OPERATIONS_WARNING, SUCCESS, Service
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +109,9 @@ def _vr_of(tag: int) -> str:
         return "UN"
 
 
-def handle_find(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterator[Response]:
+def handle_find(
+    event: evt.Event, catalog: Catalog, settings: Settings, trail: Audit | None = None
+) -> Iterator[Response]:
     """Answer a C-FIND (``evt.EVT_C_FIND``) from the index.
 
     Parameters
@@ -119,6 +123,9 @@ def handle_find(event: evt.Event, catalog: Catalog, settings: Settings) -> Itera
         The read side of the store.
     settings : Settings
         The node's settings (its AE title is each match's Retrieve AE Title).
+    trail : Audit, optional
+        The audit trail: one Query record per request (``dimse/audit.py``); with ``audit.fail_closed`` the
+        request is refused (0xA700) while it cannot be written.
 
     Yields
     ------
@@ -128,13 +135,21 @@ def handle_find(event: evt.Event, catalog: Catalog, settings: Settings) -> Itera
         ``(0xFE00, None)``. On a failure one ``(status, None)`` with Status and Error Comment (``status.failure``):
         0xA900 for a bad identifier, 0xC320 for anything else.
     """
+    final = SUCCESS
     try:
-        yield from _matches(event, catalog, settings)
+        if trail is not None:
+            trail.guard()
+        final = yield from _matches(event, catalog, settings)
     except Exception as exc:
-        yield _refusal(exc, Service.FIND, event), None
+        refusal = _refusal(exc, Service.FIND, event)
+        final = int(refusal.Status)
+        yield refusal, None
+    if trail is not None:
+        _audit(trail.query, audit.requestor(event), audit.identifier_keys(event.identifier), audit.outcome(final),
+               sop_class=str(event.context.abstract_syntax), study=_study_key(event.identifier))  # fmt: skip
 
 
-def _matches(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterator[Response]:
+def _matches(event: evt.Event, catalog: Catalog, settings: Settings) -> Generator[Response, None, int]:
     requestor = event.assoc.requestor
     query, unknown = identifier_to_query(event.identifier, str(event.context.abstract_syntax))
     count = 0
@@ -142,10 +157,24 @@ def _matches(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterator
         if event.is_cancelled:
             log.info("C-FIND from %s cancelled after %d matches", requestor.ae_title, count)
             yield CANCEL, None
-            return
+            return CANCEL
         count += 1
         yield PENDING, row_to_dataset(row, query.level, unknown, settings.node.ae_title)
     log.info("C-FIND %s from %s: %d matches", query.level, requestor.ae_title, count)
+    return SUCCESS
+
+
+def _study_key(identifier: Dataset) -> str:
+    """The study an identifier names by one Study Instance UID (for the audit record), else ""."""
+    value = str(identifier.get("StudyInstanceUID", "") or "").strip()
+    return value if value and not any(c in value for c in "\\*?") else ""
+
+
+def _audit(write: Callable[..., bool], *args: Any, **kwargs: Any) -> None:
+    """Write a record once the answer is out; a failure is logged and counted by the trail (with
+    ``fail_closed`` the next request is refused by ``guard``)."""
+    with contextlib.suppress(AuditUnavailable):
+        write(*args, **kwargs)
 
 
 def _refusal(exc: Exception, service: Service, event: evt.Event) -> Dataset:
@@ -182,7 +211,9 @@ def _proposal(files: list[retrieve.StoredFile]) -> list[PresentationContext]:
         raise DcmnodeError(err.reason) from err
 
 
-def handle_move(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterator[Destination | int | Response]:
+def handle_move(
+    event: evt.Event, catalog: Catalog, settings: Settings, trail: Audit | None = None
+) -> Iterator[Destination | int | Response]:
     """Answer a C-MOVE (``evt.EVT_C_MOVE``): send the instances the identifier names to a declared peer.
 
     Parameters
@@ -193,6 +224,9 @@ def handle_move(event: evt.Event, catalog: Catalog, settings: Settings) -> Itera
         The read side of the store.
     settings : Settings
         The node's settings: ``peers`` holds the destinations C-MOVE may send to.
+    trail : Audit, optional
+        The audit trail: one Instances Transferred (R) record per request and destination; with
+        ``audit.fail_closed`` the request is refused (0xA702) while it cannot be written.
 
     Yields
     ------
@@ -210,20 +244,37 @@ def handle_move(event: evt.Event, catalog: Catalog, settings: Settings) -> Itera
         after associating, then its failure: 0xA900 for a bad identifier, 0xC520 for anything else.
     """
     peer = _destination(event, settings)
+    name = str(event.move_destination).strip()
     if peer is None:
+        _audit_retrieve(trail, event, {}, MOVE_DESTINATION_UNKNOWN, Actor.peer(name))
         yield None, None
         return
+    destination = Actor.peer(name, peer.host)
     try:
+        if trail is not None:
+            trail.guard()
         files = _retrieve_files(event, catalog)
         contexts = _proposal(files)
     except Exception as exc:
-        yield from _refused_move(peer, _refusal(exc, Service.MOVE, event))
+        refusal = _refusal(exc, Service.MOVE, event)
+        _audit_retrieve(trail, event, {}, int(refusal.Status), destination)
+        yield from _refused_move(peer, refusal)
         return
     accepted: dict[str, list[str]] = {}
     yield peer.host, peer.port, {"contexts": contexts, "evt_handlers": [(evt.EVT_ACCEPTED, _remember, [accepted])]}
     yield len(files)
     log.info("C-MOVE from %s: %d instances to %s", event.assoc.requestor.ae_title, len(files), _described(peer))
-    yield from _sub_operations(event, files, accepted)
+    final = yield from _sub_operations(event, files, accepted)
+    _audit_retrieve(trail, event, audit.studies_of(files), final, destination)
+
+
+def _audit_retrieve(
+    trail: Audit | None, event: evt.Event, studies: dict[str, int], final: int, destination: Actor | None
+) -> None:
+    """The C-MOVE (to ``destination``) or C-GET record: 110104 R, the studies sent and how many of each."""
+    if trail is not None:
+        _audit(trail.transferred_out, audit.requestor(event), studies, audit.outcome(final), destination,
+               detail={"via": "C-MOVE" if destination is not None else "C-GET"})  # fmt: skip
 
 
 def _destination(event: evt.Event, settings: Settings) -> Peer | None:
@@ -260,23 +311,29 @@ def _remember(event: evt.Event, accepted: dict[str, list[str]]) -> None:
 
 def _sub_operations(
     event: evt.Event, files: list[retrieve.StoredFile], accepted: dict[str, list[str]]
-) -> Iterator[Response]:
+) -> Generator[Response, None, int]:
+    """The sub-operations; returns the final status as far as this side knows (0xFE00 on a cancel, 0xB000 when
+    an instance could not be offered; the destination's own refusals are counted by pynetdicom)."""
+    final = SUCCESS
     for item in files:
         if event.is_cancelled:
             yield CANCEL, None
-            return
+            return CANCEL
         how = retrieve.plan(item.transfer_syntax, accepted.get(item.sop_class, []))
         if how is None:
             log.warning("no accepted transfer syntax for %s (%s)", item.sop, item.sop_class)
+            final = SUB_OPERATIONS_WARNING
             yield PENDING, _unsendable(item)
             continue
         try:
             ds = retrieve.dataset(item, how)
         except (DcmnodeError, OSError) as err:
             log.warning("cannot send %s: %s", item.sop, getattr(err, "reason", err))
+            final = SUB_OPERATIONS_WARNING
             yield PENDING, _unsendable(item)
             continue
         yield PENDING, ds
+    return final
 
 
 def _unsendable(item: retrieve.StoredFile) -> Dataset:
@@ -288,7 +345,9 @@ def _unsendable(item: retrieve.StoredFile) -> Dataset:
     return ds
 
 
-def handle_get(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterator[int | Response]:
+def handle_get(
+    event: evt.Event, catalog: Catalog, settings: Settings, trail: Audit | None = None
+) -> Iterator[int | Response]:
     """Answer a C-GET (``evt.EVT_C_GET``): send the instances the identifier names back over the same
     association, as C-STORE sub-operations on the storage contexts the requestor accepted the SCP role for.
 
@@ -301,6 +360,9 @@ def handle_get(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterat
         The read side of the store.
     settings : Settings
         The node's settings (not read; bound like C-FIND's and C-MOVE's).
+    trail : Audit, optional
+        The audit trail: one Instances Transferred (R) record per request; with ``audit.fail_closed`` the
+        request is refused (0xA702) while it cannot be written.
 
     Yields
     ------
@@ -314,9 +376,12 @@ def handle_get(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterat
     """
     requestor = event.assoc.requestor
     try:
+        if trail is not None:
+            trail.guard()
         files = _retrieve_files(event, catalog)
     except Exception as exc:
         refusal = _refusal(exc, Service.GET, event)
+        _audit_retrieve(trail, event, {}, int(refusal.Status), None)
         yield 1
         yield refusal, None
         return
@@ -326,4 +391,5 @@ def handle_get(event: evt.Event, catalog: Catalog, settings: Settings) -> Iterat
             accepted.setdefault(str(cx.abstract_syntax), []).extend(str(ts) for ts in cx.transfer_syntax)
     yield len(files)
     log.info("C-GET from %s: %d instances", requestor.ae_title, len(files))
-    yield from _sub_operations(event, files, accepted)
+    final = yield from _sub_operations(event, files, accepted)
+    _audit_retrieve(trail, event, audit.studies_of(files), final, None)

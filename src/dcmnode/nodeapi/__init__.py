@@ -1,13 +1,13 @@
 """The node's own JSON API under ``/api`` (not DICOMweb): status, the enhancement operators, super-resolution
-jobs and bulk uploads. Its handlers read the same ``HttpServices`` as the DICOMweb ones
+jobs, bulk uploads and the audit trail. Its handlers read the same ``HttpServices`` as the DICOMweb ones
 (``dicomweb.context.services``)."""
 
 from __future__ import annotations
 
 from starlette.routing import Route
 
-from dcmnode.nodeapi import imports, sr_jobs, status
+from dcmnode.nodeapi import audit, imports, sr_jobs, status
 
 
 def routes() -> list[Route]:
-    return status.routes() + sr_jobs.routes() + imports.routes()
+    return status.routes() + sr_jobs.routes() + imports.routes() + audit.routes()

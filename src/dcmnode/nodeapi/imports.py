@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from dcmnode.core.importing import ENDED, ImportJob, Spool
 from dcmnode.core.importing.registry import Registry
+from dcmnode.dicomweb import audit
 from dcmnode.dicomweb.context import services
 from dcmnode.errors import Conflict, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from dcmnode.model import Source, SourceKind
@@ -59,7 +60,7 @@ async def create(request: Request) -> JSONResponse:
     """``POST /imports`` with an optional JSON body ``{"name": str, "expected_files": int}``."""
     name, expected = _create_params(await _small_body(request), request.headers.get("content-type", ""))
     host = request.client.host if request.client else ""
-    job = _registry(request).create(name, expected, Source(SourceKind.IMPORT, address=host))
+    job = _registry(request).create(name, expected, Source(SourceKind.IMPORT, address=host), audit.actor(request))
     return _job_response(job, 201, {"Location": f"/api/imports/{job.id}"})
 
 

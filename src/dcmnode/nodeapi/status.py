@@ -19,6 +19,7 @@ def status(request: Request) -> JSONResponse:
             "dimse_port": http.dimse_port,
             "counts": http.catalog.counts(),
             "sr_worker": http.settings.sr.worker,
+            "audit_failures": http.audit.failures,  # audit records this process could not write
         }
     )
 
