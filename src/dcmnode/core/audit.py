@@ -63,7 +63,8 @@ authpriv x 8 + severity 5 notice; ``<84>`` warning when the outcome is not 0), V
 HOSTNAME, APP-NAME ``dcmnode``, PROCID the process id, MSGID ``DICOM+JSON`` (not ``DICOM+RFC3881``: the message
 is this JSON record, not the RFC 3881 XML a receiver keyed on that MSGID would expect), no structured data, and
 the JSON record (ASCII) as MSG. UDP sends one datagram per record (RFC 5426); TCP frames each with octet counting
-(RFC 6587 ``LEN SP MSG``) and reconnects once when the connection broke. A syslog failure is logged and counted
+(RFC 6587 ``LEN SP MSG``) from one sender thread fed by a bounded queue (a dead receiver never holds a request
+up) and reconnects once when the connection broke. A syslog failure is logged and counted
 (``syslog_failures``), never fails a request.
 """
 
@@ -76,6 +77,7 @@ import getpass
 import json
 import logging
 import os
+import queue
 import socket
 import threading
 from collections import OrderedDict
@@ -142,6 +144,7 @@ PATIENT_NUMBER_TYPE = "2"  # ParticipantObjectIDTypeCode: Patient Number (RFC 38
 SOP_CLASS_TYPE = "110181"  # ParticipantObjectIDTypeCode: SOP Class UID (DCM)
 PATIENT_CACHE = 4096
 SYSLOG_MSGID = "DICOM+JSON"
+SYSLOG_QUEUE = 10000
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,9 +201,11 @@ def query_string_keys(query_string: str, is_person_name: Callable[[str], bool]) 
 
 
 class Syslog:
-    """RFC 5424 messages over UDP (RFC 5426) or TCP (RFC 6587 octet counting)."""
+    """RFC 5424 messages over UDP (RFC 5426) or TCP (RFC 6587 octet counting). TCP messages go through a queue
+    to one sender thread, so that a slow or dead receiver never holds up a request (a full queue drops the
+    message and counts it); UDP datagrams are sent in the caller's thread."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, failed: Callable[[str], None] | None = None) -> None:
         scheme, _, rest = url.partition("://")
         host, _, port = rest.rpartition(":")
         self.tcp = scheme == "tcp"
@@ -208,6 +213,9 @@ class Syslog:
         self.hostname = socket.gethostname() or "-"
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
+        self._failed = failed or (lambda reason: None)
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=SYSLOG_QUEUE)
+        self._thread: threading.Thread | None = None
 
     def message(self, record: Mapping[str, Any], line: str) -> bytes:
         severity = 5 if record.get("outcome", 0) == 0 else 4
@@ -216,13 +224,31 @@ class Syslog:
         return (header + line).encode("ascii")
 
     def send(self, data: bytes) -> None:
+        if self.tcp:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._drain, name="audit-syslog", daemon=True)
+                    self._thread.start()
+            try:
+                self._queue.put_nowait(data)
+            except queue.Full:
+                raise OSError("the syslog queue is full (the receiver does not keep up)") from None
+            return
         with self._lock:
-            if not self.tcp:
-                if self._sock is None:
-                    family = socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET
-                    self._sock = socket.socket(family, socket.SOCK_DGRAM)
-                self._sock.sendto(data, self.address)
-                return
+            if self._sock is None:
+                family = socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET
+                self._sock = socket.socket(family, socket.SOCK_DGRAM)
+            self._sock.sendto(data, self.address)
+
+    def _drain(self) -> None:
+        while (data := self._queue.get()) is not None:
+            try:
+                self._send_tcp(data)
+            except OSError as exc:
+                self._failed(str(exc))
+
+    def _send_tcp(self, data: bytes) -> None:
+        with self._lock:
             framed = b"%d " % len(data) + data
             for attempt in (1, 2):
                 try:
@@ -242,6 +268,10 @@ class Syslog:
             self._sock = None
 
     def close(self) -> None:
+        if self._thread is not None:
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(None)
+            self._thread.join(5)
         with self._lock:
             self._close()
 
@@ -270,7 +300,7 @@ class Audit:
         self._failing = False
         self.failures = 0  # records that could not be written (this process)
         self.syslog_failures = 0
-        self.syslog = Syslog(settings.syslog) if settings.syslog and settings.enabled else None
+        self.syslog = Syslog(settings.syslog, self._syslog_failed) if settings.syslog and settings.enabled else None
         self._address = ""
 
     # -- writing ---------------------------------------------------------------------------------------------------
@@ -308,12 +338,16 @@ class Audit:
             try:
                 self.syslog.send(self.syslog.message(record, line))
             except OSError as exc:
-                with self._lock:
-                    self.syslog_failures += 1
-                log.error("audit: syslog to %s:%d failed: %s", *self.syslog.address, exc)
+                self._syslog_failed(str(exc))
         if not written and self.fail_closed:
             raise AuditUnavailable("the audit trail cannot be written; see the node's log")
         return written
+
+    def _syslog_failed(self, reason: str) -> None:
+        with self._lock:
+            self.syslog_failures += 1
+        if self.syslog is not None:
+            log.error("audit: syslog to %s:%d failed: %s", *self.syslog.address, reason)
 
     def _append(self, day: str, data: bytes) -> bool:
         with self._lock:
