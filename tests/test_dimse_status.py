@@ -24,6 +24,7 @@ EXPECTED: dict[type[errors.DcmnodeError], tuple[int, int, int, int]] = {
     errors.PayloadTooLarge: (0x0110, 0xC320, 0xC520, 0xC420),
     errors.ConfigError: (0x0110, 0xC320, 0xC520, 0xC420),
     errors.Cancelled: (0x0110, 0xFE00, 0xFE00, 0xFE00),  # C.4.1.1.4 etc.: terminated due to a Cancel request
+    errors.AuditUnavailable: (0xA700, 0xA700, 0xA702, 0xA702),  # audit.fail_closed: out of resources
 }
 
 
