@@ -111,7 +111,7 @@ def acl_factory(tmp_path: Path) -> Iterator[Callable[..., Acl]]:
             settings = dataclasses.replace(settings, peers=config.load(cfg).peers)
         node = Node(settings)
         sock = scp_module.listen(HOST, 0)
-        scp = scp_module.start(settings, node.services.ingest, node.services.catalog, sock, authenticator)
+        scp = scp_module.start(settings, node.services.ingest, node.services.catalog, sock, authenticator=authenticator)
         made.append(Acl(node, scp))
         return made[-1]
 

@@ -23,9 +23,10 @@ EXPECTED: dict[type[errors.DcmnodeError], tuple[int, int, int, int]] = {
     errors.NotAcceptable: (0x0110, 0xC320, 0xC520, 0xC420),
     errors.PayloadTooLarge: (0x0110, 0xC320, 0xC520, 0xC420),
     errors.ConfigError: (0x0110, 0xC320, 0xC520, 0xC420),
-    errors.Cancelled: (0x0110, 0xFE00, 0xFE00, 0xFE00),
-    errors.Unauthorized: (0x0124, 0x0124, 0x0124, 0x0124),  # Refused: Not Authorized (PS3.7 C.5.x, every service)
-    errors.Forbidden: (0x0124, 0x0124, 0x0124, 0x0124),  # C.4.1.1.4 etc.: terminated due to a Cancel request
+    errors.Cancelled: (0x0110, 0xFE00, 0xFE00, 0xFE00),  # C.4.1.1.4 etc.: terminated due to a Cancel request
+    errors.Unauthorized: (0x0124, 0x0124, 0x0124, 0x0124),  # Refused: Not Authorized (every service)
+    errors.Forbidden: (0x0124, 0x0124, 0x0124, 0x0124),
+    errors.AuditUnavailable: (0xA700, 0xA700, 0xA702, 0xA702),  # audit.fail_closed: out of resources
 }
 
 

@@ -26,10 +26,12 @@ from dcmnode.core import metadata
 from dcmnode.core.services import Services
 from dcmnode.dicomweb import routes as dicomweb_routes
 from dcmnode.dicomweb.access import AccessControl
+from dcmnode.dicomweb.audit import AuditTrail
 from dcmnode.dicomweb.context import HttpServices
 from dcmnode.dicomweb.fastpath import RenderedFastPath
 from dcmnode.dimse import scp
 from dcmnode.errors import (
+    AuditUnavailable,
     Conflict,
     DcmnodeError,
     DuplicateInstance,
@@ -58,6 +60,7 @@ HTTP_STATUS: dict[type[DcmnodeError], int] = {
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
     StorageFull: 507,
+    AuditUnavailable: 503,
 }
 
 
@@ -84,7 +87,9 @@ class Node:
         """Serve DIMSE in this process (threads), on ``sock`` or a new socket from the settings."""
         sock = sock or scp.listen(self.settings.dimse.host, self.settings.dimse.port)
         services = self.services
-        self.scp = scp.start(self.settings, services.ingest, services.catalog, sock, authenticator=services.auth)
+        self.scp = scp.start(
+            self.settings, services.ingest, services.catalog, sock, services.audit, authenticator=services.auth
+        )
         self.dimse_port = self.scp.port
         return self.scp
 
@@ -113,10 +118,12 @@ class Node:
             lifespan=functools.partial(_lifespan, http),
         )
         app.state.services = http
-        fast = RenderedFastPath(app, dicomweb, http, cross_origin_policy=bool(self.settings.http.cors_origins))
+        trail = AuditTrail(app, self.services.audit)  # one record per DICOMweb read (dicomweb/audit.py)
+        cors = bool(self.settings.http.cors_origins)
+        fast = RenderedFastPath(trail, dicomweb, http, cross_origin_policy=cors, audit=trail)
         if self.settings.http.auth != "on":
             return fast
-        return AccessControl(fast, self.services.auth, dicomweb_middleware)
+        return AccessControl(fast, self.services.auth, dicomweb_middleware, self.services.audit)
 
     def close(self) -> None:
         if self.http is not None:

@@ -1,5 +1,5 @@
 """Command line: serve | import | status | reindex | delete | render | export | sr | worker | send | token | user |
-label."""
+label | audit."""
 
 from __future__ import annotations
 
@@ -181,6 +181,22 @@ def _parser() -> argparse.ArgumentParser:
     lab.add_argument("study", metavar="STUDY_UID", help="Study Instance UID")
     lab.add_argument("labels", nargs="*", metavar="LABEL")
     lab.set_defaults(func=cmd_label)
+
+    aud = sub.add_parser(
+        "audit",
+        parents=[common],
+        help="print the audit trail's records, newest first (filters: time, user, study, event)",
+        description="Print the records of the audit trail (data/audit/*.jsonl), newest first: one line each "
+        "(time, event, action, outcome, who, studies), or the JSON records with --json.",
+    )
+    aud.add_argument("--since", help="ISO 8601 date or date-time (UTC unless a zone is given)")
+    aud.add_argument("--until", help="ISO 8601 date or date-time; a date alone means the end of that day")
+    aud.add_argument("--user", help="who made the request: token, user, calling AE title or anonymous")
+    aud.add_argument("--study", help="Study Instance UID")
+    aud.add_argument("--event", help="event code (110112) or meaning (Query)")
+    aud.add_argument("--limit", type=int, default=1000, help="most records printed (default 1000)")
+    aud.add_argument("--json", action="store_true", help="print the records as JSON Lines")
+    aud.set_defaults(func=cmd_audit)
     return parser
 
 
@@ -274,6 +290,7 @@ def cmd_import(args: argparse.Namespace, settings: config.Settings) -> int:
     from tqdm import tqdm
 
     from dcmnode.core.archives import Limits
+    from dcmnode.core.audit import Actor
     from dcmnode.core.importing import ImportReport, import_files, iter_files
     from dcmnode.core.services import Services
 
@@ -293,7 +310,8 @@ def cmd_import(args: argparse.Namespace, settings: config.Settings) -> int:
                 )
 
             limits = Limits(max_member_bytes=settings.http.max_part_mb * 1024 * 1024)
-            report = import_files(services.ingest, files, progress, limits)
+            transfers = services.audit.transfer_in(Actor.local(), "import")
+            report = import_files(services.ingest, files, progress, limits, transfers)
     print(
         f"imported {report.files_total} file(s): {report.stored} stored ({report.bytes / 1e6:.1f} MB, "
         f"{len(report.studies)} studies), {report.duplicate} duplicate, {len(report.failed)} failed, "
@@ -382,13 +400,17 @@ def _stored(settings: config.Settings, sop: str) -> Path:
 
 def cmd_export(args: argparse.Namespace, settings: config.Settings) -> int:
     from dcmnode.core import export
+    from dcmnode.core.audit import SUCCESS, Actor
     from dcmnode.core.services import Services
 
     with Services.open(settings) as services:
         items = services.catalog.select({"SeriesInstanceUID": args.series})
         if not items:
             raise NotFound(f"series {args.series} is not stored here")
+        services.audit.guard()
         (export.write_zip if args.format == "zip" else export.write_nifti)(items, args.output)
+        detail = {"via": "cli", "series": args.series, "format": args.format, "instances": len(items)}
+        services.audit.export(Actor.local(), sorted({i.study for i in items}), SUCCESS, detail=detail)
     print(f"wrote {args.output} ({len(items)} instance(s))")
     return 0
 
@@ -605,3 +627,48 @@ def cmd_label(args: argparse.Namespace, settings: config.Settings) -> int:
         found = services.labels.of(args.study)
     print(" ".join(found))
     return 0
+
+
+def cmd_audit(args: argparse.Namespace, settings: config.Settings) -> int:
+    from dcmnode.core.audit import Audit, parse_time
+
+    def when(name: str, text: str | None, end_of_day: bool = False) -> Any:
+        if not text:
+            return None
+        try:
+            found = parse_time(text)
+        except ValueError as exc:
+            raise InvalidRequest(f"--{name} {text!r}: expected an ISO 8601 date or date-time") from exc
+        if end_of_day and "T" not in text:
+            from datetime import timedelta
+
+            found += timedelta(days=1, microseconds=-1)
+        return found
+
+    trail = Audit(settings.data_dir / "audit", settings.audit, settings.node.ae_title)
+    records = trail.search(
+        when("since", args.since), when("until", args.until, True), args.user, args.study, args.event, args.limit
+    )
+    for record in records:
+        print(json.dumps(record) if args.json else _audit_line(record))
+    return 0
+
+
+def _audit_line(record: dict[str, Any]) -> str:
+    event = record.get("event", {})
+    who: dict[str, Any] = next((p for p in record.get("participants", []) if p.get("requestor")), {})
+    place = f"@{who['address']}" if who.get("address") else ""
+    studies = [o["id"] for o in record.get("objects", []) if o.get("id_type") == "110180"]
+    kind = record.get("type", {}).get("meaning", "")
+    return "  ".join(
+        part
+        for part in (
+            record.get("time", ""),
+            f"{event.get('code', '')} {event.get('meaning', '')}" + (f" ({kind})" if kind else ""),
+            f"action={record.get('action', '')}",
+            f"outcome={record.get('outcome', '')}",
+            f"who={who.get('id', '')}{place}",
+            f"study={','.join(studies)}" if studies else "",
+        )
+        if part
+    )

@@ -23,6 +23,7 @@ from dcmnode.errors import ConfigError
 
 AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash, no control chars
 DUPLICATE_POLICIES = ("keep", "replace", "reject")
+SYSLOG_URL = re.compile(r"^(udp|tcp)://(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(\d{1,5})$")
 
 
 def _default(value: Any, text: str) -> Any:
@@ -126,6 +127,17 @@ class SrSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditSettings:
+    enabled: bool = _default(True, "write the audit trail (data/audit/YYYY-MM-DD.jsonl, one JSON record per event)")
+    syslog: str = _default(
+        "", 'also send each record as RFC 5424 syslog: "udp://host:port" or "tcp://host:port"; empty = off'
+    )
+    fail_closed: bool = _default(
+        False, "a request whose audit record cannot be written is refused (HTTP 503, DIMSE 0xA700/0xA702)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class SrRule:
     """``[[sr.rules]]``: start an SR job when a complete series matches (empty fields match anything)."""
 
@@ -167,6 +179,7 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     sr: SrSettings = field(default_factory=SrSettings)
     oidc: OidcSettings = field(default_factory=OidcSettings)  # the file's [http.oidc]
+    audit: AuditSettings = field(default_factory=AuditSettings)
     peers: dict[str, Peer] = field(default_factory=dict)
     sr_rules: tuple[SrRule, ...] = ()
 
@@ -182,6 +195,7 @@ SECTIONS: dict[str, type[Any]] = {
     "store": StoreSettings,
     "sr": SrSettings,
     "oidc": OidcSettings,  # written [http.oidc] in the file, DCMNODE_HTTP_OIDC_<KEY> in the environment
+    "audit": AuditSettings,
 }
 NESTED = {"oidc": ("http", "oidc")}  # sections written as a table inside another: name -> (parent, key)
 AUTH_MODES = ("none", "on")
@@ -382,6 +396,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("[http.oidc] issuer needs audience and jwks")
     if not 0 <= oidc.leeway_seconds <= 60:
         raise ConfigError(f"http.oidc.leeway_seconds must be 0-60, not {oidc.leeway_seconds}")
+    if settings.audit.syslog and not SYSLOG_URL.match(settings.audit.syslog):
+        raise ConfigError(f"audit.syslog must be udp://host:port or tcp://host:port, not {settings.audit.syslog!r}")
     if settings.node.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"node.log_level must be DEBUG, INFO, WARNING or ERROR, not {settings.node.log_level}")
 

@@ -15,6 +15,7 @@ bad C-FIND/C-MOVE/C-GET identifier), HTTP codes in ``app.py`` (``HTTP_STATUS``).
     ├── UnsupportedMediaType     (415)
     ├── NotAcceptable            no media type / transfer syntax in the Accept header can be served (406)
     ├── PayloadTooLarge          (413)
+    ├── AuditUnavailable         0xA700 (0xA702 on C-MOVE/C-GET, 503): audit.fail_closed and no record written
     ├── Cancelled                0x0110 (0xFE00 Cancel on C-FIND/C-MOVE/C-GET): stopped on a cancel request
     ├── ConfigError              invalid settings (startup only)
     ├── Unauthorized             0x0124 no or invalid credentials (401)
@@ -74,6 +75,13 @@ class NotAcceptable(DcmnodeError):
 
 class PayloadTooLarge(DcmnodeError):
     pass
+
+
+class AuditUnavailable(DcmnodeError):
+    """The audit record of a request could not be written and ``audit.fail_closed`` is on: the request is
+    refused."""
+
+    status = 0xA700
 
 
 class Cancelled(DcmnodeError):

@@ -25,6 +25,7 @@ from dcmnode import __version__, worker
 from dcmnode.app import Node
 from dcmnode.config import Settings
 from dcmnode.dimse import scp
+from dcmnode.errors import DcmnodeError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def run(settings: Settings) -> int:
         if not children:
             node.start_dimse(dimse_sock)
         node.dimse_port = dimse_sock.getsockname()[1]
+        node.services.audit.application(start=True)
         _announce(settings, node.dimse_port, http_sock.getsockname()[1])
         watcher = threading.Thread(target=_watch_children, args=(children, stopping), name="dimse-watch", daemon=True)
         watcher.start()
@@ -53,6 +55,8 @@ def run(settings: Settings) -> int:
         if sr_thread is not None:
             sr_thread.stop()
         _stop_children(children + ([sr_child] if sr_child else []))
+        with contextlib.suppress(DcmnodeError):  # fail_closed: a stop that cannot be audited still stops
+            node.services.audit.application(start=False)
         node.close()
     return 0
 

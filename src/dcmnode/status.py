@@ -30,7 +30,7 @@ from typing import Final
 
 from pydicom.dataset import Dataset
 
-from dcmnode.errors import Cancelled, DcmnodeError, InvalidRequest
+from dcmnode.errors import AuditUnavailable, Cancelled, DcmnodeError, InvalidRequest
 
 SUCCESS: Final = 0x0000
 PENDING: Final = 0xFF00  # C-FIND: matches are continuing; C-MOVE/C-GET: sub-operations are continuing
@@ -99,6 +99,8 @@ TABLE: Final[Mapping[type[DcmnodeError], Mapping[Service, int]]] = {
     InvalidRequest: {Service.FIND: _BAD_IDENTIFIER, Service.MOVE: _BAD_IDENTIFIER, Service.GET: _BAD_IDENTIFIER},
     # PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4: matching or sub-operations terminated due to a Cancel request
     Cancelled: {Service.FIND: CANCEL, Service.MOVE: CANCEL, Service.GET: CANCEL},
+    # audit.fail_closed: out of resources (the audit trail) before any sub-operation
+    AuditUnavailable: {Service.MOVE: OUT_OF_RESOURCES_SUB_OPERATIONS, Service.GET: OUT_OF_RESOURCES_SUB_OPERATIONS},
 }
 
 

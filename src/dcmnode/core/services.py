@@ -6,13 +6,17 @@ when they are done; the adapters are handed the services they use, never the set
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
 from dcmnode.config import Settings
+from dcmnode.core import query as q
+from dcmnode.core.access import Principal
+from dcmnode.core.audit import Actor, Audit
 from dcmnode.core.auth import Authenticator
 from dcmnode.core.catalog import Catalog
-from dcmnode.core.deletion import Deletion
+from dcmnode.core.deletion import Deleted, Deletion, OnDeleted
 from dcmnode.core.ingest import Ingest
 from dcmnode.core.jobs.queue import Jobs
 from dcmnode.core.labels import Labels
@@ -33,12 +37,14 @@ class Services:
     auth: Authenticator  # API tokens, local users, OIDC bearer tokens -> Principal (HTTP doors, DIMSE identity)
     deletion: Deletion  # deleting studies, series, instances (rows, files, caches; the audit hook)
     labels: Labels  # study labels (per-study access)
+    audit: Audit  # the audit trail (data/audit/, optional syslog)
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
         store = Store.open(settings.data_dir, fsync=settings.store.fsync)
         renderer = Renderer(store.root / "cache" / "rendered", store.files.tmp_dir, settings.http.render_cache_mb * MIB)
         catalog = Catalog(store, settings.http.metadata_workers)
+        audit = Audit(store.root / "audit", settings.audit, settings.node.ae_title, _patient_of(catalog))
         return cls(
             settings=settings,
             store=store,
@@ -47,11 +53,13 @@ class Services:
             jobs=Jobs(store.index),
             renderer=renderer,
             auth=Authenticator(store, settings),
-            deletion=Deletion(store, catalog.metadata, renderer),
+            deletion=Deletion(store, catalog.metadata, renderer, _audit_deleted(audit)),
             labels=Labels(store),
+            audit=audit,
         )
 
     def close(self) -> None:
+        self.audit.close()
         self.catalog.close()
         self.store.close()
 
@@ -62,3 +70,25 @@ class Services:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _patient_of(catalog: Catalog) -> Callable[[str], str]:
+    """The Patient ID of a stored study, for the audit trail's participant objects ("" when not stored)."""
+
+    def patient_of(study: str) -> str:
+        query = q.Query(level=q.Level.STUDY, matches={"StudyInstanceUID": study}, include={"PatientID"}, limit=1)
+        rows = catalog.search(query).rows
+        return str(rows[0].get("PatientID") or "") if rows else ""
+
+    return patient_of
+
+
+def _audit_deleted(audit: Audit) -> OnDeleted:
+    """The deletion service's hook: one 110105 Study Deleted record per delete, with who asked (the command line's
+    operating-system user when no principal)."""
+
+    def on_deleted(deleted: Deleted, who: Principal | None) -> None:
+        actor = Actor.of(who) if who is not None else Actor.local()
+        audit.study_deleted(deleted.study, deleted.patient_id, len(deleted.instances), actor)
+
+    return on_deleted

@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dcmnode.core.access import Principal
 from dcmnode.core.access import Scope as Need
+from dcmnode.core.audit import Audit
 from dcmnode.core.auth import Authenticator
 from dcmnode.dicomweb.context import DICOMWEB_PREFIX, NOBODY, PRINCIPAL
 
@@ -85,6 +86,7 @@ ROUTE_SCOPES: dict[tuple[str, str], Need | None] = {
     ("GET", "/api/imports"): Need.WRITE,
     ("GET", "/api/imports/{job}"): Need.WRITE,
     ("DELETE", "/api/imports/{job}"): Need.WRITE,
+    ("GET", "/api/audit"): Need.ADMIN,
     ("GET", "/api/studies/{study}/labels"): Need.READ,
     ("PUT", "/api/studies/{study}/labels/{label}"): Need.WRITE,
     ("DELETE", "/api/studies/{study}/labels/{label}"): Need.WRITE,
@@ -161,11 +163,13 @@ class AccessControl:
         app: ASGIApp,
         auth: Authenticator,
         dicomweb_middleware: Sequence[Middleware] = (),
+        audit: Audit | None = None,
         sources: Sequence[Source] = SOURCES,
         table: dict[tuple[str, str], Need | None] = ROUTE_SCOPES,
     ) -> None:
         self.app = app
         self.auth = auth
+        self.audit = audit  # refused credentials (110114) and refused scopes (110113) are recorded
         self.sources = tuple(sources)
         self.routes = RouteTable(table)
         denial: ASGIApp = _deny
@@ -191,12 +195,17 @@ class AccessControl:
         try:
             found = await self._authenticate(scope)
         except BadCredential as exc:
+            if self.audit is not None:
+                await run_in_threadpool(self.audit.authentication, "unknown", address, False, str(exc))
             await self._refuse(scope, receive, send, 401, "invalid or expired credentials", str(exc), invalid=True)
             return
         if found is None:
             await self._refuse(scope, receive, send, 401, "authentication required", "no credentials")
             return
         if need is not None and not found.allows(need):
+            if self.audit is not None:
+                alert = f"{method} {path} refused: no {need} scope"
+                await run_in_threadpool(self.audit.security_alert, alert, found, address)
             reason = f"this request needs the {need} scope"
             await self._refuse(scope, receive, send, 403, reason, f"{found.kind} {found.name} lacks {need}", need)
             return

@@ -19,6 +19,7 @@ from starlette.types import Scope
 
 from dcmnode.config import Settings
 from dcmnode.core import access
+from dcmnode.core.audit import Audit
 from dcmnode.core.catalog import Catalog
 from dcmnode.core.deletion import Deletion
 from dcmnode.core.importing.registry import Registry
@@ -85,6 +86,7 @@ class HttpServices:
     qido: QidoLimits
     stow: StowLimits
     dimse_port: int  # where DIMSE listens (``/api/status``)
+    audit: Audit  # the audit trail (``dicomweb/audit.py``)
     prefix: str = DICOMWEB_PREFIX
     gzip: GzipCache = field(default_factory=GzipCache)
     cache_writer: concurrent.futures.ThreadPoolExecutor = field(default_factory=_cache_writer)
@@ -100,10 +102,11 @@ class HttpServices:
             jobs=services.jobs,
             deletion=services.deletion,
             labels=services.labels,
-            imports=Registry(services.ingest, services.settings),
+            imports=Registry(services.ingest, services.settings, services.audit),
             qido=QidoLimits(http.max_query_results),
             stow=StowLimits(http.max_request_mb * MIB, http.max_part_mb * MIB, services.settings.store.fsync),
             dimse_port=dimse_port,
+            audit=services.audit,
         )
 
     def close(self) -> None:

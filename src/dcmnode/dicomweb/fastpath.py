@@ -19,12 +19,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
-from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dcmnode.dicomweb import rendered
+from dcmnode.dicomweb.audit import AuditTrail
 from dcmnode.dicomweb.context import HttpServices, principal_of
 from dcmnode.dicomweb.paths import path_uid
 from dcmnode.errors import DcmnodeError
@@ -41,23 +41,27 @@ FAST_ENDPOINTS: dict[Callable[..., Any], bool] = {
 }
 
 
-def fast_patterns(routes: Sequence[BaseRoute], prefix: str) -> list[tuple[re.Pattern[str], bool]]:
+def fast_patterns(routes: Sequence[BaseRoute], prefix: str) -> list[tuple[re.Pattern[str], Callable[..., Any]]]:
     """The URL patterns of the instance- and frame-level rendered routes, taken from the route table (one URL
-    grammar), under ``prefix``."""
+    grammar), under ``prefix``, with the endpoint each stands for."""
     found = []
     for route in routes:
         if isinstance(route, Route) and route.endpoint in FAST_ENDPOINTS and "instance" in route.param_convertors:
-            found.append(
-                (re.compile(re.escape(prefix) + route.path_regex.pattern.lstrip("^")), FAST_ENDPOINTS[route.endpoint])
-            )
+            found.append((re.compile(re.escape(prefix) + route.path_regex.pattern.lstrip("^")), route.endpoint))
     return found
 
 
 class RenderedFastPath:
     def __init__(
-        self, app: Starlette, routes: Sequence[BaseRoute], http: HttpServices, cross_origin_policy: bool
+        self,
+        app: ASGIApp,
+        routes: Sequence[BaseRoute],
+        http: HttpServices,
+        cross_origin_policy: bool,
+        audit: AuditTrail | None = None,
     ) -> None:
         self.app = app
+        self.audit = audit  # the answers given here are audited like the full app's
         self.http = http
         self.patterns = fast_patterns(routes, http.prefix)
         self.extra_headers = [(b"cross-origin-resource-policy", b"cross-origin")] if cross_origin_policy else []
@@ -66,10 +70,12 @@ class RenderedFastPath:
         """(the path's parameters, whether it is a thumbnail) when this path may answer the request."""
         if scope["type"] != "http" or scope["method"] != "GET":
             return None
-        for pattern, thumbnail in self.patterns:
+        for pattern, endpoint in self.patterns:
             found = pattern.fullmatch(scope["path"])
             if found is not None:
-                return found.groupdict(), thumbnail
+                # as Starlette's router does: the audit trail reads which route answered from the scope
+                scope["endpoint"], scope["path_params"] = endpoint, found.groupdict()
+                return found.groupdict(), FAST_ENDPOINTS[endpoint]
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -80,6 +86,7 @@ class RenderedFastPath:
                 answer = await self._answer(scope, match, headers)
                 if answer is not None:
                     status, response_headers, body, keep = answer
+                    send = self.audit.sender(scope, send) if self.audit is not None else send
                     await send({"type": "http.response.start", "status": status, "headers": response_headers})
                     await send({"type": "http.response.body", "body": body})
                     if keep is not None:

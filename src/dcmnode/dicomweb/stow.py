@@ -21,8 +21,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from dcmnode.core import labels
+from dcmnode.core.audit import Transfers
 from dcmnode.core.ingest import Ingest
 from dcmnode.core.parse import Expected
+from dcmnode.dicomweb import audit
 from dcmnode.dicomweb.context import StowLimits, groups, services
 from dcmnode.dicomweb.multipart import Part, PartSpooler, parse_media_type
 from dcmnode.dicomweb.paths import base_url, path_uid
@@ -59,7 +61,9 @@ async def store(request: Request) -> Response:
     parts = await _spool(request, boundary, ingest, limits)
     if not parts:
         raise InvalidRequest("the multipart body holds no parts")
-    stored, failed = await run_in_threadpool(_ingest_parts, ingest, parts, study, _source(request, asked))
+    transfers = services(request).audit.transfer_in(audit.actor(request), "STOW-RS")
+    stored, failed = await run_in_threadpool(_ingest_parts, ingest, parts, study, _source(request, asked), transfers)
+    await run_in_threadpool(transfers.close)  # one record per study; AuditUnavailable (503) with fail_closed
     base = base_url(request)
     return JSONResponse(
         _response_body(stored, failed, study, base), status_code=_http_status(stored, failed), media_type=DICOM_JSON
@@ -105,7 +109,7 @@ def _source(request: Request, study_labels: tuple[str, ...] = ()) -> Source:
 
 
 def _ingest_parts(
-    ingest: Ingest, parts: list[Part], study: str | None, source: Source
+    ingest: Ingest, parts: list[Part], study: str | None, source: Source, transfers: Transfers | None = None
 ) -> tuple[list[StoredInstance], list[Failure]]:
     stored: list[StoredInstance] = []
     failed: list[Failure] = []
@@ -114,15 +118,23 @@ def _ingest_parts(
         if part.content_type not in (None, DICOM):
             ingest.discard_temp(part.path)
             failed.append(Failure(CANNOT_UNDERSTAND, f"Content-Type {part.content_type} is not {DICOM}"))
+            if transfers is not None:
+                transfers.fail(study or "")
             continue
         try:
             stored.append(ingest.store_temp(part.path, source, expected))
+            if transfers is not None:
+                transfers.add(stored[-1])
         except DcmnodeError as err:
             log.warning("STOW-RS part %d refused 0x%04X: %s", number, err.status, err.reason)
             failed.append(Failure(code(err, Service.STORE), err.reason, err.sop_class, err.sop_instance))
+            if transfers is not None:
+                transfers.fail(study or "")
         except Exception:
             log.exception("STOW-RS part %d failed", number)
             failed.append(Failure(PROCESSING_FAILURE, "internal error; see the node's log"))
+            if transfers is not None:
+                transfers.fail(study or "")
     return stored, failed
 
 

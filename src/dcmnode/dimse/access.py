@@ -263,7 +263,7 @@ class Gate:
         def guarded(event: evt.Event, *args: Any) -> Iterator[Any]:
             refusal = self.refusal(event, Service.FIND)
             if refusal is None:
-                yield from handler(event, *args, self.principal_of(event))
+                yield from handler(event, *args, principal=self.principal_of(event))
             else:
                 yield refusal, None
 
@@ -274,10 +274,10 @@ class Gate:
         a C-MOVE only after associating with its destination, so a refused one opens (and releases) a
         Verification-only association with the declared destination first (``query_retrieve.refuse_move``)."""
 
-        def guarded(event: evt.Event, catalog: Any, settings: Settings) -> Iterator[Any]:
+        def guarded(event: evt.Event, catalog: Any, settings: Settings, *rest: Any) -> Iterator[Any]:
             refusal = self.refusal(event, Service.MOVE)
             if refusal is None:
-                yield from handler(event, catalog, settings, self.principal_of(event))
+                yield from handler(event, catalog, settings, *rest, principal=self.principal_of(event))
             else:
                 yield from query_retrieve.refuse_move(event, settings, refusal)
 
@@ -287,7 +287,7 @@ class Gate:
         def guarded(event: evt.Event, *args: Any) -> Iterator[Any]:
             refusal = self.refusal(event, Service.GET)
             if refusal is None:
-                yield from handler(event, *args, self.principal_of(event))
+                yield from handler(event, *args, principal=self.principal_of(event))
             else:
                 yield 1  # pynetdicom answers nothing before the count of sub-operations
                 yield refusal, None

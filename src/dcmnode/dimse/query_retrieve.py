@@ -16,8 +16,9 @@ send: a study outside them is answered as if it were not stored (no match, no su
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
@@ -31,10 +32,11 @@ from dcmnode import status
 from dcmnode.config import Peer, Settings
 from dcmnode.core import access, retrieve
 from dcmnode.core import query as q
+from dcmnode.core.audit import Actor, Audit
 from dcmnode.core.catalog import Catalog
-from dcmnode.dimse import send
-from dcmnode.errors import DcmnodeError, InvalidRequest
-from dcmnode.status import CANCEL, PENDING, Service
+from dcmnode.dimse import audit, send
+from dcmnode.errors import AuditUnavailable, DcmnodeError, InvalidRequest
+from dcmnode.status import CANCEL, MOVE_DESTINATION_UNKNOWN, PENDING, SUB_OPERATIONS_WARNING, SUCCESS, Service
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +114,11 @@ def _vr_of(tag: int) -> str:
 
 
 def handle_find(
-    event: evt.Event, catalog: Catalog, settings: Settings, principal: access.Principal | None = None
+    event: evt.Event,
+    catalog: Catalog,
+    settings: Settings,
+    trail: Audit | None = None,
+    principal: access.Principal | None = None,
 ) -> Iterator[Response]:
     """Answer a C-FIND (``evt.EVT_C_FIND``) from the index.
 
@@ -125,6 +131,9 @@ def handle_find(
         The read side of the store.
     settings : Settings
         The node's settings (its AE title is each match's Retrieve AE Title).
+    trail : Audit, optional
+        The audit trail: one Query record per request (``dimse/audit.py``); with ``audit.fail_closed`` the
+        request is refused (0xA700) while it cannot be written.
 
     Yields
     ------
@@ -134,10 +143,18 @@ def handle_find(
         ``(0xFE00, None)``. On a failure one ``(status, None)`` with Status and Error Comment (``status.failure``):
         0xA900 for a bad identifier, 0xC320 for anything else.
     """
+    final = SUCCESS
     try:
-        yield from _matches(event, catalog, settings, principal)
+        if trail is not None:
+            trail.guard()
+        final = yield from _matches(event, catalog, settings, principal)
     except Exception as exc:
-        yield _refusal(exc, Service.FIND, event), None
+        refusal = _refusal(exc, Service.FIND, event)
+        final = int(refusal.Status)
+        yield refusal, None
+    if trail is not None:
+        _audit(trail.query, audit.requestor(event), audit.identifier_keys(event.identifier), audit.outcome(final),
+               sop_class=str(event.context.abstract_syntax), study=_study_key(event.identifier))  # fmt: skip
 
 
 def caller_groups(event: evt.Event, settings: Settings, principal: access.Principal | None = None) -> frozenset[str]:
@@ -151,7 +168,7 @@ def caller_groups(event: evt.Event, settings: Settings, principal: access.Princi
 
 def _matches(
     event: evt.Event, catalog: Catalog, settings: Settings, principal: access.Principal | None
-) -> Iterator[Response]:
+) -> Generator[Response, None, int]:
     requestor = event.assoc.requestor
     query, unknown = identifier_to_query(event.identifier, str(event.context.abstract_syntax))
     query.groups = caller_groups(event, settings, principal)
@@ -160,10 +177,24 @@ def _matches(
         if event.is_cancelled:
             log.info("C-FIND from %s cancelled after %d matches", requestor.ae_title, count)
             yield CANCEL, None
-            return
+            return CANCEL
         count += 1
         yield PENDING, row_to_dataset(row, query.level, unknown, settings.node.ae_title)
     log.info("C-FIND %s from %s: %d matches", query.level, requestor.ae_title, count)
+    return SUCCESS
+
+
+def _study_key(identifier: Dataset) -> str:
+    """The study an identifier names by one Study Instance UID (for the audit record), else ""."""
+    value = str(identifier.get("StudyInstanceUID", "") or "").strip()
+    return value if value and not any(c in value for c in "\\*?") else ""
+
+
+def _audit(write: Callable[..., bool], *args: Any, **kwargs: Any) -> None:
+    """Write a record once the answer is out; a failure is logged and counted by the trail (with
+    ``fail_closed`` the next request is refused by ``guard``)."""
+    with contextlib.suppress(AuditUnavailable):
+        write(*args, **kwargs)
 
 
 def _refusal(exc: Exception, service: Service, event: evt.Event) -> Dataset:
@@ -204,7 +235,11 @@ def _proposal(files: list[retrieve.StoredFile]) -> list[PresentationContext]:
 
 
 def handle_move(
-    event: evt.Event, catalog: Catalog, settings: Settings, principal: access.Principal | None = None
+    event: evt.Event,
+    catalog: Catalog,
+    settings: Settings,
+    trail: Audit | None = None,
+    principal: access.Principal | None = None,
 ) -> Iterator[Destination | int | Response]:
     """Answer a C-MOVE (``evt.EVT_C_MOVE``): send the instances the identifier names to a declared peer.
 
@@ -216,6 +251,9 @@ def handle_move(
         The read side of the store.
     settings : Settings
         The node's settings: ``peers`` holds the destinations C-MOVE may send to.
+    trail : Audit, optional
+        The audit trail: one Instances Transferred (R) record per request and destination; with
+        ``audit.fail_closed`` the request is refused (0xA702) while it cannot be written.
 
     Yields
     ------
@@ -233,20 +271,37 @@ def handle_move(
         after associating, then its failure: 0xA900 for a bad identifier, 0xC520 for anything else.
     """
     peer = _destination(event, settings)
+    name = str(event.move_destination).strip()
     if peer is None:
+        _audit_retrieve(trail, event, {}, MOVE_DESTINATION_UNKNOWN, Actor.peer(name))
         yield None, None
         return
+    destination = Actor.peer(name, peer.host)
     try:
+        if trail is not None:
+            trail.guard()
         files = _retrieve_files(event, catalog, settings, principal)
         contexts = _proposal(files)
     except Exception as exc:
-        yield from _refused_move(peer, _refusal(exc, Service.MOVE, event))
+        refusal = _refusal(exc, Service.MOVE, event)
+        _audit_retrieve(trail, event, {}, int(refusal.Status), destination)
+        yield from _refused_move(peer, refusal)
         return
     accepted: dict[str, list[str]] = {}
     yield peer.host, peer.port, {"contexts": contexts, "evt_handlers": [(evt.EVT_ACCEPTED, _remember, [accepted])]}
     yield len(files)
     log.info("C-MOVE from %s: %d instances to %s", event.assoc.requestor.ae_title, len(files), _described(peer))
-    yield from _sub_operations(event, files, accepted)
+    final = yield from _sub_operations(event, files, accepted)
+    _audit_retrieve(trail, event, audit.studies_of(files), final, destination)
+
+
+def _audit_retrieve(
+    trail: Audit | None, event: evt.Event, studies: dict[str, int], final: int, destination: Actor | None
+) -> None:
+    """The C-MOVE (to ``destination``) or C-GET record: 110104 R, the studies sent and how many of each."""
+    if trail is not None:
+        _audit(trail.transferred_out, audit.requestor(event), studies, audit.outcome(final), destination,
+               detail={"via": "C-MOVE" if destination is not None else "C-GET"})  # fmt: skip
 
 
 def refuse_move(event: evt.Event, settings: Settings, refusal: Dataset) -> Iterator[Destination | int | Response]:
@@ -293,23 +348,29 @@ def _remember(event: evt.Event, accepted: dict[str, list[str]]) -> None:
 
 def _sub_operations(
     event: evt.Event, files: list[retrieve.StoredFile], accepted: dict[str, list[str]]
-) -> Iterator[Response]:
+) -> Generator[Response, None, int]:
+    """The sub-operations; returns the final status as far as this side knows (0xFE00 on a cancel, 0xB000 when
+    an instance could not be offered; the destination's own refusals are counted by pynetdicom)."""
+    final = SUCCESS
     for item in files:
         if event.is_cancelled:
             yield CANCEL, None
-            return
+            return CANCEL
         how = retrieve.plan(item.transfer_syntax, accepted.get(item.sop_class, []))
         if how is None:
             log.warning("no accepted transfer syntax for %s (%s)", item.sop, item.sop_class)
+            final = SUB_OPERATIONS_WARNING
             yield PENDING, _unsendable(item)
             continue
         try:
             ds = retrieve.dataset(item, how)
         except (DcmnodeError, OSError) as err:
             log.warning("cannot send %s: %s", item.sop, getattr(err, "reason", err))
+            final = SUB_OPERATIONS_WARNING
             yield PENDING, _unsendable(item)
             continue
         yield PENDING, ds
+    return final
 
 
 def _unsendable(item: retrieve.StoredFile) -> Dataset:
@@ -322,7 +383,11 @@ def _unsendable(item: retrieve.StoredFile) -> Dataset:
 
 
 def handle_get(
-    event: evt.Event, catalog: Catalog, settings: Settings, principal: access.Principal | None = None
+    event: evt.Event,
+    catalog: Catalog,
+    settings: Settings,
+    trail: Audit | None = None,
+    principal: access.Principal | None = None,
 ) -> Iterator[int | Response]:
     """Answer a C-GET (``evt.EVT_C_GET``): send the instances the identifier names back over the same
     association, as C-STORE sub-operations on the storage contexts the requestor accepted the SCP role for.
@@ -336,6 +401,9 @@ def handle_get(
         The read side of the store.
     settings : Settings
         The node's settings: the calling AE's ``groups`` under ``[peers]``.
+    trail : Audit, optional
+        The audit trail: one Instances Transferred (R) record per request; with ``audit.fail_closed`` the
+        request is refused (0xA702) while it cannot be written.
 
     Yields
     ------
@@ -349,9 +417,12 @@ def handle_get(
     """
     requestor = event.assoc.requestor
     try:
+        if trail is not None:
+            trail.guard()
         files = _retrieve_files(event, catalog, settings, principal)
     except Exception as exc:
         refusal = _refusal(exc, Service.GET, event)
+        _audit_retrieve(trail, event, {}, int(refusal.Status), None)
         yield 1
         yield refusal, None
         return
@@ -361,4 +432,5 @@ def handle_get(
             accepted.setdefault(str(cx.abstract_syntax), []).extend(str(ts) for ts in cx.transfer_syntax)
     yield len(files)
     log.info("C-GET from %s: %d instances", requestor.ae_title, len(files))
-    yield from _sub_operations(event, files, accepted)
+    final = yield from _sub_operations(event, files, accepted)
+    _audit_retrieve(trail, event, audit.studies_of(files), final, None)

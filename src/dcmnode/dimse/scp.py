@@ -33,13 +33,14 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dcmnode import status
 from dcmnode.config import Settings
 from dcmnode.core.access import Authenticator
+from dcmnode.core.audit import Audit
 from dcmnode.core.catalog import Catalog
 from dcmnode.core.ingest import Ingest
 from dcmnode.core.parse import Expected
-from dcmnode.dimse import query_retrieve
+from dcmnode.dimse import audit, query_retrieve
 from dcmnode.dimse.access import Gate
 from dcmnode.dimse.pacer import Pacer
-from dcmnode.errors import DcmnodeError
+from dcmnode.errors import AuditUnavailable, DcmnodeError
 from dcmnode.model import Source, SourceKind
 from dcmnode.status import SUCCESS, Service
 
@@ -143,25 +144,29 @@ def start(
     ingest: Ingest,
     catalog: Catalog,
     sock: socket.socket,
+    trail: Audit | None = None,
     authenticator: Authenticator | None = None,
 ) -> Scp:
-    """Serve C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET on ``sock`` (from ``listen``) in a background thread.
-    ``authenticator`` checks User Identity (``dimse.access``); without one, an identity sent is ignored, as
-    pynetdicom does, and ``dimse.require_user_identity`` is a ConfigError."""
+    """Serve C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET on ``sock`` (from ``listen``) in a background thread,
+    each audited in ``trail`` when given (``dimse/audit.py``). ``authenticator`` checks User Identity
+    (``dimse.access``); without one, an identity sent is ignored, as pynetdicom does, and
+    ``dimse.require_user_identity`` is a ConfigError."""
     gate = Gate(settings, authenticator)
     ae = build_ae(settings, gate)
     pacer = Pacer()
+    stores = audit.Associations(trail) if trail is not None else None
     handlers: list[Any] = [
         *gate.handlers(),
         (evt.EVT_CONN_OPEN, handle_open),
         (evt.EVT_C_ECHO, gate.echo(handle_echo)),
-        (evt.EVT_C_STORE, gate.store(handle_store), [ingest, pacer, settings]),
-        (evt.EVT_C_FIND, gate.find(query_retrieve.handle_find), [catalog, settings]),
-        (evt.EVT_C_MOVE, gate.move(query_retrieve.handle_move), [catalog, settings]),
-        (evt.EVT_C_GET, gate.get(query_retrieve.handle_get), [catalog, settings]),
+        (evt.EVT_C_STORE, gate.store(handle_store), [ingest, pacer, settings, stores]),
+        (evt.EVT_C_FIND, gate.find(query_retrieve.handle_find), [catalog, settings, trail]),
+        (evt.EVT_C_MOVE, gate.move(query_retrieve.handle_move), [catalog, settings, trail]),
+        (evt.EVT_C_GET, gate.get(query_retrieve.handle_get), [catalog, settings, trail]),
         (evt.EVT_ESTABLISHED, handle_established),
         (evt.EVT_REJECTED, handle_rejected),
         *pacer.handlers(),
+        *(stores.handlers() if stores is not None else []),
     ]
     server_class = type("Server", (SharedSocketServer,), {"listening": sock})
     server = ae.make_server(sock.getsockname(), evt_handlers=handlers, server_class=server_class)
@@ -224,7 +229,13 @@ def handle_echo(event: evt.Event) -> int:
     return SUCCESS
 
 
-def handle_store(event: evt.Event, ingest: Ingest, pacer: Pacer, settings: Settings | None = None) -> int | Dataset:
+def handle_store(
+    event: evt.Event,
+    ingest: Ingest,
+    pacer: Pacer,
+    settings: Settings | None = None,
+    stores: audit.Associations | None = None,
+) -> int | Dataset:
     """``evt.EVT_C_STORE``: store the received instance, as received, through ``Ingest``.
 
     Parameters
@@ -238,6 +249,9 @@ def handle_store(event: evt.Event, ingest: Ingest, pacer: Pacer, settings: Setti
         Told of the activity, so that the association's reactor polls fast while instances arrive.
     settings : Settings, optional
         The node's settings: a calling AE declared under ``[peers]`` with ``labels`` has its studies labelled.
+    stores : dimse.audit.Associations, optional
+        The audit trail's batches: the outcome is noted for the association's record (written when it closes);
+        with ``audit.fail_closed`` the instance is refused (0xA700) while the trail cannot be written.
 
     Returns
     -------
@@ -255,11 +269,22 @@ def handle_store(event: evt.Event, ingest: Ingest, pacer: Pacer, settings: Setti
         sop_instance=str(cast(C_STORE, event.request).AffectedSOPInstanceUID or "") or None,
     )
     try:
-        ingest.store_bytes(event.encoded_dataset(), source, expected)
+        if stores is not None:
+            stores.audit.guard()
+        stored = ingest.store_bytes(event.encoded_dataset(), source, expected)
+    except AuditUnavailable as err:
+        log.error("C-STORE from %s refused 0x%04X: %s", source, err.status, err.reason)
+        return status.failure(err, Service.STORE)
     except DcmnodeError as err:
         log.warning("C-STORE from %s refused 0x%04X: %s", source, err.status, err.reason)
+        if stores is not None:
+            stores.failed(event)
         return status.failure(err, Service.STORE)
     except Exception:
         log.exception("C-STORE from %s failed", source)
+        if stores is not None:
+            stores.failed(event)
         return status.failure(DcmnodeError(INTERNAL_ERROR), Service.STORE)
+    if stores is not None:
+        stores.stored(event, stored)
     return SUCCESS

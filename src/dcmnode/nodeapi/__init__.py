@@ -1,13 +1,13 @@
 """The node's own JSON API under ``/api`` (not DICOMweb): status, the enhancement operators, super-resolution
-jobs, bulk uploads and study labels. Its handlers read the same ``HttpServices`` as the DICOMweb ones
+jobs, bulk uploads study labels and the audit trail. Its handlers read the same ``HttpServices`` as the DICOMweb ones
 (``dicomweb.context.services``)."""
 
 from __future__ import annotations
 
 from starlette.routing import Route
 
-from dcmnode.nodeapi import imports, labels, sr_jobs, status
+from dcmnode.nodeapi import audit, imports, labels, sr_jobs, status
 
 
 def routes() -> list[Route]:
-    return status.routes() + sr_jobs.routes() + imports.routes() + labels.routes()
+    return status.routes() + sr_jobs.routes() + imports.routes() + labels.routes() + audit.routes()

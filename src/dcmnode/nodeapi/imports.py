@@ -30,6 +30,7 @@ from starlette.routing import Route
 from dcmnode.core import labels
 from dcmnode.core.importing import ENDED, ImportJob, Spool
 from dcmnode.core.importing.registry import Registry
+from dcmnode.dicomweb import audit
 from dcmnode.dicomweb.context import groups, services
 from dcmnode.errors import Conflict, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from dcmnode.model import Source, SourceKind
@@ -62,7 +63,8 @@ async def create(request: Request) -> JSONResponse:
     name, expected, study_labels = _create_params(await _small_body(request), request.headers.get("content-type", ""))
     labels.allowed_for(study_labels, groups(request))
     host = request.client.host if request.client else ""
-    job = _registry(request).create(name, expected, Source(SourceKind.IMPORT, address=host, labels=study_labels))
+    source = Source(SourceKind.IMPORT, address=host, labels=study_labels)
+    job = _registry(request).create(name, expected, source, audit.actor(request))
     return _job_response(job, 201, {"Location": f"/api/imports/{job.id}"})
 
 

@@ -20,6 +20,7 @@ def status(request: Request) -> JSONResponse:
             "counts": http.catalog.counts(),
             "sr_worker": http.settings.sr.worker,
             "can": can(principal(request)),
+            "audit_failures": http.audit.failures,  # audit records this process could not write
         }
     )
 

@@ -23,9 +23,10 @@ from typing import Any
 
 from dcmnode.core import archives
 from dcmnode.core.archives import Kind, Limits, Member
+from dcmnode.core.audit import Transfers
 from dcmnode.core.importing.report import FileResult, ImportReport
 from dcmnode.core.ingest import Ingest
-from dcmnode.errors import Conflict, DcmnodeError
+from dcmnode.errors import AuditUnavailable, Conflict, DcmnodeError
 from dcmnode.model import InstanceKey, Level, Outcome, Source, SourceKind, StoredInstance
 from dcmnode.store.files import Files, disk_errors
 from dcmnode.store.index import now
@@ -52,11 +53,15 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
 
 
 def import_files(
-    ingest: Ingest, files: Iterable[Path], progress: Progress | None = None, limits: Limits | None = None
+    ingest: Ingest,
+    files: Iterable[Path],
+    progress: Progress | None = None,
+    limits: Limits | None = None,
+    transfers: Transfers | None = None,
 ) -> ImportReport:
     """``dcmnode import``: files from disk, archives among them expanded, in the calling thread."""
     paths = list(files)
-    job = ImportJob(ingest, limits, expected_files=len(paths), progress=progress)
+    job = ImportJob(ingest, limits, expected_files=len(paths), progress=progress, transfers=transfers)
     for path in paths:
         job.import_path(path)
     job.finish()
@@ -110,8 +115,10 @@ class ImportJob:
         expected_files: int = 0,
         source: Source | None = None,
         progress: Progress | None = None,
+        transfers: Transfers | None = None,
     ) -> None:
         self.id = secrets.token_hex(6)
+        self.transfers = transfers  # the audit trail's batch: one 110104 record per study when the job ends
         self.name = name
         self.ingest = ingest
         self.limits = limits or Limits()
@@ -238,6 +245,9 @@ class ImportJob:
         self._t1 = time.monotonic()
         self.version += 1
         log.info("import %s %s: %s", self.id, state, self._summary())
+        if self.transfers is not None:
+            with contextlib.suppress(AuditUnavailable):  # what was stored stays stored; the failure is logged
+                self.transfers.close()
 
     def _maybe_done(self) -> None:  # under the lock
         if self.state == IMPORTING and not self._queue and not self._busy and not self._receiving:
@@ -337,10 +347,16 @@ class ImportJob:
             stored = store()
         except (DcmnodeError, OSError) as err:
             reason = err.reason if isinstance(err, DcmnodeError) else str(err)
+            if self.transfers is not None:
+                self.transfers.fail()
             return self._fail(path, reason)
         except Exception:
             log.exception("import %s: %s failed", self.id, path)
+            if self.transfers is not None:
+                self.transfers.fail()
             return self._fail(path, "internal error; see the node's log")
+        if self.transfers is not None:
+            self.transfers.add(stored)
         if stored.outcome == Outcome.DUPLICATE:
             with self._lock:
                 self.report.count_duplicate(stored)

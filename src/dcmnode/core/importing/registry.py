@@ -12,6 +12,7 @@ import time
 
 from dcmnode.config import Settings
 from dcmnode.core.archives import Limits
+from dcmnode.core.audit import Actor, Audit
 from dcmnode.core.importing.job import ImportJob, Spool
 from dcmnode.core.ingest import Ingest
 from dcmnode.errors import NotFound
@@ -24,16 +25,21 @@ KEEP_ENDED_SECONDS = 3600.0
 
 
 class Registry:
-    def __init__(self, ingest: Ingest, settings: Settings) -> None:
+    def __init__(self, ingest: Ingest, settings: Settings, audit: Audit | None = None) -> None:
         self.ingest = ingest
+        self.audit = audit
         self.max_request_bytes = settings.http.max_request_mb * MIB
         self.abandoned_seconds = settings.http.import_abandoned_seconds
         self.limits = Limits(max_member_bytes=settings.http.max_part_mb * MIB)
         self._jobs: dict[str, ImportJob] = {}
         self._lock = threading.Lock()
 
-    def create(self, name: str, expected_files: int, source: Source) -> ImportJob:
-        job = ImportJob(self.ingest, self.limits, name, expected_files, source)
+    def create(self, name: str, expected_files: int, source: Source, who: Actor | None = None) -> ImportJob:
+        """A new job; ``who`` (default: anonymous at the source's address) is audited as the source of what
+        it stores."""
+        actor = who or Actor("anonymous", "anonymous", source.address)
+        transfers = self.audit.transfer_in(actor, "import") if self.audit is not None else None
+        job = ImportJob(self.ingest, self.limits, name, expected_files, source, transfers=transfers)
         with self._lock:
             self._prune()
             self._jobs[job.id] = job
