@@ -21,6 +21,13 @@ that is not declared, which only ``require_known_callers = false`` lets in). A r
 them, or, for a user, outside its scopes (C-STORE needs ``write``; C-FIND, C-MOVE and C-GET ``read``), is
 answered 0x0124 Refused: Not Authorized with the reason as Error Comment (``status.not_authorized``). The
 handlers read the principal with ``Gate.principal_of(event)``; the table is emptied on release, abort and close.
+
+With an audit trail (``scp.start(..., trail)``) the gate records its decisions (``core/audit.py``): each association
+rejected for its calling AE, called AE, host or missing User Identity is a 110113 Security Alert (the calling AE at
+its address, the reason); each User Identity checked is a 110114 User Authentication, success or minor failure (the
+user's name, or the name claimed; never the passcode, never the JWT); each 0x0124 refusal a 110113. A User Identity
+sent with an association that is rejected for its AE titles anyway is not checked (nor recorded): the rejection
+says why. One record is one ``write``, on the association's thread.
 """
 
 from __future__ import annotations
@@ -39,8 +46,9 @@ from pynetdicom.association import Association
 from dcmnode import status
 from dcmnode.config import DIMSE_SERVICES, Settings
 from dcmnode.core.access import ALL_GROUPS, Authenticator, Kind, Principal, Scope
+from dcmnode.core.audit import Audit
 from dcmnode.dimse import query_retrieve
-from dcmnode.errors import ConfigError
+from dcmnode.errors import AuditUnavailable, ConfigError
 from dcmnode.status import Service
 
 log = logging.getLogger(__name__)
@@ -65,8 +73,10 @@ SCOPES: Final[dict[Service, Scope | None]] = {
 # A-ASSOCIATE-RJ (result, source, reason) (PS3.8 9.3.4)
 REJECT_CALLING_AE: Final = (0x01, 0x01, 0x03)  # permanent, service user, calling AE title not recognized
 REJECT_NO_REASON: Final = (0x01, 0x01, 0x01)  # permanent, service user, no reason given
+REJECT_CALLED_AE: Final = (0x01, 0x01, 0x07)  # permanent, service user, called AE title not recognized
 USER_ID_PASSWORD: Final = (1, 2)  # username, username + passcode
 USER_ID_JWT: Final = 5
+CLAIMED_NAME_MAX: Final = 64  # characters of a refused user name kept in its audit record
 ALL_SERVICES: Final = frozenset(DIMSE_SERVICES)
 NOBODY: Final = frozenset[str]()
 
@@ -96,11 +106,14 @@ class Gate:
     """The access decisions of one SCP (one ``AE``): bind ``handlers()`` to the server, wrap each service handler
     with ``echo`` / ``store`` / ``find`` / ``move`` / ``get``, and read the principal with ``principal_of``."""
 
-    def __init__(self, settings: Settings, authenticator: Authenticator | None = None) -> None:
+    def __init__(
+        self, settings: Settings, authenticator: Authenticator | None = None, trail: Audit | None = None
+    ) -> None:
         if settings.dimse.require_user_identity and authenticator is None:
             raise ConfigError("dimse.require_user_identity needs an authenticator (local users or OIDC)")
         self._settings = settings
         self._authenticator = authenticator
+        self._trail = trail
         self._hosts: dict[str, tuple[Network, ...]] = {
             title: tuple(ipaddress.ip_network(h) for h in peer.hosts)
             for title, peer in settings.peers.items()
@@ -127,7 +140,7 @@ class Gate:
         bound: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ESTABLISHED, self._on_established),
-            (evt.EVT_REJECTED, self._forget),
+            (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._forget),
             (evt.EVT_ABORTED, self._forget),
             (evt.EVT_CONN_CLOSE, self._forget),
@@ -144,9 +157,7 @@ class Gate:
         if request is None:
             return
         calling = str(request.calling_ae_title).strip()
-        called = str(request.called_ae_title).strip()
-        required = [t.strip() for t in assoc.ae.require_calling_aet]
-        if (required and calling not in required) or (assoc.ae.require_called_aet and called != assoc.ae.ae_title):
+        if _titles_refused(assoc, calling, str(request.called_ae_title).strip()):
             return
         address = str(assoc.requestor.address)
         networks = self._hosts.get(calling)
@@ -160,15 +171,26 @@ class Gate:
     def _on_user_id(self, event: evt.Event) -> tuple[bool, bytes | None]:
         """``EVT_USER_ID``: check the credentials; the principal is kept for the association. Never logs them."""
         assoc = event.assoc
+        calling = str(assoc.requestor.ae_title).strip()
+        request = assoc.requestor.primitive
+        called = str(request.called_ae_title).strip() if request is not None else ""
+        if _titles_refused(assoc, calling, called):
+            return True, None  # rejected for its AE titles in any case: pynetdicom says why, no credential checked
         kind = int(getattr(event, "user_id_type"))  # noqa: B009 (set by pynetdicom, unknown to its type hints)
-        caller = f"{assoc.requestor.ae_title} ({assoc.requestor.address})"
+        address = str(assoc.requestor.address)
+        caller = f"{calling} ({address})"
         primary = bytes(getattr(event, "primary_field") or b"")  # noqa: B009
         secondary = bytes(getattr(event, "secondary_field") or b"")  # noqa: B009
         principal = self._verify(kind, primary, secondary)
         if principal is None:
             log.warning("association from %s: User Identity (type %d) refused", caller, kind)
+            claimed = _claimed(kind, primary)
+            who: Principal | str = claimed or Principal(calling, Kind.PEER, address=address)
+            self._authenticated(who, address, False, f"User Identity type {kind} refused (calling AE {calling})")
             return False, None
-        principal = dataclasses.replace(principal, address=str(assoc.requestor.address))
+        principal = dataclasses.replace(principal, address=address)
+        if not self._authenticated(principal, address, True, f"User Identity type {kind} (calling AE {calling})"):
+            return False, None  # fail closed: an authentication that cannot be recorded is refused
         with self._lock:
             self._users[assoc] = principal
         log.info("association from %s: user %s", caller, principal.name)
@@ -204,6 +226,49 @@ class Gate:
         principal = user or Principal(calling, Kind.PEER, _scopes(services), groups, address)
         with self._lock:
             self._access[assoc] = Access(principal, services, calling)
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        """``EVT_REJECTED`` (pynetdicom's rejections and this gate's): a 110113 for each security reason."""
+        self._forget(event)
+        if self._trail is None:
+            return
+        assoc = event.assoc
+        reply = assoc.acceptor.primitive
+        request = assoc.requestor.primitive
+        if reply is None or request is None:
+            return
+        reason = (reply.result, reply.result_source, reply.diagnostic)
+        calling = str(request.calling_ae_title).strip()
+        called = str(request.called_ae_title).strip()
+        if reason == REJECT_CALLING_AE:
+            required = [t.strip() for t in assoc.ae.require_calling_aet]
+            known = not required or calling in required
+            what = "not from one of its hosts" if known else "calling AE title not recognized"
+        elif reason == REJECT_CALLED_AE:
+            what = f"called AE title {called!r} not recognized"
+        elif reason == REJECT_NO_REASON:
+            what = "no User Identity"
+        else:
+            return  # a refused User Identity (its 110114 is written), a local limit: not this gate's alerts
+        address = str(assoc.requestor.address)
+        self._alert(f"association rejected: {what}", Principal(calling, Kind.PEER, address=address), address)
+
+    def _authenticated(self, who: Principal | str, address: str, success: bool, detail: str) -> bool:
+        """Record a 110114; False only when ``audit.fail_closed`` refuses what could not be recorded."""
+        if self._trail is None:
+            return True
+        try:
+            self._trail.authentication(who, address, success, detail)
+        except AuditUnavailable:
+            return False
+        return True
+
+    def _alert(self, what: str, who: Principal, address: str) -> None:
+        if self._trail is not None:
+            try:
+                self._trail.security_alert(what, who, address)
+            except AuditUnavailable:
+                pass  # logged and counted by the trail; what it records is refused already
 
     def _forget(self, event: evt.Event) -> None:
         with self._lock:
@@ -244,6 +309,7 @@ class Gate:
             return None
         requestor = event.assoc.requestor
         log.warning("%s from %s (%s) refused 0x0124: %s", service, requestor.ae_title, requestor.address, reason)
+        self._alert(f"{service} refused 0x0124: {reason}", access.principal, str(requestor.address))
         return status.not_authorized(reason)
 
     def echo(self, handler: Callable[..., int]) -> Callable[..., int | Dataset]:
@@ -297,6 +363,21 @@ class Gate:
 
 def _scopes(services: frozenset[str]) -> frozenset[Scope]:
     return frozenset(s for service, s in SCOPES.items() if s is not None and SERVICE_NAMES[service] in services)
+
+
+def _titles_refused(assoc: Association, calling: str, called: str) -> bool:
+    """Whether pynetdicom rejects the request for its calling or called AE title (``Gate.configure``)."""
+    required = [t.strip() for t in assoc.ae.require_calling_aet]
+    return bool(required and calling not in required) or (
+        bool(assoc.ae.require_called_aet) and called != assoc.ae.ae_title.strip()
+    )
+
+
+def _claimed(kind: int, primary: bytes) -> str:
+    """The user name a refused User Identity claimed (types 1 and 2; a JWT's primary field is the secret)."""
+    if kind not in USER_ID_PASSWORD:
+        return ""
+    return primary.decode("utf-8", "replace").strip()[:CLAIMED_NAME_MAX]
 
 
 def _within(address: str, networks: tuple[Network, ...]) -> bool:

@@ -148,10 +148,11 @@ def start(
     authenticator: Authenticator | None = None,
 ) -> Scp:
     """Serve C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET on ``sock`` (from ``listen``) in a background thread,
-    each audited in ``trail`` when given (``dimse/audit.py``). ``authenticator`` checks User Identity
+    each audited in ``trail`` when given (``dimse/audit.py``; the gate's rejections, User Identity checks and
+    0x0124 refusals too, ``dimse/access.py``). ``authenticator`` checks User Identity
     (``dimse.access``); without one, an identity sent is ignored, as pynetdicom does, and
     ``dimse.require_user_identity`` is a ConfigError."""
-    gate = Gate(settings, authenticator)
+    gate = Gate(settings, authenticator, trail)
     ae = build_ae(settings, gate)
     pacer = Pacer()
     stores = audit.Associations(trail) if trail is not None else None
