@@ -165,13 +165,18 @@ def test_ohif_with_a_bearer_token_lists_and_displays_with_auth_on(secured_node: 
 
 
 def test_ohif_viewer_link_with_a_token_in_the_url(secured_node: tuple[CliServer, str, str]) -> None:
-    """OHIF's own ``/viewer?StudyInstanceUIDs=...&token=...`` (a link from a portal), no token in the config."""
+    """OHIF's own ``/viewer?StudyInstanceUIDs=...&token=...`` (a link from a portal), no token in the config;
+    thumbnails from the node's /thumbnail (``thumbnailRendering: 'thumbnail'``: an XHR with the header, where
+    ``'thumbnailDirect'`` would be an ``<img src>`` without it)."""
     server, token, study = secured_node
     dicomweb = f"http://{HOST}:{server.http_port}/dicom-web"
     assert httpx.get(f"{dicomweb}/studies").status_code == 401
     before = len(log_holding(server, REFUSED))
-    with ohif_server("window.config = " + json.dumps(ohif_config(dicomweb)) + ";\n") as viewer:
+    config = ohif_config(dicomweb)
+    config["dataSources"][0]["configuration"]["thumbnailRendering"] = "thumbnail"
+    with ohif_server("window.config = " + json.dumps(config) + ";\n") as viewer:
         calls, failed, stats = run_ohif(viewer, dicomweb, study, list_studies=False, url_token=token)
     assert stats["lit"] > 0.05 and stats["levels"] > 16, stats
     assert failed == [], failed
+    assert any(c[1].split("?")[0].endswith("/thumbnail") for c in calls), calls
     check_run(server, token, before, calls)
