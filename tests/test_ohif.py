@@ -8,6 +8,7 @@ installs Chromium; without them the test fails under CI and is skipped on a deve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -58,7 +59,8 @@ CANVAS_STATS = """(sel) => {
 }"""
 
 
-def app_config(dicomweb: str) -> str:
+def ohif_config(dicomweb: str) -> dict[str, Any]:
+    """OHIF's app configuration with one DICOMweb data source, the node's."""
     source = {
         "namespace": "@ohif/extension-default.dataSourcesModule.dicomweb",
         "sourceName": "dcmnode",
@@ -89,7 +91,11 @@ def app_config(dicomweb: str) -> str:
         "defaultDataSourceName": "dcmnode",
         "dataSources": [source],
     }
-    return "window.config = " + json.dumps(config) + ";\n"
+    return config
+
+
+def app_config(dicomweb: str) -> str:
+    return "window.config = " + json.dumps(ohif_config(dicomweb)) + ";\n"
 
 
 class SinglePageApp(StaticFiles):
@@ -104,13 +110,16 @@ class SinglePageApp(StaticFiles):
             raise
 
 
-@pytest.fixture
-def ohif(live: LiveServer) -> Iterator[tuple[str, LiveServer]]:
+def require_ohif() -> None:
     if not (DIST / "index.html").is_file() or not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail(f"OHIF ({DIST}) or Chromium ({CHROMIUM}) missing: scripts/setup.sh --test installs them")
         pytest.skip("OHIF dist or Chromium not installed (bash scripts/setup.sh --test)")
-    config = app_config(f"{live.url}/dicom-web")
+
+
+@contextlib.contextmanager
+def ohif_server(config: str) -> Iterator[str]:
+    """OHIF's dist served from its own origin with ``config`` as its app-config.js; yields the viewer's URL."""
 
     async def serve_config(_: Any) -> Response:
         return Response(config, media_type="text/javascript")
@@ -128,9 +137,18 @@ def ohif(live: LiveServer) -> Iterator[tuple[str, LiveServer]]:
     while not server.started:
         assert time.monotonic() < deadline, "the OHIF static server did not start"
         time.sleep(0.01)
-    yield f"http://{HOST}:{sock.getsockname()[1]}", live
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://{HOST}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def ohif(live: LiveServer) -> Iterator[tuple[str, LiveServer]]:
+    require_ohif()
+    with ohif_server(app_config(f"{live.url}/dicom-web")) as viewer:
+        yield viewer, live
 
 
 def test_ohif_lists_studies_and_displays_a_ct_series(ohif: tuple[str, LiveServer], tmp_path: Path) -> None:

@@ -188,6 +188,18 @@ def test_unsupported_media_type_and_missing(rendered_live: Any) -> None:
     assert httpx.get(f"{live.url}/dicom-web/studies/1.2/series/3.4/instances/5.6/rendered").status_code == 404
 
 
+def test_accept_query_parameter_stands_in_for_the_header(rendered_live: Any) -> None:
+    """PS3.18 8.3.3.1: OHIF's thumbnails ask ``/thumbnail?accept=image/jpeg`` beside an Accept of its own."""
+    live, series = rendered_live
+    thumb = url(live, series[0], "/thumbnail")
+    multipart = {"Accept": 'multipart/related; type="application/octet-stream"'}
+    jpeg = httpx.get(thumb, params={"accept": "image/jpeg"}, headers=multipart)
+    assert jpeg.status_code == 200 and jpeg.headers["content-type"] == "image/jpeg"
+    png = httpx.get(url(live, series[0], "/rendered"), params={"accept": "image/png"}, headers={"Accept": "image/jpeg"})
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert httpx.get(thumb, params={"accept": "image/tiff"}).status_code == 406
+
+
 def test_wado_uri_images(rendered_live: Any) -> None:
     live, series = rendered_live
     ds = series[3]

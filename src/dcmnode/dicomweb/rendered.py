@@ -46,8 +46,9 @@ def request_from(request: Request, frame: int = 1, thumbnail: bool = False) -> r
 def job_from(
     params: Mapping[str, str], accept_header: str | None, frame: int = 1, thumbnail: bool = False
 ) -> render.RenderRequest:
-    """The render job a rendered/thumbnail request names: its query parameters and Accept header."""
-    known = {"window", "viewport", "quality", "enhance", "annotation", "charset"}
+    """The render job a rendered/thumbnail request names: its query parameters and Accept header (an ``accept``
+    query parameter, PS3.18 8.3.3.1, stands in for the header: OHIF's thumbnails send ``?accept=image/jpeg``)."""
+    known = {"window", "viewport", "quality", "enhance", "annotation", "charset", "accept"}
     unknown = sorted(set(params) - known)
     if unknown:
         raise InvalidRequest(f"unknown query parameter(s) for a rendered resource: {', '.join(unknown)}")
@@ -58,7 +59,7 @@ def job_from(
     if thumbnail and viewport is None:
         viewport = render.Viewport(THUMBNAIL_SIZE, THUMBNAIL_SIZE)
     return render.RenderRequest(
-        media_type=media_type(accept_header),
+        media_type=media_type(params.get("accept") or accept_header),
         frame=frame,
         window=render.parse_window(params.get("window")),
         viewport=viewport,
