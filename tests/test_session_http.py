@@ -63,7 +63,12 @@ def test_sign_in_sets_a_strict_http_only_cookie_and_opens_every_door(live_factor
     assert httpx.get(f"{live.url}/dicom-web/studies").status_code == 401
     answer = sign_in(live, Origin=live.url)
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"name": "alice", "scopes": ["delete", "read", "sr", "write"], "groups": ["*"]}
+    assert answer.json() == {
+        "name": "alice",
+        "kind": "user",
+        "scopes": ["delete", "read", "sr", "write"],
+        "groups": ["*"],
+    }
     cookie = answer.headers["set-cookie"]
     flags = {part.strip().split("=")[0].lower(): part.strip() for part in cookie.split(";")}
     assert cookie.startswith(f"{SESSION_COOKIE}=") and len(cookie.split(";")[0]) > len(SESSION_COOKIE) + 40

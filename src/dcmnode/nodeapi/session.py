@@ -1,9 +1,9 @@
 """``/api/session``: the built-in viewer's sign-in with a local user's name and password (``http.auth = "on"``).
 
-POST   /session  {"name", "password"} (JSON or a form) → 200 {"name", "scopes", "groups"} and the session cookie
+POST   /session  {"name", "password"} (JSON or a form) → 200 {"name", "kind", "scopes", "groups"} and the session cookie
                  (HttpOnly, SameSite=Strict, Path=/, Secure over HTTPS); 401 on a wrong name or password (never
                  saying which)
-GET    /session  → 200 {"name", "scopes", "groups"} for the cookie's session; 401 when nobody is signed in
+GET    /session  → 200 {"name", "kind", "scopes", "groups"} for the cookie's session; 401 when nobody is signed in
 DELETE /session  → 200: the session is forgotten server-side and the cookie cleared
 
 The session id is random (``secrets.token_urlsafe(32)``); the index keeps only its hash (``core.auth``), so every
@@ -33,7 +33,7 @@ MAX_BODY = 16 * 1024
 
 
 def _who(found: access.Principal) -> dict[str, Any]:
-    return {"name": found.name, "scopes": sorted(found.scopes), "groups": sorted(found.groups)}
+    return {"name": found.name, "kind": found.kind, "scopes": sorted(found.scopes), "groups": sorted(found.groups)}
 
 
 async def _credentials(request: Request) -> tuple[str, str]:
