@@ -44,6 +44,7 @@ export async function request(url, { method = "GET", headers = {}, body, signal,
     if (err.name === "AbortError") throw err;
     throw new Error(`cannot reach the node (${method} ${shortUrl(url)}): ${err.message}`);
   }
+  if (response.status === 401) document.dispatchEvent(new CustomEvent("dcmnode:unauthorized"));
   if (!response.ok) throw new HttpError(response.status, await reasonOf(response), method, url);
   return response;
 }
@@ -103,6 +104,35 @@ export async function may(scope) {
   } catch {
     return false; // a node that cannot say: offer nothing that needs a right
   }
+}
+
+/** Sign in with a local user's name and password (POST /api/session sets the session cookie): {name, scopes, groups}.
+ * A wrong name or password throws HttpError 401 (its reason is for the page); no dcmnode:unauthorized event. */
+export async function signIn(name, password) {
+  let response;
+  try {
+    response = await fetch("api/session", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify({ name, password }),
+    });
+  } catch (err) {
+    throw new Error(`cannot reach the node (POST api/session): ${err.message}`);
+  }
+  if (!response.ok) throw new HttpError(response.status, await reasonOf(response), "POST", "api/session");
+  statusAnswer = null;
+  return response.json();
+}
+
+/** Who is signed in ({name, kind, scopes, groups}; kind "anonymous" when the node has no sign-in). */
+export function whoAmI() {
+  return getJSON("api/session");
+}
+
+/** Sign out: the node forgets the session and clears the cookie. */
+export async function signOut() {
+  await request("api/session", { method: "DELETE" });
+  statusAnswer = null;
 }
 
 /** DELETE a study, series or instance (`path` under /dicom-web); tells the page with a dcmnode:deleted event. */

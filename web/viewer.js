@@ -303,6 +303,7 @@ export class ViewerView {
   }
 
   openPanel(name) {
+    if (this.root.querySelector(`[data-panel="${name}"]`)?.hidden) return; // the principal may not (data-can)
     this.panel = name;
     this.$("#side-panel").hidden = false;
     for (const el of this.root.querySelectorAll("[data-panel-body]")) el.hidden = el.dataset.panelBody !== name;

@@ -86,6 +86,9 @@ class HttpSettings:
         'who may call HTTP: "none" (everyone, allowed only while both servers bind loopback) or "on" (a Bearer API '
         "token or, when [http.oidc] is set, an OIDC access token; scopes per route)",
     )
+    session_hours: float = _default(
+        12.0, "how long a viewer sign-in (POST /api/session, a session cookie) lasts, in hours, when http.auth is on"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,6 +394,8 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"sr.rules: send_to {rule.send_to!r} is not an AE title")
     if settings.http.auth not in AUTH_MODES:
         raise ConfigError(f"http.auth must be one of {AUTH_MODES}, not {settings.http.auth!r}")
+    if settings.http.session_hours <= 0:
+        raise ConfigError(f"http.session_hours must be greater than 0, not {settings.http.session_hours!r}")
     oidc = settings.oidc
     if oidc.issuer and not (oidc.audience and oidc.jwks):
         raise ConfigError("[http.oidc] issuer needs audience and jwks")

@@ -3,13 +3,19 @@ enforces it in front of everything else (``app.Node.asgi`` puts it outside the r
 
 With ``http.auth = "none"`` the middleware is not in the app at all (nothing is checked, nothing costs) and every
 request is the anonymous principal (every scope, every study): ``principal(request)`` says so. With ``"on"``, the
-credential sources (``SOURCES``: today ``Authorization: Bearer``, an API token or an OIDC JWT; a session cookie
-source can be added beside it) give the principal; a request without one gets 401 with ``WWW-Authenticate:
-Bearer`` (``error="invalid_token"`` when a credential was sent and refused), one whose principal lacks the route's
-scope 403 (``error="insufficient_scope"``), both with a JSON body ``{"error", "status"}``. An
-``OPTIONS`` request (CORS preflight) never needs credentials. A path under ``/dicom-web`` or ``/api`` that the table
-does not know needs a valid credential and then gets the router's usual 404/405; any other path is a static viewer
-file and needs nothing (the sign-in page must load). Handlers read the principal with ``principal(request)``.
+credential sources (``SOURCES``: ``Authorization: Bearer``, an API token or an OIDC JWT, then the viewer's
+session cookie, ``SESSION_COOKIE`` from ``POST /api/session``) give the principal; a request without one gets 401
+with ``WWW-Authenticate: Bearer`` (``error="invalid_token"`` when a credential was sent and refused), one whose
+principal lacks the route's scope 403 (``error="insufficient_scope"``), both with a JSON body ``{"error",
+"status"}``. An ``OPTIONS`` request (CORS preflight) never needs credentials. A path under ``/dicom-web`` or
+``/api`` that the table does not know needs a valid credential and then gets the router's usual 404/405; any other
+path is a static viewer file and needs nothing (the sign-in page must load). Handlers read the principal with
+``principal(request)``.
+
+A browser sends the cookie along with any request, a cross-site one too: an unsafe request (POST, PUT, DELETE,
+PATCH) authenticated by the cookie, and the sign-in and sign-out themselves (``SAME_ORIGIN``, login CSRF), must
+carry an ``Origin`` equal to the node's own (the request's scheme://host:port), else 403. Bearer requests are not
+checked (a browser never adds that header by itself).
 
 ``tests/test_auth_http.py`` walks the app's routes and the fast path's patterns and fails on any (route, method)
 missing from ``ROUTE_SCOPES``: a new route needs a row here.
@@ -25,6 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
+from starlette.requests import cookie_parser
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -87,6 +94,9 @@ ROUTE_SCOPES: dict[tuple[str, str], Need | None] = {
     ("GET", "/api/imports/{job}"): Need.WRITE,
     ("DELETE", "/api/imports/{job}"): Need.WRITE,
     ("GET", "/api/audit"): Need.ADMIN,
+    ("POST", "/api/session"): PUBLIC,  # sign in (the same-origin check applies: SAME_ORIGIN)
+    ("GET", "/api/session"): PUBLIC,  # who is signed in: 401 when nobody (the handler reads the cookie)
+    ("DELETE", "/api/session"): PUBLIC,  # sign out
     ("GET", "/api/studies/{study}/labels"): Need.READ,
     ("PUT", "/api/studies/{study}/labels/{label}"): Need.WRITE,
     ("DELETE", "/api/studies/{study}/labels/{label}"): Need.WRITE,
@@ -99,14 +109,62 @@ ROUTE_SCOPES: dict[tuple[str, str], Need | None] = {
 # Paths under these belong to routes: one the table does not know still needs a valid credential (then 404/405).
 PROTECTED = (W, "/api")
 STATIC = ("GET", "/{path:path}")
+# Public routes that still need a same-origin request when a browser may be behind them (login CSRF).
+SAME_ORIGIN = frozenset({("POST", "/api/session"), ("DELETE", "/api/session")})
+UNSAFE = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+SESSION_COOKIE = "dcmnode_session"
 
 
 class BadCredential(Exception):
     """A credential was sent and refused (the reason is for the log; it never holds the credential)."""
 
 
+class CrossOrigin(Exception):
+    """An unsafe request authenticated by the session cookie without the node's own ``Origin`` (403)."""
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    value = next((v for k, v in scope["headers"] if k == name), None)
+    return None if value is None else value.decode("latin-1")
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _authority(scheme: str, host: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of ``host[:port]`` (``[v6]:port`` too); None when it does not parse."""
+    host = host.strip().lower()
+    name, _, port = host.rpartition(":") if host.rfind(":") > host.rfind("]") else (host, "", "")
+    if not name:
+        return None
+    try:
+        number = int(port) if port else _DEFAULT_PORTS.get(scheme, 0)
+    except ValueError:
+        return None
+    return scheme, name, number
+
+
+def own_origin(scope: Scope) -> bool:
+    """Whether the request carries an ``Origin`` equal to the node's own (scheme://host:port it was asked at)."""
+    origin, host = _header(scope, b"origin"), _header(scope, b"host")
+    if not origin or not host or "://" not in origin:
+        return False
+    scheme = str(scope.get("scheme", "http")).replace("ws", "http")
+    theirs_scheme, _, theirs_host = origin.partition("://")
+    if "/" in theirs_host:
+        return False
+    theirs, ours = _authority(theirs_scheme.lower(), theirs_host), _authority(scheme, host)
+    return theirs is not None and theirs == ours
+
+
+def session_id(scope: Scope) -> str | None:
+    """The session cookie's value, if the request carries one."""
+    cookies = _header(scope, b"cookie")
+    return (cookie_parser(cookies).get(SESSION_COOKIE) or None) if cookies else None
+
+
 # A credential source: the principal its credential proves, None when the request carries none of its kind, or
-# BadCredential. ``bearer`` is the one source today; a session cookie source goes beside it.
+# BadCredential (CrossOrigin: the credential is good, the request may not use it). Tried in order: bearer first.
 Source = Callable[[Scope, Authenticator], Awaitable[Principal | None]]
 
 
@@ -129,7 +187,25 @@ async def bearer(scope: Scope, auth: Authenticator) -> Principal | None:
     return found
 
 
-SOURCES: tuple[Source, ...] = (bearer,)
+async def session_cookie(scope: Scope, auth: Authenticator) -> Principal | None:
+    """The viewer's session cookie (``POST /api/session``); unsafe methods need the node's own ``Origin``."""
+    session = session_id(scope)
+    if session is None:
+        return None
+    decided, found = auth.session_decided(session)
+    if not decided:
+        found = await run_in_threadpool(auth.verify_session, session)
+    if found is None:
+        raise BadCredential("unknown, signed-out or expired session")
+    if scope.get("method", "GET") in UNSAFE and not own_origin(scope):
+        raise CrossOrigin(f"{found.kind} {found.name}: no same-origin Origin header")
+    return found
+
+
+SOURCES: tuple[Source, ...] = (bearer, session_cookie)
+
+
+CROSS_ORIGIN = "a request signed in by the session cookie must come from the node's own origin (Origin header)"
 
 
 class RouteTable:
@@ -188,6 +264,9 @@ class AccessControl:
             await self.app(scope, receive, send)
             return
         known, need = self.routes.decide(method, path)
+        if (method, path) in SAME_ORIGIN and not own_origin(scope):
+            await self._refuse(scope, receive, send, 403, CROSS_ORIGIN, "no same-origin Origin header")
+            return
         if known and need is PUBLIC:
             scope[PRINCIPAL] = NOBODY
             await self.app(scope, receive, send)
@@ -198,6 +277,9 @@ class AccessControl:
             if self.audit is not None:
                 await run_in_threadpool(self.audit.authentication, "unknown", address, False, str(exc))
             await self._refuse(scope, receive, send, 401, "invalid or expired credentials", str(exc), invalid=True)
+            return
+        except CrossOrigin as exc:
+            await self._refuse(scope, receive, send, 403, CROSS_ORIGIN, str(exc))
             return
         if found is None:
             await self._refuse(scope, receive, send, 401, "authentication required", "no credentials")

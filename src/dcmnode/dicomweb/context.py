@@ -20,6 +20,7 @@ from starlette.types import Scope
 from dcmnode.config import Settings
 from dcmnode.core import access
 from dcmnode.core.audit import Audit
+from dcmnode.core.auth import Authenticator
 from dcmnode.core.catalog import Catalog
 from dcmnode.core.deletion import Deletion
 from dcmnode.core.importing.registry import Registry
@@ -87,6 +88,7 @@ class HttpServices:
     stow: StowLimits
     dimse_port: int  # where DIMSE listens (``/api/status``)
     audit: Audit  # the audit trail (``dicomweb/audit.py``)
+    auth: Authenticator  # local users and the viewer's sessions (``nodeapi/session.py``)
     prefix: str = DICOMWEB_PREFIX
     gzip: GzipCache = field(default_factory=GzipCache)
     cache_writer: concurrent.futures.ThreadPoolExecutor = field(default_factory=_cache_writer)
@@ -107,6 +109,7 @@ class HttpServices:
             stow=StowLimits(http.max_request_mb * MIB, http.max_part_mb * MIB, services.settings.store.fsync),
             dimse_port=dimse_port,
             audit=services.audit,
+            auth=services.auth,
         )
 
     def close(self) -> None:

@@ -252,3 +252,19 @@ CREATE TABLE study_labels (
   PRIMARY KEY (study, label)
 ) WITHOUT ROWID""")
     db.execute("CREATE INDEX ix_study_labels_label ON study_labels (label, study)")
+
+
+@migrations()
+def m006_sessions(db: Database) -> None:
+    """The viewer's sign-in sessions (``core.auth``): only a hash of each session id is kept. A session goes with
+    its user's row (ON DELETE CASCADE); ``user_stamp`` is a digest of the user's password hash when it was opened,
+    so a changed password ends the sessions opened before."""
+    db.execute("""
+CREATE TABLE sessions (
+  hash TEXT PRIMARY KEY,
+  user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  user_stamp TEXT NOT NULL,
+  created_at TEXT NOT NULL,
+  expires_at TEXT NOT NULL
+) WITHOUT ROWID""")
+    db.execute("CREATE INDEX ix_sessions_user ON sessions (user_id)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ from dcmnode.core.auth.oidc import InvalidToken, OidcVerifier
 from dcmnode.errors import InvalidRequest, NotFound
 from dcmnode.store import Store
 from dcmnode.store.principals import PrincipalTable
+from dcmnode.store.sessions import SessionTable
 
 __all__ = ["Authenticator", "InvalidToken", "TokenInfo", "UserInfo"]
 
@@ -92,6 +94,8 @@ def _key(*parts: str) -> str:
 class Authenticator:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.table = PrincipalTable(store.index)
+        self.sessions = SessionTable(store.index)
+        self.session_hours = settings.http.session_hours
         self.oidc = OidcVerifier(settings.oidc) if settings.oidc.issuer else None
         self._decisions: DecisionCache[Principal | str] = DecisionCache()
 
@@ -193,6 +197,52 @@ class Authenticator:
         found = Principal(row["name"], Kind.USER, parse_scopes(row["scopes"]), _groups(row["groups"]))
         self._decisions.put(key, found)
         return found
+
+    # -- the viewer's sign-in sessions ------------------------------------------------------------------------
+    # Kept in the index (only a hash of the id), so every HTTP process and a restart see them; a session ends at
+    # its expiry, at sign-out, or when its user is removed or its password changed (within the 10 s cache).
+    def open_session(self, user: Principal) -> str | None:
+        """A new session id for a user ``verify_password`` just accepted (returned once); None when the user was
+        removed meanwhile."""
+        row = self.table.user(user.name)
+        if row is None:
+            return None
+        session = secrets.token_urlsafe(32)
+        start = datetime.now(UTC)
+        expires = start + timedelta(hours=self.session_hours)
+        stamp, until = start.isoformat(timespec="milliseconds"), expires.isoformat(timespec="milliseconds")
+        if not self.sessions.add(hashing.token_digest(session), user.name, _key(row["password"]), stamp, until):
+            return None
+        return session
+
+    def verify_session(self, session: str) -> Principal | None:
+        """The principal of a session id (the user's scopes and groups as they are now); None when it is unknown,
+        signed out, expired, or its user was removed or changed their password."""
+        digest = hashing.token_digest(session)
+        cached = self._decisions.get("s" + digest)
+        if cached is not None:
+            return None if cached == _REFUSED else cached  # type: ignore[return-value]
+        row = self.sessions.find(digest)
+        if row is None or row["expires_at"] <= _now() or row["user_stamp"] != _key(row["password"]):
+            self._decisions.put("s" + digest, _REFUSED)
+            return None
+        found = Principal(row["name"], Kind.USER, parse_scopes(row["scopes"]), _groups(row["groups"]))
+        ttl = (datetime.fromisoformat(row["expires_at"]) - datetime.now(UTC)).total_seconds()
+        self._decisions.put("s" + digest, found, ttl)
+        return found
+
+    def session_decided(self, session: str) -> tuple[bool, Principal | None]:
+        """As ``decided``, for a session id: (True, principal or None) when cached, else (False, None)."""
+        cached = self._decisions.get("s" + hashing.token_digest(session))
+        if cached is None:
+            return False, None
+        return True, (None if cached == _REFUSED else cached)  # type: ignore[return-value]
+
+    def close_session(self, session: str) -> None:
+        """Sign out: the session is forgotten (in this process at once, in others within the cache's 10 s)."""
+        digest = hashing.token_digest(session)
+        self.sessions.remove(digest)
+        self._decisions.put("s" + digest, _REFUSED)
 
     # -- OIDC ------------------------------------------------------------------------------------------------
     def verify_jwt(self, token: str) -> Principal | None:
