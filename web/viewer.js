@@ -4,6 +4,7 @@
 import { deleteResource, getJSON, may, qido } from "./api.js";
 import { NON_IMAGE_MODALITIES, TAG, formatName, number, text, value } from "./dicom.js";
 import { EnhancePanel } from "./enhance.js";
+import { StudyLabels } from "./labels.js";
 import { POSITIONS, SeriesStrip, savePosition, savedPosition } from "./series.js";
 import { SrPanel } from "./sr.js";
 import { TagBrowser } from "./tags.js";
@@ -31,6 +32,7 @@ export class ViewerView {
     this.enhancePanel = new EnhancePanel(body("enhance"), (enhance, compare) => this.applyEnhance(enhance, compare));
     this.srPanel = new SrPanel(body("sr"), (job) => this.openSrResult(job).catch((e) => showError(e, "SR result")));
     this.tags = new TagBrowser(body("tags"));
+    this.labels = new StudyLabels(this.$("#study-labels"));
     this.setStripPosition(savedPosition());
     this.bindToolbar();
   }
@@ -88,6 +90,7 @@ export class ViewerView {
     const [studies] = await Promise.all([
       qido("studies", { StudyInstanceUID: study, includefield: "StudyDescription" }),
       this.loadSeriesList(),
+      this.labels.show(study),
     ]);
     if (!studies.length) throw new Error(`study ${study} is not stored on this node`);
     this.studyDs = studies[0];
