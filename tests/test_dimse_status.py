@@ -26,6 +26,7 @@ EXPECTED: dict[type[errors.DcmnodeError], tuple[int, int, int, int]] = {
     errors.Cancelled: (0x0110, 0xFE00, 0xFE00, 0xFE00),  # C.4.1.1.4 etc.: terminated due to a Cancel request
     errors.Unauthorized: (0x0124, 0x0124, 0x0124, 0x0124),  # Refused: Not Authorized (every service)
     errors.Forbidden: (0x0124, 0x0124, 0x0124, 0x0124),
+    errors.HiddenStudy: (0x0124, 0x0124, 0x0124, 0x0124),  # a restricted writer and a study it does not see
     errors.AuditUnavailable: (0xA700, 0xA700, 0xA702, 0xA702),  # audit.fail_closed: out of resources
 }
 
@@ -84,3 +85,10 @@ def test_a_subclass_of_invalid_request_is_a_bad_identifier_too() -> None:
         pass
 
     assert [status.code(BadKey("x"), s) for s in (STORE, FIND, MOVE, GET)] == [0x0110, 0xA900, 0xA900, 0xA900]
+
+
+def test_stow_failure_reasons_are_c_store_s_but_not_authorized() -> None:
+    """PS3.18 Table 10.5.3-2 has no 0x0124: a STOW-RS part refused for access answers 0x0110, the rest as C-STORE."""
+    assert status.stow_reason(errors.HiddenStudy("x")) == 0x0110
+    for cls in (errors.InvalidInstance, errors.SopClassMismatch, errors.DuplicateInstance, errors.StorageFull):
+        assert status.stow_reason(cls("x")) == cls.status

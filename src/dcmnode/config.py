@@ -103,6 +103,9 @@ class OidcSettings:
     )
     groups_claim: str = _default("", "claim (dotted path) holding the study groups; empty = every study (*)")
     leeway_seconds: float = _default(30.0, "clock skew allowed on exp/nbf/iat, in seconds (at most 60)")
+    jwks_refetch_seconds: float = _default(
+        5.0, "a JWKS URL is re-read on an unknown kid at most once in this many seconds (0-3600)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,6 +404,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("[http.oidc] issuer needs audience and jwks")
     if not 0 <= oidc.leeway_seconds <= 60:
         raise ConfigError(f"http.oidc.leeway_seconds must be 0-60, not {oidc.leeway_seconds}")
+    if not 0 <= oidc.jwks_refetch_seconds <= 3600:
+        raise ConfigError(f"http.oidc.jwks_refetch_seconds must be 0-3600, not {oidc.jwks_refetch_seconds}")
     if settings.audit.syslog and not SYSLOG_URL.match(settings.audit.syslog):
         raise ConfigError(f"audit.syslog must be udp://host:port or tcp://host:port, not {settings.audit.syslog!r}")
     if settings.node.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

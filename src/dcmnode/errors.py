@@ -20,6 +20,8 @@ bad C-FIND/C-MOVE/C-GET identifier), HTTP codes in ``app.py`` (``HTTP_STATUS``).
     ├── ConfigError              invalid settings (startup only)
     ├── Unauthorized             0x0124 no or invalid credentials (401)
     └── Forbidden                0x0124 Refused: Not Authorized, a scope is missing (403)
+        └── HiddenStudy          0x0124 a writer limited to groups sent an instance of a stored study it does not
+                                 see (STOW-RS FailureReason 0x0110, ``status.stow_reason``)
 """
 
 from __future__ import annotations
@@ -101,5 +103,12 @@ class Unauthorized(DcmnodeError):
 
 class Forbidden(DcmnodeError):
     """The principal is known but lacks the scope the request needs (HTTP 403)."""
+
+    status = 0x0124  # Refused: Not Authorized
+
+
+class HiddenStudy(Forbidden):
+    """A principal limited to groups sent an instance of a stored study it does not see (or one that would replace
+    an instance of such a study): refused, so that knowing a Study Instance UID is not a way into it."""
 
     status = 0x0124  # Refused: Not Authorized

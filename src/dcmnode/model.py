@@ -61,6 +61,9 @@ class Source:
     ae_title: str = ""  # calling AE for DIMSE; empty otherwise
     address: str = ""  # peer address (host) where known
     labels: tuple[str, ...] = ()  # study labels to attach to the studies this source stores (per-study access)
+    # the writer's study groups when it does not see every study (a principal limited to groups): it may not add
+    # instances to a stored study it does not see, and a new study it stores without labels gets these as labels
+    groups: frozenset[str] | None = None
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.ae_title}" if self.ae_title else str(self.kind)

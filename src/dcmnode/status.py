@@ -1,7 +1,8 @@
 """DIMSE statuses (PS3.4): the constants, and the Status each domain error is answered with, per service.
 
 A leaf, so that both adapters use it: DIMSE answers ``failure(err, service)``, STOW-RS
-reports ``code(err, Service.STORE)`` as the part's FailureReason (PS3.18 §10.5.3).
+reports ``stow_reason(err)`` (``code(err, Service.STORE)``, 0x0124 as 0x0110) as the part's FailureReason
+(PS3.18 §10.5.3).
 
 ``TABLE`` is the one table of error class x service. A cell it leaves blank is ``err.status`` where the service
 may answer that code, else the service's "unable to process" code:
@@ -112,6 +113,14 @@ def code(err: DcmnodeError, service: Service) -> int:
         if isinstance(err, cls) and service in cells:
             return cells[service]
     return err.status if err.status in ANSWERABLE[service] else UNABLE_TO_PROCESS[service]
+
+
+def stow_reason(err: DcmnodeError) -> int:
+    """A STOW-RS part's FailureReason (PS3.18 Table 10.5.3-2): the C-STORE status, except 0x0124 Refused: Not
+    Authorized, which that table does not list: 0x0110 Processing failure (the reason, in the Error Comment,
+    says why)."""
+    found = code(err, Service.STORE)
+    return PROCESSING_FAILURE if found == NOT_AUTHORIZED else found
 
 
 def failure(err: DcmnodeError, service: Service) -> Dataset:

@@ -10,16 +10,24 @@ Order of work, so that an acknowledged instance is durable and a failed one leav
 Study labels (``Source.labels``: a peer's ``labels``, an import's or a STOW request's) are attached in the same
 transaction as the rows, to each instance stored or replaced (not to a duplicate kept as stored). A replaced
 instance keeps its study's labels even when its study row is removed and made again.
+
+A writer limited to groups (``Source.groups``: a principal that does not see every study) may not reach a study
+it does not see: an instance of a stored study without one of its groups, or one whose SOP Instance UID is stored
+in such a study, is refused (``HiddenStudy``) in the transaction that would store it; nothing is written or
+labelled. A new study such a writer stores carries the labels it asked for, or, when it asked for none, its
+groups, so that it sees what it stored.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 from dcmnode.core.parse import PREAMBLE, Expected, Parsed, lacks_preamble, parse_bytes, parse_file
-from dcmnode.errors import DcmnodeError, DuplicateInstance
+from dcmnode.errors import DcmnodeError, DuplicateInstance, HiddenStudy
 from dcmnode.model import Outcome, Source, StoredInstance
 from dcmnode.store import Store
 from dcmnode.store import labels as study_labels
@@ -102,9 +110,31 @@ class Ingest:
 
     def _kept_duplicate(self, parsed: Parsed, source: Source) -> StoredInstance | None:
         """Cheap early answer for on_duplicate=keep, so a re-sent instance is not even written to tmp."""
-        if self.on_duplicate == "keep" and self.store.index.instance(parsed.key.sop) is not None:
-            return self._duplicate(parsed, source)
+        if self.on_duplicate == "keep":
+            existing = self.store.index.instance(parsed.key.sop)
+            if existing is not None:
+                self._check_writer(parsed, existing, source, None)
+                return self._duplicate(parsed, source)
         return None
+
+    def _check_writer(self, parsed: Parsed, existing: Any, source: Source, conn: sqlite3.Connection | None) -> bool:
+        """HiddenStudy when a writer limited to groups would reach a stored study it does not see; else whether
+        the instance's study is new (not stored yet)."""
+        index = self.store.index
+        new = not study_labels.study_exists(index, parsed.key.study, conn)
+        if source.groups is None:
+            return new
+        groups = sorted(source.groups)
+        reached = [] if new else [parsed.key.study]
+        if existing is not None and existing["StudyInstanceUID"] != parsed.key.study:
+            reached.append(str(existing["StudyInstanceUID"]))
+        for study in reached:
+            if study_labels.study_exists(index, study, conn) and not study_labels.visible(index, study, groups, conn):
+                log.warning(
+                    "sop=%s from=%s refused: study %s is not visible to the writer", parsed.key.sop, source, study
+                )
+                raise HiddenStudy("not authorized: the study is not visible to you", parsed.sop_class, parsed.key.sop)
+        return new
 
     def _duplicate(self, parsed: Parsed, source: Source) -> StoredInstance:
         log.info("duplicate sop=%s from=%s: kept the stored copy", parsed.key.sop, source)
@@ -120,6 +150,7 @@ class Ingest:
         try:
             with index.write() as conn:
                 existing = index.instance(parsed.key.sop, conn)
+                new_study = self._check_writer(parsed, existing, source, conn)
                 if existing is not None:
                     if self.on_duplicate == "keep":
                         files.discard(temp)
@@ -143,8 +174,11 @@ class Ingest:
                 if source.ae_title:  # the first calling AE of a series is kept; others do not blank it
                     record.series["source_ae"] = source.ae_title
                 index.upsert_instance(conn, record)
-                if source.labels or kept_labels:
-                    study_labels.add(conn, parsed.key.study, [*kept_labels, *source.labels])
+                added = list(source.labels)
+                if new_study and not added and source.groups is not None:
+                    added = sorted(source.groups)  # a restricted writer sees the new study it stored
+                if added or kept_labels:
+                    study_labels.add(conn, parsed.key.study, [*kept_labels, *added])
                 changed = files.install(temp, parsed.key)
                 placed = True
         except DcmnodeError as err:

@@ -3,10 +3,12 @@
 The body is streamed to temp files part by
 part (a 2 GB request never sits in memory); once the closing boundary is in, each part goes through ``core.ingest``
 and its outcome lands in ReferencedSOPSequence or FailedSOPSequence (FailureReason = the PS3.4 status a C-STORE of
-the part would answer, ``status.code(err, Service.STORE)``).
+the part would answer, ``status.stow_reason(err)``).
 
 Vendor extension: ``?label=a&label=b`` labels every study the request stores (per-study access; ``core.labels``).
-A principal limited to groups may only set labels among them.
+A principal limited to groups may only set labels among them; an instance of a stored study it does not see fails
+with FailureReason 0x0110 and the Error Comment "not authorized: ..." (``errors.HiddenStudy``; 202 when others
+were stored, 409 when none was); a new study it stores without ``label`` carries its groups.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from dcmnode.core import labels
 from dcmnode.core.audit import Transfers
 from dcmnode.core.ingest import Ingest
 from dcmnode.core.parse import Expected
+from dcmnode.core.query import study_filter
 from dcmnode.dicomweb import audit
 from dcmnode.dicomweb.context import StowLimits, groups, services
 from dcmnode.dicomweb.multipart import Part, PartSpooler, parse_media_type
 from dcmnode.dicomweb.paths import base_url, path_uid
 from dcmnode.errors import DcmnodeError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from dcmnode.model import Source, SourceKind, StoredInstance
-from dcmnode.status import CANNOT_UNDERSTAND, PROCESSING_FAILURE, Service, code
+from dcmnode.status import CANNOT_UNDERSTAND, PROCESSING_FAILURE, stow_reason
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,8 @@ async def store(request: Request) -> Response:
     if not parts:
         raise InvalidRequest("the multipart body holds no parts")
     transfers = services(request).audit.transfer_in(audit.actor(request), "STOW-RS")
-    stored, failed = await run_in_threadpool(_ingest_parts, ingest, parts, study, _source(request, asked), transfers)
+    source = _source(request, asked, study_filter(groups(request)))
+    stored, failed = await run_in_threadpool(_ingest_parts, ingest, parts, study, source, transfers)
     await run_in_threadpool(transfers.close)  # one record per study; AuditUnavailable (503) with fail_closed
     base = base_url(request)
     return JSONResponse(
@@ -103,9 +107,11 @@ async def _spool(request: Request, boundary: str, ingest: Ingest, limits: StowLi
         raise
 
 
-def _source(request: Request, study_labels: tuple[str, ...] = ()) -> Source:
+def _source(
+    request: Request, study_labels: tuple[str, ...] = (), writer_groups: frozenset[str] | None = None
+) -> Source:
     host = request.client.host if request.client else ""
-    return Source(SourceKind.STOW, address=host, labels=study_labels)
+    return Source(SourceKind.STOW, address=host, labels=study_labels, groups=writer_groups)
 
 
 def _ingest_parts(
@@ -127,7 +133,7 @@ def _ingest_parts(
                 transfers.add(stored[-1])
         except DcmnodeError as err:
             log.warning("STOW-RS part %d refused 0x%04X: %s", number, err.status, err.reason)
-            failed.append(Failure(code(err, Service.STORE), err.reason, err.sop_class, err.sop_instance))
+            failed.append(Failure(stow_reason(err), err.reason, err.sop_class, err.sop_instance))
             if transfers is not None:
                 transfers.fail(study or "")
         except Exception:

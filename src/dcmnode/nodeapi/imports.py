@@ -10,7 +10,9 @@
 A body is streamed into a store temp file as it arrives (never held in memory); file writes, ingest and archive
 reading run on worker threads, never on the event loop. ``path`` is the file's place in the user's folder: it is
 reported, never used to build a file system path. Jobs live in this process; ended ones are kept for an hour.
-``labels`` (a list of label names) labels every study the job stores (per-study access, ``core.labels``).
+``labels`` (a list of label names) labels every study the job stores (per-study access, ``core.labels``). For a
+principal limited to groups, a file of a stored study it does not see fails ("not authorized: ..."), and a new
+study it stores without ``labels`` carries its groups.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from starlette.routing import Route
 from dcmnode.core import labels
 from dcmnode.core.importing import ENDED, ImportJob, Spool
 from dcmnode.core.importing.registry import Registry
+from dcmnode.core.query import study_filter
 from dcmnode.dicomweb import audit
 from dcmnode.dicomweb.context import groups, services
 from dcmnode.errors import Conflict, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
@@ -63,7 +66,8 @@ async def create(request: Request) -> JSONResponse:
     name, expected, study_labels = _create_params(await _small_body(request), request.headers.get("content-type", ""))
     labels.allowed_for(study_labels, groups(request))
     host = request.client.host if request.client else ""
-    source = Source(SourceKind.IMPORT, address=host, labels=study_labels)
+    writer = study_filter(groups(request))  # limited to groups: no hidden study, its groups on a new one
+    source = Source(SourceKind.IMPORT, address=host, labels=study_labels, groups=writer)
     job = _registry(request).create(name, expected, source, audit.actor(request))
     return _job_response(job, 201, {"Location": f"/api/imports/{job.id}"})
 

@@ -17,8 +17,8 @@ def of(index: Index, study: str, conn: sqlite3.Connection | None = None) -> list
     return [str(r[0]) for r in rows]
 
 
-def study_exists(index: Index, study: str) -> bool:
-    row = index.connection().execute("SELECT 1 FROM studies WHERE StudyInstanceUID = ?", (study,)).fetchone()
+def study_exists(index: Index, study: str, conn: sqlite3.Connection | None = None) -> bool:
+    row = (conn or index.connection()).execute("SELECT 1 FROM studies WHERE StudyInstanceUID = ?", (study,)).fetchone()
     return row is not None
 
 
@@ -41,12 +41,12 @@ def remove(conn: sqlite3.Connection, study: str, label: str) -> bool:
     return cursor.rowcount > 0
 
 
-def visible(index: Index, study: str, groups: Sequence[str]) -> bool:
+def visible(index: Index, study: str, groups: Sequence[str], conn: sqlite3.Connection | None = None) -> bool:
     """Whether a stored study carries one of ``groups`` (the caller handles "every study")."""
     if not groups:
         return False
     row = (
-        index.connection()
+        (conn or index.connection())
         .execute(
             f"SELECT 1 FROM study_labels WHERE study = ? AND label IN ({', '.join('?' * len(groups))}) LIMIT 1",
             (study, *groups),

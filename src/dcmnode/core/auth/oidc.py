@@ -2,9 +2,11 @@
 
 Only asymmetric signatures are accepted (``ALGORITHMS``: no ``none``, no HS*, so a token "signed" with the public
 key as an HMAC secret fails); ``exp``, ``iss`` and ``aud`` are required and checked with ``leeway_seconds``. The
-issuer's keys come from a JWKS file or an https URL, kept for ``JWKS_MAX_AGE`` seconds and read again once when a
-token names a ``kid`` they do not hold (a key rotation); a URL is re-read on an unknown kid at most once per
-``REFETCH_COOLDOWN`` seconds, so tokens with made-up kids cannot make the node hammer the issuer.
+issuer's keys come from a JWKS file or an https URL (plain http only on loopback), kept for ``JWKS_MAX_AGE``
+seconds and read again once when a token names a ``kid`` they do not hold (a key rotation). A URL is re-read on an
+unknown kid at most once per ``http.oidc.jwks_refetch_seconds`` (``REFETCH_COOLDOWN`` by default), counted from
+the last such re-read, not from the last read: a key published just after the regular read is found at once, and
+tokens with made-up kids cannot make the node hammer the issuer. A read that fails keeps the keys already held.
 """
 
 from __future__ import annotations
@@ -41,10 +43,12 @@ class InvalidToken(Exception):
 class Jwks:
     """The issuer's signing keys by kid, from a file or a URL, cached."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, refetch_cooldown: float = REFETCH_COOLDOWN) -> None:
         self.source = source
+        self.refetch_cooldown = refetch_cooldown
         self._keys: dict[str, dict[str, Any]] = {}
         self._fetched = -1e9  # time.monotonic() of the last read
+        self._refetched = -1e9  # time.monotonic() of the last re-read for an unknown kid
         self._lock = threading.Lock()
         self._is_url = "://" in source
         if self._is_url:
@@ -59,7 +63,8 @@ class Jwks:
             if now - self._fetched > JWKS_MAX_AGE:
                 self._read()
             found = self._find(kid)
-            if found is None and (not self._is_url or now - self._fetched >= REFETCH_COOLDOWN):
+            if found is None and (not self._is_url or now - self._refetched >= self.refetch_cooldown):
+                self._refetched = now
                 self._read()  # a rotated key: read the set again, once
                 found = self._find(kid)
         if found is None:
@@ -122,7 +127,7 @@ def names(value: Any) -> list[str]:
 class OidcVerifier:
     def __init__(self, settings: OidcSettings) -> None:
         self.settings = settings
-        self.jwks = Jwks(settings.jwks)
+        self.jwks = Jwks(settings.jwks, settings.jwks_refetch_seconds)
 
     def verify(self, token: str) -> tuple[Principal, float]:
         """The principal and its ``exp`` (a UNIX time), or InvalidToken with the reason."""
