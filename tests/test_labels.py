@@ -375,6 +375,26 @@ def test_storescu_from_a_peer_with_labels_labels_its_studies(world: World, tmp_p
     assert seen == [labelled[0].StudyInstanceUID]
 
 
+def test_storescu_from_a_peer_limited_to_groups_cannot_add_to_a_study_it_does_not_see(
+    world: World, tmp_path: Path
+) -> None:
+    """CARDSCU sees only 'cardiology' studies: an instance for study b ('neuro') is refused 0x0124 and nothing of
+    it is stored; a new study it sends carries its group, so that it sees what it stored."""
+    intruder = ct_series(1, seed=21, study=world.study("b"))
+    fresh = ct_series(1, seed=22)
+    before = world.node.services.catalog.counts()["instances"]
+    for name, datasets in (("intruder", intruder), ("fresh", fresh)):
+        files = write_series(tmp_path / name, datasets)
+        result = subprocess.run(
+            ["storescu", "-aet", "CARDSCU", "-aec", "DCMNODE", HOST, str(world.node.dimse_port), *map(str, files)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == (1 if name == "intruder" else 0), result.stderr  # refused, then stored
+    assert world.node.services.catalog.counts()["instances"] == before + 1
+    assert world.node.services.labels.of(world.study("b")) == ["neuro"]
+    assert world.node.services.labels.of(fresh[0].StudyInstanceUID) == ["cardiology"]
+
+
 def test_stow_label_parameter_labels_the_stored_studies(world: World) -> None:
     first, second = ct_series(1, seed=11), ct_series(1, seed=12)
     data = body(part10(first[0]), part10(second[0]))

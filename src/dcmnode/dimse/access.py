@@ -316,7 +316,14 @@ class Gate:
         return self._plain(Service.ECHO, handler)
 
     def store(self, handler: Callable[..., int | Dataset]) -> Callable[..., int | Dataset]:
-        return self._plain(Service.STORE, handler)
+        """C-STORE: refused 0x0124 when not allowed; else the handler, told who sends (its groups decide which
+        studies it may add to)."""
+
+        def guarded(event: evt.Event, *args: Any) -> int | Dataset:
+            refusal = self.refusal(event, Service.STORE)
+            return handler(event, *args, principal=self.principal_of(event)) if refusal is None else refusal
+
+        return guarded
 
     def _plain(self, service: Service, handler: Callable[..., int | Dataset]) -> Callable[..., int | Dataset]:
         def guarded(event: evt.Event, *args: Any) -> int | Dataset:

@@ -32,11 +32,12 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dcmnode import status
 from dcmnode.config import Settings
-from dcmnode.core.access import Authenticator
+from dcmnode.core.access import Authenticator, Principal
 from dcmnode.core.audit import Audit
 from dcmnode.core.catalog import Catalog
 from dcmnode.core.ingest import Ingest
 from dcmnode.core.parse import Expected
+from dcmnode.core.query import study_filter
 from dcmnode.dimse import audit, query_retrieve
 from dcmnode.dimse.access import Gate
 from dcmnode.dimse.pacer import Pacer
@@ -236,6 +237,7 @@ def handle_store(
     pacer: Pacer,
     settings: Settings | None = None,
     stores: audit.Associations | None = None,
+    principal: Principal | None = None,
 ) -> int | Dataset:
     """``evt.EVT_C_STORE``: store the received instance, as received, through ``Ingest``.
 
@@ -253,6 +255,10 @@ def handle_store(
     stores : dimse.audit.Associations, optional
         The audit trail's batches: the outcome is noted for the association's record (written when it closes);
         with ``audit.fail_closed`` the instance is refused (0xA700) while the trail cannot be written.
+    principal : Principal, optional
+        Who sends (``dimse.access.Gate``: a verified user, else the calling AE with its ``[peers.X] groups``). A
+        sender limited to groups may not store into a study it does not see (0x0124, ``errors.HiddenStudy``), and
+        a new study it sends without peer labels is labelled with its groups, so that it sees what it stored.
 
     Returns
     -------
@@ -264,7 +270,10 @@ def handle_store(
     requestor = event.assoc.requestor
     peer = settings.peers.get(requestor.ae_title) if settings is not None else None
     labels = peer.labels if peer is not None else ()
-    source = Source(SourceKind.DIMSE, ae_title=requestor.ae_title, address=str(requestor.address), labels=labels)
+    groups = study_filter(principal.groups) if principal is not None else None
+    source = Source(
+        SourceKind.DIMSE, ae_title=requestor.ae_title, address=str(requestor.address), labels=labels, groups=groups
+    )
     expected = Expected(
         sop_class=str(event.context.abstract_syntax),
         sop_instance=str(cast(C_STORE, event.request).AffectedSOPInstanceUID or "") or None,
