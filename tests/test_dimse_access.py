@@ -103,7 +103,9 @@ def acl_factory(tmp_path: Path) -> Iterator[Callable[..., Acl]]:
     once ``Services.auth`` exists) and ``[peers]`` from TOML."""
     made: list[Acl] = []
 
-    def factory(peers_toml: str = "", authenticator: Any = None, **sections: dict[str, Any]) -> Acl:
+    def factory(
+        peers_toml: str = "", authenticator: Any = None, audited: bool = False, **sections: dict[str, Any]
+    ) -> Acl:
         settings = make_settings(tmp_path / f"data{len(made)}", **sections)
         if peers_toml:
             cfg = tmp_path / f"peers{len(made)}.toml"
@@ -111,7 +113,9 @@ def acl_factory(tmp_path: Path) -> Iterator[Callable[..., Acl]]:
             settings = dataclasses.replace(settings, peers=config.load(cfg).peers)
         node = Node(settings)
         sock = scp_module.listen(HOST, 0)
-        scp = scp_module.start(settings, node.services.ingest, node.services.catalog, sock, authenticator=authenticator)
+        services = node.services
+        trail = services.audit if audited else None  # ``audited``: with the audit trail, as ``Node`` starts it
+        scp = scp_module.start(settings, services.ingest, services.catalog, sock, trail, authenticator=authenticator)
         made.append(Acl(node, scp))
         return made[-1]
 

@@ -4,29 +4,27 @@ Security Alerts, each User Identity checked is a 110114 User Authentication; no 
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import json
 import re
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
 
-from dcmnode import config
-from dcmnode.app import Node
-from dcmnode.dimse import scp as scp_module
-from tests.conftest import HOST, make_settings
+from tests.conftest import HOST
 from tests.factories import ct_series, write_series
-from tests.test_dimse_access import (
+from tests.test_dimse_access import (  # noqa: F401 (acl_factory: a fixture)
     PASSWORD,
     Acl,
     Users,
     _identity,
+    acl_factory,
     associate,
     fill,
     peer,
@@ -44,29 +42,10 @@ def dcmtk() -> None:
 
 
 @pytest.fixture
-def audited_factory(tmp_path: Path) -> Iterator[Callable[..., Acl]]:
-    """A node whose SCP is started with its audit trail and, when given, an authenticator (as ``Node`` does)."""
-    made: list[Acl] = []
-
-    def factory(peers_toml: str = "", authenticator: Any = None, **sections: dict[str, Any]) -> Acl:
-        settings = make_settings(tmp_path / f"data{len(made)}", **sections)
-        if peers_toml:
-            cfg = tmp_path / f"peers{len(made)}.toml"
-            cfg.write_text(peers_toml)
-            settings = dataclasses.replace(settings, peers=config.load(cfg).peers)
-        node = Node(settings)
-        sock = scp_module.listen(HOST, 0)
-        services = node.services
-        scp = scp_module.start(
-            settings, services.ingest, services.catalog, sock, services.audit, authenticator=authenticator
-        )
-        made.append(Acl(node, scp))
-        return made[-1]
-
-    yield factory
-    for acl in made:
-        acl.scp.shutdown()
-        acl.node.close()
+def audited_factory(request: pytest.FixtureRequest) -> Callable[..., Acl]:
+    """test_dimse_access's ``acl_factory`` (imported above, so that pytest finds it here) with the node's audit
+    trail handed to the SCP, as ``Node`` does."""
+    return functools.partial(request.getfixturevalue("acl_factory"), audited=True)
 
 
 def records(acl: Acl) -> list[dict[str, Any]]:
