@@ -42,7 +42,7 @@ from tests.test_retrieve_dimse import StorageScp
 PASSWORD = "PASS-word-1"
 
 
-# -- a real authenticator: scrypt-hashed local users and RS256 JWTs (the auth branch provides the node's own) ----
+# -- a real authenticator: scrypt-hashed local users and RS256 JWTs (the node's own is core/auth) --------------
 
 
 class Users:

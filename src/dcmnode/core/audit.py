@@ -31,8 +31,10 @@ Events and what emits them:
 code        meaning                              action  emitted for
 ==========  ===================================  ======  ==================================================
 110100      Application Activity                 E       ``dcmnode serve`` start (type 110120), stop (110121)
-110114      User Authentication                  E       ``authentication()`` (the auth branch): type 110122
-110113      Security Alert                       E       ``security_alert()`` (the auth branch)
+110114      User Authentication                  E       ``authentication()``: HTTP refusals, sign-ins,
+                                                         DIMSE User Identity (type 110122 login)
+110113      Security Alert                       E       ``security_alert()``: refused scopes, rejected
+                                                         associations, 0x0124 refusals
 110104      DICOM Instances Transferred          C       C-STORE in: one record per association and study;
                                                          STOW-RS: per request and study; imports: per job
                                                          and study (HTTP upload or ``dcmnode import``)
@@ -45,12 +47,12 @@ code        meaning                              action  emitted for
                                                          frames, bulkdata, rendered, thumbnails, WADO-URI
                                                          rendered (per request)
 110106      Export                               R       series export (ZIP, NIfTI) over HTTP or the CLI
-110105      DICOM Study Deleted                  D       ``study_deleted()`` (the delete branch)
+110105      DICOM Study Deleted                  D       ``study_deleted()`` (``core/deletion.py``)
 ==========  ===================================  ======  ==================================================
 
 Outcomes: 0 success; 4 minor failure (nothing found, a client error, a cancel, some instances of a transfer
 refused); 8 serious failure (the request failed, every instance refused); 12 major failure (not used here).
-Answers 401/403 are the authentication branch's events (110114/110113), not recorded again here.
+Answers 401/403 are recorded by ``dicomweb/access.py`` (110114/110113), not again as reads.
 
 A write that fails (the folder read-only, the disk full) is an error line in the log and adds to ``failures``
 (``/api/status`` ``audit_failures``, this process's count); with ``audit.fail_closed`` the request it belongs to
@@ -456,7 +458,7 @@ class Audit:
         )  # fmt: skip
 
     def authentication(self, who: Principal | str, address: str, success: bool, detail: str = "") -> bool:
-        """110114 User Authentication (for the auth branch): a token, password or JWT accepted or refused.
+        """110114 User Authentication : a token, password or JWT accepted or refused.
         ``who`` is the principal or the name it claimed; never a secret."""
         actor = Actor.of(who) if isinstance(who, Principal) else Actor(who, "unknown", address)
         if address and not actor.address:
@@ -467,7 +469,7 @@ class Audit:
         )  # fmt: skip
 
     def security_alert(self, what: str, who: Principal | str, address: str, study: str = "") -> bool:
-        """110113 Security Alert (for the auth branch): ``what`` happened (a refused scope, an association
+        """110113 Security Alert : ``what`` happened (a refused scope, an association
         rejected, a hostile archive); ``who`` as for ``authentication``."""
         actor = Actor.of(who) if isinstance(who, Principal) else Actor(who, "unknown", address)
         if address and not actor.address:
@@ -480,7 +482,7 @@ class Audit:
     def study_deleted(
         self, study: str, patient_id: str, instances: int, who: Principal | Actor, outcome: int = SUCCESS
     ) -> bool:
-        """110105 DICOM Study Deleted (for the delete branch), once per study touched."""
+        """110105 DICOM Study Deleted , once per study touched."""
         actor = Actor.of(who) if isinstance(who, Principal) else who
         with self._lock:
             self._patients.pop(study, None)

@@ -59,8 +59,8 @@ class Deleted:
 
 
 OnDeleted = Callable[[Deleted, Principal | None], None]
-"""Called after every delete, with what went and who asked (None: the command line, no principal). The audit
-branch fills it (DCM 110105 Study Deleted: Study Instance UID, Patient ID, instance count, who)."""
+"""Called after every delete, with what went and who asked (None: the command line, no principal). ``core/services.py``
+hands it the audit trail's (DCM 110105 Study Deleted: Study Instance UID, Patient ID, instance count, who)."""
 
 
 def study_deleted(deleted: Deleted, who: Principal | None) -> None:

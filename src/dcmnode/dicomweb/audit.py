@@ -8,10 +8,10 @@ none (``http.auth = "none"``).
 (``sender``); it writes one record per QIDO-RS,
 WADO-RS, WADO-URI, metadata, frames, bulkdata, rendered, thumbnail and export request, when the answer starts: the
 route that answered is the ``endpoint`` Starlette's router (or the fast path) put in the scope, the event is
-``EVENTS[endpoint]``, the outcome follows the status (below 400: 0; 4xx: 4; 5xx: 8; 401 and 403 are the
-authentication branch's events and are not recorded). STOW-RS and uploads write their own records (``stow.py``,
-``nodeapi/imports.py``): only they know which studies came in. A record that cannot be written with
-``audit.fail_closed`` turns the answer into 503 (the app's own answer is dropped).
+``EVENTS[endpoint]``, the outcome follows the status (below 400: 0; 4xx: 4; 5xx: 8; 401 and 403 are
+recorded by ``dicomweb/access.py`` as 110114 / 110113, not again here). STOW-RS and uploads write their own
+records (``stow.py``, ``nodeapi/imports.py``): only they know which studies came in. A record that cannot be
+written with ``audit.fail_closed`` turns the answer into 503 (the app's own answer is dropped).
 
 The cost per request is a dictionary lookup for the route, the Patient ID from a small cache (a query in a worker
 thread the first time a study is seen) and one ``write`` to an open file.

@@ -3,8 +3,8 @@
 Filters (all optional): ``since`` and ``until`` (ISO 8601 date or date-time, UTC unless a zone is given; a date
 alone as ``until`` means the end of that day), ``user`` (an active participant that made the request: token, user,
 calling AE or ``anonymous``), ``study`` (a Study Instance UID), ``event`` (a DCM code such as ``110112`` or its
-meaning, any case), ``limit`` (default 1000, at most 10000). Needs the ``admin`` scope (the route table of the
-authentication branch says so).
+meaning, any case), ``limit`` (default 1000, at most 10000). Needs the ``admin`` scope (``dicomweb/access.py``
+``ROUTE_SCOPES``).
 """
 
 from __future__ import annotations
