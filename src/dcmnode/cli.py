@@ -630,25 +630,18 @@ def cmd_label(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def cmd_audit(args: argparse.Namespace, settings: config.Settings) -> int:
-    from dcmnode.core.audit import Audit, parse_time
+    from dcmnode.core.audit import parse_time
+    from dcmnode.core.services import Services
 
     def when(name: str, text: str | None, end_of_day: bool = False) -> Any:
-        if not text:
-            return None
         try:
-            found = parse_time(text)
+            return parse_time(text, end_of_day) if text else None
         except ValueError as exc:
             raise InvalidRequest(f"--{name} {text!r}: expected an ISO 8601 date or date-time") from exc
-        if end_of_day and "T" not in text:
-            from datetime import timedelta
 
-            found += timedelta(days=1, microseconds=-1)
-        return found
-
-    trail = Audit(settings.data_dir / "audit", settings.audit, settings.node.ae_title)
-    records = trail.search(
-        when("since", args.since), when("until", args.until, True), args.user, args.study, args.event, args.limit
-    )
+    since, until = when("since", args.since), when("until", args.until, True)
+    with Services.open(settings) as services:
+        records = services.audit.search(since, until, args.user, args.study, args.event, args.limit)
     for record in records:
         print(json.dumps(record) if args.json else _audit_line(record))
     return 0

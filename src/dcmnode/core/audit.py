@@ -683,7 +683,11 @@ def _time(record: Mapping[str, Any]) -> datetime | None:
         return None
 
 
-def parse_time(text: str) -> datetime:
-    """An ISO 8601 date or date-time (UTC when it names no zone); ValueError otherwise."""
+def parse_time(text: str, end_of_day: bool = False) -> datetime:
+    """An ISO 8601 date or date-time (UTC when it names no zone); ValueError otherwise. ``end_of_day``: a date
+    alone means the last microsecond of that day (an upper bound of a search)."""
     when = datetime.fromisoformat(text.strip())
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    if end_of_day and "T" not in text and " " not in text.strip():
+        when += timedelta(days=1, microseconds=-1)
+    return when

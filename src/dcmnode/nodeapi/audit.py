@@ -9,7 +9,7 @@ meaning, any case), ``limit`` (default 1000, at most 10000). Needs the ``admin``
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -28,12 +28,9 @@ def time_filter(name: str, text: str | None, end_of_day: bool = False) -> dateti
     if not text:
         return None
     try:
-        when = parse_time(text)
+        return parse_time(text, end_of_day)
     except ValueError as exc:
         raise InvalidRequest(f"{name}={text!r}: expected an ISO 8601 date or date-time") from exc
-    if end_of_day and "T" not in text and " " not in text.strip():
-        when += timedelta(days=1, microseconds=-1)
-    return when
 
 
 async def records(request: Request) -> JSONResponse:
