@@ -309,7 +309,10 @@ def cmd_import(args: argparse.Namespace, settings: config.Settings) -> int:
                     stored=report.stored, duplicate=report.duplicate, failed=len(report.failed), refresh=False
                 )
 
-            limits = Limits(max_member_bytes=settings.http.max_part_mb * 1024 * 1024)
+            limits = Limits(
+                max_member_bytes=settings.http.max_part_mb * 1024 * 1024,
+                max_expanded_bytes=settings.http.max_archive_expanded_mb * 1024 * 1024,
+            )
             transfers = services.audit.transfer_in(Actor.local(), "import")
             report = import_files(services.ingest, files, progress, limits, transfers)
     print(

@@ -66,6 +66,10 @@ class HttpSettings:
     port: int = _default(8080, "HTTP port; DICOMweb lives under /dicom-web, the viewer at /")
     max_request_mb: int = _default(4096, "largest STOW-RS request body in MiB (413 beyond)")
     max_part_mb: int = _default(2048, "largest single instance in a STOW-RS request in MiB (413 beyond)")
+    max_archive_expanded_mb: int = _default(
+        32768,
+        "most MiB one archive (upload or dcmnode import) expands to, all members together; past it the rest is refused",
+    )
     max_query_results: int = _default(
         10000, "most results one QIDO-RS answer holds (a larger or missing limit is cut, with a Warning header)"
     )
@@ -388,6 +392,10 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"store.on_duplicate must be one of {DUPLICATE_POLICIES}")
     if not 0 <= settings.http.metadata_workers <= 64:
         raise ConfigError(f"http.metadata_workers must be 0-64, not {settings.http.metadata_workers}")
+    if settings.http.max_archive_expanded_mb < 1:
+        raise ConfigError(
+            f"http.max_archive_expanded_mb must be at least 1, not {settings.http.max_archive_expanded_mb}"
+        )
     if settings.http.max_query_results < 1:
         raise ConfigError(f"http.max_query_results must be at least 1, not {settings.http.max_query_results}")
     if settings.sr.worker not in SR_WORKERS:

@@ -30,7 +30,10 @@ class Registry:
         self.audit = audit
         self.max_request_bytes = settings.http.max_request_mb * MIB
         self.abandoned_seconds = settings.http.import_abandoned_seconds
-        self.limits = Limits(max_member_bytes=settings.http.max_part_mb * MIB)
+        self.limits = Limits(
+            max_member_bytes=settings.http.max_part_mb * MIB,
+            max_expanded_bytes=settings.http.max_archive_expanded_mb * MIB,
+        )
         self._jobs: dict[str, ImportJob] = {}
         self._lock = threading.Lock()
 
