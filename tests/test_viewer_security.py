@@ -3,7 +3,8 @@
 - DICOM text is shown as text: patient names, IDs, study and series descriptions like
   ``<img src=x onerror=alert(1)>``, ``"><svg onload=alert(1)>`` and ``javascript:alert(1)``, and an SR job's error
   text, appear character for character (``textContent``) in the study list, the viewer's title, series selector
-  and overlay, the tag browser, the SR panel and the Jobs page; no dialog opens and no element is made of them.
+  and overlay, the tag browser, the SR panel, the Jobs page and an upload's report (a member's name); no dialog
+  opens and no element is made of them.
   (Stored XSS through DICOM text: mercure-imaging/mercure#90.)
 - The headers of ``dicomweb/headers.py`` are on the viewer's pages and files (CSP, ``nosniff``, no framing, no
   referrer) and ``nosniff`` on DICOMweb and ``/api`` answers, the fast path's images and 401s included.
@@ -166,8 +167,15 @@ def test_the_viewer_works_under_its_content_security_policy(
     with zipfile.ZipFile(archive, "w") as z:
         for ds in ct_series(2, rows=32, cols=32, patient_name="Upload^Probe", seed=5):
             z.writestr(f"{ds.SOPInstanceUID}.dcm", part10(ds))
+        z.writestr(f"notes/{IMG}.txt", "not DICOM")  # a member name is hostile text too: the report shows it
     test_viewer.upload(s, archive)
-    assert "2" in s.page.locator("#upload-status").inner_text()
+    status = s.page.locator("#upload-status")
+    assert status.locator("[data-stat=stored] dd").inner_text() == "2"
+    reported = status.locator("table[data-report] tbody td:first-child").evaluate_all(
+        "tds => tds.map(t => t.textContent)"
+    )
+    assert reported == [f"more.zip/notes/{IMG}.txt"], reported
+    assert s.page.evaluate(NO_INJECTED) == 0
 
     csp_console = [m for m in s.console_errors if "Content Security Policy" in m]
     assert s.page.evaluate("() => window.__csp") == [] and csp_console == [], (
