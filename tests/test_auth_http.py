@@ -28,6 +28,7 @@ from starlette.routing import Mount, Route
 from dcmnode.core.access import Scope
 from dcmnode.dicomweb.access import ROUTE_SCOPES, STATIC, AccessControl, RouteTable
 from dcmnode.dicomweb.fastpath import RenderedFastPath
+from dcmnode.dicomweb.headers import SecurityHeaders
 from tests.conftest import LiveServer
 from tests.factories import ct_series
 
@@ -133,7 +134,9 @@ def concrete(path: str) -> str:
 
 
 def test_every_route_and_method_has_a_declared_scope(secured: LiveServer) -> None:
-    outer = secured.server.config.app
+    headers = secured.server.config.app
+    assert isinstance(headers, SecurityHeaders)
+    outer = headers.app
     assert isinstance(outer, AccessControl) and isinstance(outer.app, RenderedFastPath)
     app = outer.app.app
     while not hasattr(app, "routes"):  # through the wrappers in front of the router (the audit trail)
@@ -308,6 +311,7 @@ def test_scopes_and_groups_from_a_dotted_claim(live_factory: Any, issuer: Issuer
 
 def test_auth_off_is_the_app_as_before(live: LiveServer) -> None:
     """``http.auth = "none"`` (the default): no middleware in front, everyone may do everything."""
-    assert isinstance(live.server.config.app, RenderedFastPath)
+    app = live.server.config.app
+    assert isinstance(app, SecurityHeaders) and isinstance(app.app, RenderedFastPath)
     assert httpx.get(f"{live.url}/dicom-web/studies").status_code == 200
     assert httpx.get(f"{live.url}/dicom-web/studies", headers=bearer("dcm_nonsense")).status_code == 200

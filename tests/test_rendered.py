@@ -18,6 +18,7 @@ from PIL import Image
 
 from dcmnode.core import render
 from dcmnode.dicomweb.fastpath import RenderedFastPath
+from dcmnode.dicomweb.headers import SecurityHeaders
 from dcmnode.imaging import pipeline
 from dcmnode.model import Source, SourceKind
 from tests.conftest import LiveServer
@@ -61,7 +62,9 @@ def test_single_images_skip_the_router_and_answer_like_the_full_app(rendered_liv
     Origin header (CORS: the full app's job) must get the same image and headers, and failures go to the full app
     for their usual status and reason."""
     live, series = rendered_live
-    fast = live.server.config.app
+    headers = live.server.config.app
+    assert isinstance(headers, SecurityHeaders)  # outermost (dicomweb/headers.py)
+    fast = headers.app
     assert isinstance(fast, RenderedFastPath)
     full, seen = fast.app, []
 

@@ -106,9 +106,9 @@ export class EnhancePanel {
     row.dataset.op = spec.op;
     row.title = `Runs ${spec.stage} the window`;
     const toggle = document.createElement("label");
-    toggle.innerHTML = `<input type="checkbox" data-toggle="${spec.op}"> <span></span>`;
-    toggle.querySelector("span").textContent = spec.label;
-    const checkbox = toggle.querySelector("input");
+    const checkbox = Object.assign(document.createElement("input"), { type: "checkbox" });
+    checkbox.dataset.toggle = spec.op;
+    toggle.append(checkbox, " ", Object.assign(document.createElement("span"), { textContent: spec.label }));
     checkbox.addEventListener("change", () => {
       state.on = checkbox.checked;
       row.classList.toggle("off", !state.on);

@@ -17,7 +17,7 @@ export class SrPanel {
     this.jobs = [];
     this.watching = new Set(); // ids started here: their result opens by itself when they end
     this.el.innerHTML = `<h2>Super-resolution</h2>
-      <p class="muted">A new series with ${"2×"} or 4× the rows and columns, and its uncertainty map, made by the
+      <p class="muted">A new series with 2× or 4× the rows and columns, and its uncertainty map, made by the
         node's worker. Not for primary diagnosis.</p>
       <div class="row">
         <label>Method <select data-method>

@@ -116,18 +116,27 @@ export class StudiesView {
 
   async search() {
     this.loaded = true;
-    this.body.innerHTML = `<tr><td colspan="${this.columns}" class="empty">Searching…</td></tr>`;
+    this.message("Searching…");
     let found;
     try {
       found = await qido("studies", this.params());
     } catch (err) {
-      this.body.innerHTML = `<tr><td colspan="${this.columns}" class="empty">The search failed.</td></tr>`;
+      this.message("The search failed.");
       showError(err, "Study search");
       return;
     }
     this.more = found.length > this.pageSize;
     this.rows = found.slice(0, this.pageSize).map(studyRow);
     this.render();
+  }
+
+  /** The table's one row of text instead of studies. */
+  message(text) {
+    this.body.replaceChildren();
+    const td = this.body.insertRow().insertCell();
+    td.colSpan = this.columns;
+    td.className = "empty";
+    td.textContent = text;
   }
 
   page(step) {
@@ -148,9 +157,7 @@ export class StudiesView {
       th.setAttribute("aria-sort", th.dataset.sort !== key ? "none" : dir > 0 ? "ascending" : "descending");
     }
     this.body.replaceChildren();
-    if (!rows.length) {
-      this.body.innerHTML = `<tr><td colspan="${this.columns}" class="empty">No study matches.</td></tr>`;
-    }
+    if (!rows.length) this.message("No study matches.");
     for (const s of rows) {
       const tr = this.body.insertRow();
       tr.tabIndex = 0;

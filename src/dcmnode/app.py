@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 from dcmnode import nodeapi
 from dcmnode.config import Settings
@@ -29,6 +30,7 @@ from dcmnode.dicomweb.access import AccessControl
 from dcmnode.dicomweb.audit import AuditTrail
 from dcmnode.dicomweb.context import HttpServices
 from dcmnode.dicomweb.fastpath import RenderedFastPath
+from dcmnode.dicomweb.headers import SecurityHeaders
 from dcmnode.dimse import scp
 from dcmnode.errors import (
     AuditUnavailable,
@@ -93,11 +95,12 @@ class Node:
         self.dimse_port = self.scp.port
         return self.scp
 
-    def asgi(self) -> RenderedFastPath | AccessControl:
+    def asgi(self) -> SecurityHeaders:
         """The HTTP app (single rendered frames answered in front of it: ``dicomweb/fastpath.py``). With
         ``http.auth = "on"`` every request is checked before either (``dicomweb/access.py``); with ``"none"``
-        nothing is in front, as before, and every request is the anonymous principal. The process that serves it
-        also keeps series metadata precomputed."""
+        nothing is in front, as before, and every request is the anonymous principal. Outermost, every response
+        gets the security headers (``dicomweb/headers.py``: the viewer's a Content-Security-Policy). The process
+        that serves it also keeps series metadata precomputed."""
         if not self.precomputer.started:
             self.services.catalog.metadata.start_workers()
             self.precomputer.start()
@@ -121,9 +124,10 @@ class Node:
         trail = AuditTrail(app, self.services.audit)  # one record per DICOMweb read (dicomweb/audit.py)
         cors = bool(self.settings.http.cors_origins)
         fast = RenderedFastPath(trail, dicomweb, http, cross_origin_policy=cors, audit=trail)
-        if self.settings.http.auth != "on":
-            return fast
-        return AccessControl(fast, self.services.auth, dicomweb_middleware, self.services.audit)
+        served: ASGIApp = fast
+        if self.settings.http.auth == "on":
+            served = AccessControl(fast, self.services.auth, dicomweb_middleware, self.services.audit)
+        return SecurityHeaders(served, api_prefixes=(http.prefix, "/api"))
 
     def close(self) -> None:
         if self.http is not None:
