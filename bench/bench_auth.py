@@ -56,7 +56,9 @@ sys.path.insert(0, str(ROOT))  # tests.factories: the series the tests use
 
 from tests.factories import ct_series, write_series  # noqa: E402
 
-READY = re.compile(r"ready: DIMSE (\S+)@[\d.]+:(\d+)\s+HTTP http://[\d.]+:(\d+)/")
+READY = re.compile(
+    r"ready: DIMSE (\S+)@[\d.]+:(\d+) \((?:plain|TLS)\)(?:, [\d.]+:\d+ \(TLS\))?\s+HTTP https?://[\d.]+:(\d+)/"
+)
 ISSUER, AUDIENCE = "https://issuer.bench.local/realms/dcmnode", "dcmnode-bench"
 VARIANTS = ("off", "token", "oidc")
 METRICS = ("qido_studies", "qido_series", "rendered_cold", "rendered_warm")

@@ -41,7 +41,7 @@ ALLOWED: dict[str, set[str]] = {
     "nodeapi": {"errors", "model", "config", "core", "dicomweb"},
     "worker": {"errors", "model", "config", "core", "dimse"},
     "app": {"errors", "model", "config", "core", "dimse", "dicomweb", "nodeapi"},
-    "server": {"errors", "model", "config", "dimse", "app", "worker", "__version__"},
+    "server": {"errors", "model", "config", "core", "dimse", "app", "worker", "__version__"},
     "cli": {"errors", "model", "config", "imaging", "core", "worker", "server", "__version__"},
     "__main__": {"cli"},
     "__init__": set(),

@@ -31,7 +31,7 @@ from dcmnode.dicomweb.audit import AuditTrail
 from dcmnode.dicomweb.context import HttpServices
 from dcmnode.dicomweb.fastpath import RenderedFastPath
 from dcmnode.dicomweb.headers import SecurityHeaders
-from dcmnode.dimse import scp
+from dcmnode.dimse import scp, tls
 from dcmnode.errors import (
     AuditUnavailable,
     Conflict,
@@ -82,17 +82,20 @@ class Node:
         self.services = Services.open(settings)
         self.precomputer = metadata.Precomputer(self.services.catalog.metadata)
         self.scp: scp.Scp | None = None
-        self.dimse_port = 0  # where DIMSE listens, in this process or in the DIMSE processes
+        self.dimse_port = 0  # where DIMSE listens, in this process or in the DIMSE processes (0: tls_only)
+        self.dimse_tls_port = 0  # where DIMSE listens over TLS (0: no TLS listener)
         self.http: HttpServices | None = None  # the HTTP side's services, once the HTTP app exists
 
-    def start_dimse(self, sock: socket.socket | None = None) -> scp.Scp:
-        """Serve DIMSE in this process (threads), on ``sock`` or a new socket from the settings."""
-        sock = sock or scp.listen(self.settings.dimse.host, self.settings.dimse.port)
+    def start_dimse(self, sock: socket.socket | None = None, tls_sock: socket.socket | None = None) -> scp.Scp:
+        """Serve DIMSE in this process (threads), on ``sock`` and ``tls_sock`` (``dcmnode serve`` shares them
+        with its DIMSE processes), else on new sockets from the settings (``listen_dimse``)."""
+        if sock is None and tls_sock is None:
+            sock, tls_sock = listen_dimse(self.settings)
         services = self.services
         self.scp = scp.start(
-            self.settings, services.ingest, services.catalog, sock, services.audit, authenticator=services.auth
+            self.settings, services.ingest, services.catalog, sock, services.audit, services.auth, tls_sock
         )
-        self.dimse_port = self.scp.port
+        self.dimse_port, self.dimse_tls_port = self.scp.port, self.scp.tls_port
         return self.scp
 
     def asgi(self) -> SecurityHeaders:
@@ -104,7 +107,7 @@ class Node:
         if not self.precomputer.started:
             self.services.catalog.metadata.start_workers()
             self.precomputer.start()
-        self.http = http = HttpServices.build(self.services, self.dimse_port)
+        self.http = http = HttpServices.build(self.services, self.dimse_port, self.dimse_tls_port)
         dicomweb = dicomweb_routes.routes()
         dicomweb_middleware = dicomweb_routes.middleware(self.settings.http.cors_origins)
         app = Starlette(
@@ -138,6 +141,17 @@ class Node:
             self.scp.shutdown()
             self.scp = None
         self.services.close()
+
+
+def listen_dimse(settings: Settings) -> tuple[socket.socket | None, socket.socket | None]:
+    """The DIMSE listening sockets: plain (None with ``dimse.tls_only``) and TLS (None without ``tls_cert``).
+    The TLS context is built first, so that a certificate that cannot be loaded stops the start with its reason."""
+    dimse = settings.dimse
+    tls_sock = None
+    if tls.listener_context(dimse) is not None:
+        tls_sock = scp.listen(dimse.host, dimse.tls_port)
+    sock = None if dimse.tls_only else scp.listen(dimse.host, dimse.port)
+    return sock, tls_sock
 
 
 @contextlib.asynccontextmanager

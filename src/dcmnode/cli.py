@@ -1,5 +1,5 @@
 """Command line: serve | import | status | reindex | delete | render | export | sr | worker | send | token | user |
-label | audit."""
+label | audit | tls."""
 
 from __future__ import annotations
 
@@ -169,6 +169,7 @@ def _parser() -> argparse.ArgumentParser:
     snd.add_argument("ae_title", metavar="AET", help="the peer's AE title")
     snd.set_defaults(func=cmd_send)
     _principal_parsers(sub, common)
+    _tls_parser(sub, common)
 
     lab = sub.add_parser(
         "label",
@@ -198,6 +199,37 @@ def _parser() -> argparse.ArgumentParser:
     aud.add_argument("--json", action="store_true", help="print the records as JSON Lines")
     aud.set_defaults(func=cmd_audit)
     return parser
+
+
+def _tls_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    tls = sub.add_parser(
+        "tls",
+        help="make a local CA and TLS certificates (DIMSE TLS, HTTPS) for a site without a PKI",
+        description="TLS for a site that has no PKI yet: a CA, a server certificate and a client certificate.",
+    )
+    tsub = tls.add_subparsers(required=True, metavar="ACTION")
+    init = tsub.add_parser(
+        "init",
+        parents=[common],
+        help="write ca.pem, server.pem, client.pem and their keys (0600); print the settings to use them",
+    )
+    init.add_argument("--hosts", help="comma-separated names and addresses of the server certificate "
+                      "(default: localhost, 127.0.0.1 and this machine's name)")  # fmt: skip
+    init.add_argument("--out", type=Path, help="folder to write into (default: <data folder>/tls)")
+    init.add_argument("--force", action="store_true", help="replace an existing CA (its certificates stop working)")
+    init.set_defaults(func=cmd_tls_init)
+
+
+def cmd_tls_init(args: argparse.Namespace, settings: config.Settings) -> int:
+    import socket
+
+    from dcmnode.core import tls
+
+    hosts = [h.strip() for h in (args.hosts or "").split(",") if h.strip()]
+    hosts = list(dict.fromkeys(hosts or ["localhost", "127.0.0.1", socket.gethostname()]))
+    site = tls.init_site(args.out or settings.data_dir / "tls", hosts, force=args.force)
+    print(tls.setup_text(site, hosts, settings.node.ae_title, settings.http.port), end="")
+    return 0
 
 
 def _principal_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -328,16 +360,21 @@ def cmd_import(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: config.Settings) -> int:
+    from dcmnode.core import tls
     from dcmnode.core.services import Services
 
     with Services.open(settings) as services:
         counts = services.catalog.counts()
+    listeners = tls.listeners(settings)  # as configured: the node need not run
     if args.json:
-        print(json.dumps({"data_dir": str(settings.data_dir.resolve()), **counts}))
+        found = [item.to_json() for item in listeners]
+        print(json.dumps({"data_dir": str(settings.data_dir.resolve()), **counts, "listeners": found}))
     else:
         print(f"data folder {settings.data_dir.resolve()}")
         for key in ("patients", "studies", "series", "instances", "bytes"):
             print(f"{key:>10}: {counts[key]}")
+        http = " ".join(item.describe() for item in listeners if item.protocol == "HTTP")
+        print(f"listeners: DIMSE {tls.describe_dimse(settings.node.ae_title, listeners)}  HTTP {http}")
     return 0
 
 

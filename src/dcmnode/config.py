@@ -5,7 +5,8 @@ two in step. Environment variables are ``DCMNODE_<SECTION>_<KEY>`` (section name
 ``DCMNODE_DIMSE_MAX_ASSOCIATIONS`` is section ``dimse``, key ``max_associations``). Peers are declared only in
 the file, one table per AE title: ``[peers.PACS1]`` with ``host`` and ``port``, and optionally ``labels`` (study
 labels attached to what the peer sends by C-STORE), ``groups`` (the studies its C-FIND/C-MOVE/C-GET see), and,
-for DIMSE access control, ``allow`` and ``hosts``.
+for DIMSE access control, ``allow`` and ``hosts``; for TLS to it, ``tls = true`` with ``tls_ca``, ``tls_cert``,
+``tls_key`` and ``tls_server_name``.
 """
 
 from __future__ import annotations
@@ -58,6 +59,14 @@ class DimseSettings:
     require_user_identity: bool = _default(
         False, "associations must carry User Identity (username + password of a local user, or a JWT)"
     )
+    tls_port: int = _default(2762, "DIMSE TLS port (IANA dicom-tls 2762), served only when tls_cert is set")
+    tls_cert: str = _default("", "the TLS listener's certificate (PEM, chain allowed); empty = no TLS listener")
+    tls_key: str = _default("", "the private key of tls_cert (PEM)")
+    tls_ca: str = _default("", "CA certificates (PEM) whose client certificates the TLS listener trusts")
+    tls_client_cert: str = _default(
+        "required", "client certificates on the TLS listener: required, optional (checked when sent) or none"
+    )
+    tls_only: bool = _default(False, "no plain DIMSE listener: only the TLS port (needs tls_cert)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +188,11 @@ class Peer:
     groups: tuple[str, ...] = ("*",)  # its C-FIND/C-MOVE/C-GET see studies carrying one of these ("*": all)
     allow: tuple[str, ...] = DIMSE_SERVICES  # the DIMSE services this AE may use as a caller
     hosts: tuple[str, ...] = ()  # addresses or networks it may call from (normalised); empty = any
+    tls: bool = False  # associate with it over TLS (its server certificate checked against tls_ca)
+    tls_ca: str = ""  # CA certificates (PEM) its server certificate must chain to; empty = the system's CAs
+    tls_cert: str = ""  # this node's client certificate for it (PEM), when it asks for one
+    tls_key: str = ""  # the private key of tls_cert
+    tls_server_name: str = ""  # the name its certificate must carry; empty = host
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +225,8 @@ NESTED = {"oidc": ("http", "oidc")}  # sections written as a table inside anothe
 AUTH_MODES = ("none", "on")
 SR_WORKERS = ("process", "thread", "off")
 PEER_KEYS = {"host", "port", "description", "ae_title", "labels", "groups", "allow", "hosts"}
+PEER_TLS_KEYS = {"tls_ca", "tls_cert", "tls_key", "tls_server_name"}  # strings; and tls, a boolean
+TLS_CLIENT_CERT = ("required", "optional", "none")
 LABEL = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # a study label (core.labels); "*" is a group, never a label
 
 
@@ -313,7 +329,7 @@ def _build_peers(tables: dict[str, Any]) -> dict[str, Peer]:
     for ae_title, table in tables.items():
         if not isinstance(table, dict):
             raise ConfigError(f"[peers.{ae_title}] must be a table with host and port")
-        unknown = set(table) - PEER_KEYS
+        unknown = set(table) - PEER_KEYS - PEER_TLS_KEYS - {"tls"}
         if unknown:
             raise ConfigError(f"[peers.{ae_title}]: unknown keys {sorted(unknown)}")
         if "host" not in table or "port" not in table:
@@ -327,11 +343,28 @@ def _build_peers(tables: dict[str, Any]) -> dict[str, Peer]:
             raise ConfigError(f"[peers.{ae_title}] allow: unknown services {unknown_services}: {DIMSE_SERVICES}")
         hosts = tuple(_network(h, ae_title) for h in _peer_list(table, "hosts", ae_title, ()))
         description = str(table.get("description", ""))
+        tls = _peer_tls(table, ae_title)
         peers[title] = Peer(
             title, str(table["host"]), int(table["port"]), description,
-            labels=labels, groups=groups, allow=allow, hosts=hosts,
+            labels=labels, groups=groups, allow=allow, hosts=hosts, **tls,
         )  # fmt: skip
     return peers
+
+
+def _peer_tls(table: dict[str, Any], ae_title: str) -> dict[str, Any]:
+    """A peer's TLS keys: ``tls`` (boolean) and the paths and server name (strings); a path needs ``tls``."""
+    out: dict[str, Any] = {"tls": table.get("tls", False)}
+    if not isinstance(out["tls"], bool):
+        raise ConfigError(f"[peers.{ae_title}] tls must be true or false, not {out['tls']!r}")
+    for key in sorted(PEER_TLS_KEYS & set(table)):
+        if not isinstance(table[key], str):
+            raise ConfigError(f"[peers.{ae_title}] {key} must be a string, not {table[key]!r}")
+        if not out["tls"]:
+            raise ConfigError(f"[peers.{ae_title}] {key} is set but tls is not true")
+        out[key] = table[key]
+    if bool(out.get("tls_cert")) != bool(out.get("tls_key")):
+        raise ConfigError(f"[peers.{ae_title}] tls_cert and tls_key go together")
+    return out
 
 
 def _names(value: Any, where: str, star: bool) -> tuple[str, ...]:
@@ -382,7 +415,9 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"invalid AE title {title!r}: 1-16 characters, no backslash")
     if not 0 <= settings.dimse.processes <= 64:
         raise ConfigError(f"dimse.processes must be 0-64, not {settings.dimse.processes}")
-    for name, port in (("dimse.port", settings.dimse.port), ("http.port", settings.http.port)):
+    _validate_tls(settings.dimse)
+    for name, port in (("dimse.port", settings.dimse.port), ("http.port", settings.http.port),
+                       ("dimse.tls_port", settings.dimse.tls_port)):  # fmt: skip
         if not 0 <= port <= 65535:
             raise ConfigError(f"{name} must be 0-65535, not {port}")
     for peer in settings.peers.values():
@@ -418,6 +453,21 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"audit.syslog must be udp://host:port or tcp://host:port, not {settings.audit.syslog!r}")
     if settings.node.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"node.log_level must be DEBUG, INFO, WARNING or ERROR, not {settings.node.log_level}")
+
+
+def _validate_tls(dimse: DimseSettings) -> None:
+    if dimse.tls_client_cert not in TLS_CLIENT_CERT:
+        raise ConfigError(f"dimse.tls_client_cert must be one of {TLS_CLIENT_CERT}, not {dimse.tls_client_cert!r}")
+    if bool(dimse.tls_cert) != bool(dimse.tls_key):
+        raise ConfigError("dimse.tls_cert and dimse.tls_key go together")
+    if dimse.tls_only and not dimse.tls_cert:
+        raise ConfigError("dimse.tls_only needs the TLS listener: set dimse.tls_cert and dimse.tls_key")
+    if dimse.tls_cert and dimse.tls_client_cert != "none" and not dimse.tls_ca:
+        raise ConfigError(
+            'dimse.tls_ca (the CAs of trusted client certificates) is needed unless tls_client_cert = "none"'
+        )
+    if dimse.tls_cert and not dimse.tls_only and dimse.tls_port == dimse.port and dimse.port != 0:
+        raise ConfigError(f"dimse.tls_port and dimse.port are both {dimse.port}")
 
 
 def is_loopback(host: str) -> bool:

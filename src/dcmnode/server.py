@@ -22,9 +22,9 @@ import threading
 import time
 
 from dcmnode import __version__, worker
-from dcmnode.app import Node
+from dcmnode.app import Node, listen_dimse
 from dcmnode.config import Settings
-from dcmnode.dimse import scp
+from dcmnode.core import tls
 from dcmnode.errors import DcmnodeError
 
 log = logging.getLogger(__name__)
@@ -35,18 +35,20 @@ READY_TIMEOUT = 60.0
 
 def run(settings: Settings) -> int:
     http_sock = _listen_http(settings.http.host, settings.http.port)
-    dimse_sock = scp.listen(settings.dimse.host, settings.dimse.port)
-    children = _fork_dimse_processes(settings, dimse_sock, http_sock, settings.dimse.processes)
-    sr_child = _fork_worker(settings, [dimse_sock, http_sock]) if settings.sr.worker == "process" else None
+    dimse_sock, tls_sock = listen_dimse(settings)  # plain unless tls_only; TLS when tls_cert is set
+    dimse = [s for s in (dimse_sock, tls_sock) if s is not None]
+    children = _fork_dimse_processes(settings, dimse_sock, tls_sock, http_sock, settings.dimse.processes)
+    sr_child = _fork_worker(settings, [*dimse, http_sock]) if settings.sr.worker == "process" else None
     stopping = threading.Event()
     node = Node(settings)
     sr_thread = worker.start_thread(settings)[0] if settings.sr.worker == "thread" else None
     try:
         if not children:
-            node.start_dimse(dimse_sock)
-        node.dimse_port = dimse_sock.getsockname()[1]
+            node.start_dimse(dimse_sock, tls_sock)
+        node.dimse_port = dimse_sock.getsockname()[1] if dimse_sock is not None else 0
+        node.dimse_tls_port = tls_sock.getsockname()[1] if tls_sock is not None else 0
         node.services.audit.application(start=True)
-        _announce(settings, node.dimse_port, http_sock.getsockname()[1])
+        _announce(settings, node.dimse_port, node.dimse_tls_port, http_sock.getsockname()[1])
         watcher = threading.Thread(target=_watch_children, args=(children, stopping), name="dimse-watch", daemon=True)
         watcher.start()
         _serve_http(node, http_sock)
@@ -74,12 +76,13 @@ def _listen_http(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _announce(settings: Settings, dimse_port: int, http_port: int) -> None:
-    host, http = settings.dimse.host, settings.http.host
+def _announce(settings: Settings, dimse_port: int, dimse_tls_port: int, http_port: int) -> None:
+    """The ready line: each listener, plain or TLS (``core/tls.py`` ``listeners``)."""
+    found = tls.listeners(settings, dimse_port, dimse_tls_port, http_port)
+    http = next(item for item in found if item.protocol == "HTTP").describe()
     print(
-        f"dcmnode {__version__} ready: DIMSE {settings.node.ae_title}@{host}:{dimse_port}  "
-        f"HTTP http://{http}:{http_port}/  DICOMweb http://{http}:{http_port}/dicom-web  "
-        f"data {settings.data_dir.resolve()}",
+        f"dcmnode {__version__} ready: DIMSE {tls.describe_dimse(settings.node.ae_title, found)}  "
+        f"HTTP {http}  DICOMweb {http}dicom-web  data {settings.data_dir.resolve()}",
         flush=True,
     )
 
@@ -99,7 +102,13 @@ def _serve_http(node: Node, sock: socket.socket) -> None:
 
 
 # -- DIMSE child processes --------------------------------------------------------------------------------
-def _fork_dimse_processes(settings: Settings, sock: socket.socket, http_sock: socket.socket, count: int) -> list[int]:
+def _fork_dimse_processes(
+    settings: Settings,
+    sock: socket.socket | None,
+    tls_sock: socket.socket | None,
+    http_sock: socket.socket,
+    count: int,
+) -> list[int]:
     if count <= 0:
         return []
     read_end, write_end = os.pipe()
@@ -112,7 +121,7 @@ def _fork_dimse_processes(settings: Settings, sock: socket.socket, http_sock: so
             http_sock.close()
             code = 1
             try:
-                code = _dimse_child(settings, sock, write_end, parent)
+                code = _dimse_child(settings, sock, tls_sock, write_end, parent)
             except BaseException:
                 log.exception("DIMSE process failed")
             finally:
@@ -139,7 +148,9 @@ def _wait_ready(read_end: int, children: list[int]) -> None:
     os.close(read_end)
 
 
-def _dimse_child(settings: Settings, sock: socket.socket, ready_fd: int, parent: int) -> int:
+def _dimse_child(
+    settings: Settings, sock: socket.socket | None, tls_sock: socket.socket | None, ready_fd: int, parent: int
+) -> int:
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before prctl took effect
@@ -148,7 +159,7 @@ def _dimse_child(settings: Settings, sock: socket.socket, ready_fd: int, parent:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
     node = Node(settings)  # the same wiring as in-process: store, ingest, SCP on the shared socket
-    node.start_dimse(sock)
+    node.start_dimse(sock, tls_sock)
     os.write(ready_fd, b"1")
     os.close(ready_fd)
     stop.wait()

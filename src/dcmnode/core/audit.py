@@ -152,11 +152,13 @@ SYSLOG_QUEUE = 10000
 @dataclass(frozen=True, slots=True)
 class Actor:
     """Who acted: a principal's name and kind (token, user, OIDC subject, DIMSE peer AE, anonymous, a local
-    command-line user) with its network address."""
+    command-line user) with its network address and, for a DIMSE association over TLS, ``transport`` ("TLS",
+    or "TLS CN=<the client certificate's common name>")."""
 
     name: str
     kind: str
     address: str = ""
+    transport: str = ""
 
     @classmethod
     def of(cls, principal: Principal) -> Actor:
@@ -179,6 +181,8 @@ class Actor:
         out: dict[str, Any] = {"id": self.name, "kind": self.kind, "requestor": requestor}
         if self.address:
             out["address"] = self.address
+        if self.transport:
+            out["transport"] = self.transport
         if role:
             out["role"] = role
         return out

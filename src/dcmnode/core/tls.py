@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from dcmnode.config import Settings
 from dcmnode.errors import ConfigError
 
 # PS3.15 B.9 (Non-downgrading BCP 195): ECDHE/DHE key exchange, AES-GCM only, in OpenSSL's names.
@@ -270,3 +271,97 @@ def init_site(folder: Path, hosts: list[str], *, client_name: str = "dcmnode cli
     issue(ca, hosts[0], kind="server", hosts=hosts).write(site.server_cert, site.server_key)
     issue(ca, client_name, kind="client").write(site.client_cert, site.client_key)
     return site
+
+
+# --- what the node listens on -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One listening port: DIMSE plain or TLS, HTTP or HTTPS (the ready line, ``dcmnode status``, /api/status)."""
+
+    protocol: Literal["DIMSE", "HTTP"]
+    host: str
+    port: int
+    tls: bool = False
+
+    def describe(self) -> str:
+        if self.protocol == "HTTP":
+            return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}/"
+        return f"{self.host}:{self.port} ({'TLS' if self.tls else 'plain'})"
+
+    def to_json(self) -> dict[str, object]:
+        return {"protocol": self.protocol, "host": self.host, "port": self.port, "tls": self.tls}
+
+
+def listeners(
+    settings: Settings, dimse_port: int | None = None, dimse_tls_port: int | None = None, http_port: int | None = None
+) -> list[Listener]:
+    """The node's listeners from its settings, with the ports actually bound where given (a setting of 0 picks
+    a free one): the plain DIMSE port unless ``tls_only``, the TLS one when ``tls_cert`` is set, then HTTP."""
+    dimse = settings.dimse
+    out = []
+    if not dimse.tls_only:
+        out.append(Listener("DIMSE", dimse.host, dimse.port if dimse_port is None else dimse_port))
+    if dimse.tls_cert:
+        out.append(Listener("DIMSE", dimse.host, dimse.tls_port if dimse_tls_port is None else dimse_tls_port, True))
+    http = settings.http
+    # HTTPS: tls=bool(http.tls_cert) once [http] tls_cert exists
+    out.append(Listener("HTTP", http.host, http.port if http_port is None else http_port, tls=False))
+    return out
+
+
+def describe_dimse(ae_title: str, found: list[Listener]) -> str:
+    """``MYAE@127.0.0.1:11112 (plain), 127.0.0.1:2762 (TLS)``."""
+    return f"{ae_title}@" + ", ".join(item.describe() for item in found if item.protocol == "DIMSE")
+
+
+def setup_text(site: SitePki, hosts: list[str], ae_title: str = "DCMNODE", http_port: int = 8080) -> str:
+    """What ``dcmnode tls init`` prints: the files, the settings to paste, the dcmtk and browser commands."""
+    f = {name: str(getattr(site, name).resolve()) for name in ("ca_cert", "server_cert", "server_key")}
+    f |= {name: str(getattr(site, name).resolve()) for name in ("client_cert", "client_key", "ca_key")}
+    host = hosts[0]
+    tls = f"+tls {f['client_key']} {f['client_cert']} +cf {f['ca_cert']}"
+    return f"""\
+wrote {site.folder.resolve()} (keys mode 0600):
+  ca.pem       the site CA: give it to every client and peer that must trust this node
+  ca.key       the CA's key: keep it offline; it signs every certificate the node trusts
+  server.pem   this node's certificate for {", ".join(hosts)} (+ server.key)
+  client.pem   a client certificate signed by the CA, for dcmtk, a modality or a peer node (+ client.key)
+
+Settings for dcmnode.toml (DIMSE TLS on port 2762, IANA dicom-tls; HTTPS with the same certificate):
+
+[dimse]
+tls_port = 2762
+tls_cert = "{f["server_cert"]}"
+tls_key = "{f["server_key"]}"
+tls_ca = "{f["ca_cert"]}"
+tls_client_cert = "required"
+# tls_only = true    # no plain DIMSE listener
+
+[http]
+tls_cert = "{f["server_cert"]}"
+tls_key = "{f["server_key"]}"
+
+A peer this node sends to over TLS (C-MOVE, SR send-back, dcmnode send), its server certificate from this CA:
+
+[peers.PACS]
+host = "{host}"
+port = 2762
+tls = true
+tls_ca = "{f["ca_cert"]}"
+tls_cert = "{f["client_cert"]}"
+tls_key = "{f["client_key"]}"
+
+dcmtk (3.6.7; the default profile +py is Non-downgrading BCP 195):
+  echoscu  {tls} -aec {ae_title} {host} 2762
+  storescu {tls} -aec {ae_title} {host} 2762 FILE...
+  findscu  {tls} -aec {ae_title} -S -k QueryRetrieveLevel=STUDY -k StudyInstanceUID {host} 2762
+
+Browser, OHIF: import {f["ca_cert"]} as a trusted certificate authority (Firefox: Settings > Privacy &
+Security > Certificates > Authorities > Import; Chrome: Settings > Privacy and security > Security > Manage
+certificates), then open https://{host}:{http_port}/ (OHIF's dataSource: wadoRoot/qidoRoot/stowRoot
+https://{host}:{http_port}/dicom-web).
+dicomweb-client: DICOMwebClient("https://{host}:{http_port}/dicom-web", ca_bundle="{f["ca_cert"]}")
+curl: curl --cacert {f["ca_cert"]} https://{host}:{http_port}/api/health
+"""

@@ -90,11 +90,12 @@ class HttpServices:
     audit: Audit  # the audit trail (``dicomweb/audit.py``)
     auth: Authenticator  # local users and the viewer's sessions (``nodeapi/session.py``)
     prefix: str = DICOMWEB_PREFIX
+    dimse_tls_port: int = 0  # where DIMSE listens over TLS; 0 = no TLS listener (``/api/status``)
     gzip: GzipCache = field(default_factory=GzipCache)
     cache_writer: concurrent.futures.ThreadPoolExecutor = field(default_factory=_cache_writer)
 
     @classmethod
-    def build(cls, services: Services, dimse_port: int) -> HttpServices:
+    def build(cls, services: Services, dimse_port: int, dimse_tls_port: int = 0) -> HttpServices:
         http = services.settings.http
         return cls(
             settings=services.settings,
@@ -108,6 +109,7 @@ class HttpServices:
             qido=QidoLimits(http.max_query_results),
             stow=StowLimits(http.max_request_mb * MIB, http.max_part_mb * MIB, services.settings.store.fsync),
             dimse_port=dimse_port,
+            dimse_tls_port=dimse_tls_port,
             audit=services.audit,
             auth=services.auth,
         )

@@ -19,6 +19,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import evt
 
 from dcmnode.core import audit as au
+from dcmnode.core.access import Kind
+from dcmnode.dimse import tls
 from dcmnode.errors import AuditUnavailable
 from dcmnode.model import StoredInstance
 
@@ -27,8 +29,9 @@ _SKIP_KEYS = {0x00080005}  # Specific Character Set
 
 
 def requestor(event: evt.Event) -> au.Actor:
+    """The calling AE at its address, and "TLS ..." when the association came over TLS (``tls.transport``)."""
     who = event.assoc.requestor
-    return au.Actor.peer(str(who.ae_title).strip(), str(who.address))
+    return au.Actor(str(who.ae_title).strip(), str(Kind.PEER), str(who.address), tls.transport(event.assoc))
 
 
 def identifier_keys(identifier: Dataset) -> str:

@@ -34,7 +34,7 @@ from dcmnode.core import access, retrieve
 from dcmnode.core import query as q
 from dcmnode.core.audit import Actor, Audit
 from dcmnode.core.catalog import Catalog
-from dcmnode.dimse import audit, send
+from dcmnode.dimse import audit, send, tls
 from dcmnode.errors import AuditUnavailable, DcmnodeError, InvalidRequest
 from dcmnode.status import CANCEL, MOVE_DESTINATION_UNKNOWN, PENDING, SUB_OPERATIONS_WARNING, SUCCESS, Service
 
@@ -282,13 +282,18 @@ def handle_move(
             trail.guard()
         files = _retrieve_files(event, catalog, settings, principal)
         contexts = _proposal(files)
+        over = _over(peer)  # TLS to the destination: pynetdicom passes tls_args on to AE.associate
     except Exception as exc:
         refusal = _refusal(exc, Service.MOVE, event)
         _audit_retrieve(trail, event, {}, int(refusal.Status), destination)
         yield from _refused_move(peer, refusal)
         return
     accepted: dict[str, list[str]] = {}
-    yield peer.host, peer.port, {"contexts": contexts, "evt_handlers": [(evt.EVT_ACCEPTED, _remember, [accepted])]}
+    yield (
+        peer.host,
+        peer.port,
+        {"contexts": contexts, "evt_handlers": [(evt.EVT_ACCEPTED, _remember, [accepted])], **over},
+    )
     yield len(files)
     log.info("C-MOVE from %s: %d instances to %s", event.assoc.requestor.ae_title, len(files), _described(peer))
     final = yield from _sub_operations(event, files, accepted)
@@ -327,6 +332,12 @@ def _destination(event: evt.Event, settings: Settings) -> Peer | None:
     return peer
 
 
+def _over(peer: Peer) -> dict[str, Any]:
+    """``AE.associate`` keywords for the sub-association: ``tls_args`` for a peer with ``tls = true``."""
+    tls_args = tls.peer_tls_args(peer)
+    return {"tls_args": tls_args} if tls_args is not None else {}
+
+
 def _described(peer: Peer) -> str:
     return f"{peer.ae_title} ({peer.host}:{peer.port})"
 
@@ -334,7 +345,7 @@ def _described(peer: Peer) -> str:
 def _refused_move(peer: Peer, refusal: Dataset) -> Iterator[Destination | int | Response]:
     """A C-MOVE failure before any sub-operation. pynetdicom answers only after associating with the destination:
     propose just Verification (every SCP takes it), announce one sub-operation, then fail it with the reason."""
-    yield peer.host, peer.port, {"contexts": [build_context(Verification)]}
+    yield peer.host, peer.port, {"contexts": [build_context(Verification)], **_over(peer)}
     yield 1
     yield refusal, None
 

@@ -9,6 +9,7 @@ Success (0x0000) is answered only after ``Ingest`` has made the instance durable
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import socketserver
@@ -38,7 +39,7 @@ from dcmnode.core.catalog import Catalog
 from dcmnode.core.ingest import Ingest
 from dcmnode.core.parse import Expected
 from dcmnode.core.query import study_filter
-from dcmnode.dimse import audit, query_retrieve
+from dcmnode.dimse import audit, query_retrieve, tls
 from dcmnode.dimse.access import Gate
 from dcmnode.dimse.pacer import Pacer
 from dcmnode.errors import AuditUnavailable, DcmnodeError
@@ -122,21 +123,35 @@ def listen(host: str, port: int, backlog: int = 128) -> socket.socket:
 
 
 class Scp:
-    """The running SCP: pynetdicom's threaded server (one thread per association) and its pacer."""
+    """The running SCP: pynetdicom's threaded servers (one thread per association), one per listener (plain,
+    TLS), with one gate and one pacer."""
 
-    def __init__(self, server: ThreadedAssociationServer, pacer: Pacer, thread: threading.Thread, gate: Gate) -> None:
-        self.server = server
+    def __init__(
+        self, servers: list[tuple[ThreadedAssociationServer, threading.Thread, bool]], pacer: Pacer, gate: Gate
+    ) -> None:
+        self.servers = servers  # (server, its thread, whether it is the TLS listener)
         self.pacer = pacer
-        self.thread = thread
         self.gate = gate  # access decisions; gate.principal_of(event) is who made a request
 
     @property
+    def server(self) -> ThreadedAssociationServer:
+        """The plain listener's server (the TLS one with ``dimse.tls_only``)."""
+        return self.servers[0][0]
+
+    @property
     def port(self) -> int:
-        return int(self.server.server_address[1])
+        """The plain listener's port; 0 without one (``dimse.tls_only``)."""
+        return next((int(s.server_address[1]) for s, _, secure in self.servers if not secure), 0)
+
+    @property
+    def tls_port(self) -> int:
+        """The TLS listener's port; 0 without one."""
+        return next((int(s.server_address[1]) for s, _, secure in self.servers if secure), 0)
 
     def shutdown(self) -> None:
-        self.server.shutdown()
-        self.thread.join(10)
+        for server, thread, _ in self.servers:
+            server.shutdown()
+            thread.join(10)
         self.pacer.stop()
 
 
@@ -144,11 +159,13 @@ def start(
     settings: Settings,
     ingest: Ingest,
     catalog: Catalog,
-    sock: socket.socket,
+    sock: socket.socket | None,
     trail: Audit | None = None,
     authenticator: Authenticator | None = None,
+    tls_sock: socket.socket | None = None,
 ) -> Scp:
-    """Serve C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET on ``sock`` (from ``listen``) in a background thread,
+    """Serve C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET on ``sock`` (from ``listen``; None with ``tls_only``)
+    and, when given, over TLS on ``tls_sock`` (``dimse/tls.py``, ``[dimse] tls_*``), in background threads,
     each audited in ``trail`` when given (``dimse/audit.py``; the gate's rejections, User Identity checks and
     0x0124 refusals too, ``dimse/access.py``). ``authenticator`` checks User Identity
     (``dimse.access``); without one, an identity sent is ignored, as pynetdicom does, and
@@ -170,11 +187,35 @@ def start(
         *pacer.handlers(),
         *(stores.handlers() if stores is not None else []),
     ]
-    server_class = type("Server", (SharedSocketServer,), {"listening": sock})
-    server = ae.make_server(sock.getsockname(), evt_handlers=handlers, server_class=server_class)
-    thread = threading.Thread(target=server.serve_forever, name="dimse-server", daemon=True)
-    thread.start()
-    return Scp(server, pacer, thread, gate)
+    servers = []
+    for listening, secure in ((sock, False), (tls_sock, True)):
+        if listening is None:
+            continue
+        bases: tuple[type, ...] = (SharedSocketServer,)
+        attributes: dict[str, Any] = {"listening": listening}
+        if secure:
+            bases = (tls.TlsHandshake, SharedSocketServer)
+            attributes |= {
+                "context": tls.listener_context(settings.dimse),
+                "handshake_timeout": settings.dimse.acse_timeout,
+                "refused": staticmethod(functools.partial(_tls_refused, trail)),
+            }
+        server_class = type("TlsServer" if secure else "Server", bases, attributes)
+        server = ae.make_server(listening.getsockname(), evt_handlers=handlers, server_class=server_class)
+        name = "dimse-tls-server" if secure else "dimse-server"
+        thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+        thread.start()
+        servers.append((server, thread, secure))
+    return Scp(servers, pacer, gate)
+
+
+def _tls_refused(trail: Audit | None, address: str, reason: str) -> None:
+    """A TLS connection refused at its handshake: a 110113 Security Alert (no AE title is known yet)."""
+    if trail is not None:
+        try:
+            trail.security_alert(f"TLS connection refused: {reason}", "TLS client", address)
+        except AuditUnavailable:
+            pass  # logged and counted by the trail; the connection is refused anyway
 
 
 def handle_open(event: evt.Event) -> None:
@@ -200,7 +241,9 @@ def handle_established(event: evt.Event) -> None:
         The association just accepted (``assoc.requestor``: AE title, address, port).
     """
     requestor = event.assoc.requestor
-    log.info("association from %s (%s:%s)", requestor.ae_title, requestor.address, requestor.port)
+    over = tls.transport(event.assoc)
+    over = f" over {over}" if over else ""
+    log.info("association from %s (%s:%s)%s", requestor.ae_title, requestor.address, requestor.port, over)
 
 
 def handle_rejected(event: evt.Event) -> None:

@@ -19,6 +19,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 
 from dcmnode.config import Peer
 from dcmnode.core import retrieve
+from dcmnode.dimse import tls
 from dcmnode.errors import DcmnodeError, InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,11 @@ def _one_association(
     """Send what is pending over one association; a reason when the association failed (worth retrying)."""
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    assoc = ae.associate(peer.host, peer.port, contexts=proposal(todo), ae_title=peer.ae_title)
+    tls_args = tls.peer_tls_args(peer)  # a peer with tls = true: its certificate and name checked (dimse/tls.py)
+    assoc = ae.associate(peer.host, peer.port, contexts=proposal(todo), ae_title=peer.ae_title, tls_args=tls_args)
     if not assoc.is_established:
+        if tls_args is not None:
+            return "association rejected, peer unreachable or TLS handshake failed (see the log)"
         return "association rejected or peer unreachable"
     try:
         accepted: dict[str, list[str]] = {}

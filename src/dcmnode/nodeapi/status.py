@@ -17,6 +17,7 @@ def status(request: Request) -> JSONResponse:
         {
             "ae_title": http.settings.node.ae_title,
             "dimse_port": http.dimse_port,
+            "dimse_tls_port": http.dimse_tls_port,  # 0: no TLS listener
             "counts": http.catalog.counts(),
             "sr_worker": http.settings.sr.worker,
             "can": can(principal(request)),
