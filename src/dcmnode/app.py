@@ -88,7 +88,13 @@ class Node:
         sock = sock or scp.listen(self.settings.dimse.host, self.settings.dimse.port)
         services = self.services
         self.scp = scp.start(
-            self.settings, services.ingest, services.catalog, sock, services.audit, authenticator=services.auth
+            self.settings,
+            services.ingest,
+            services.catalog,
+            sock,
+            services.audit,
+            authenticator=services.auth,
+            associations=services.associations,
         )
         self.dimse_port = self.scp.port
         return self.scp
