@@ -23,6 +23,7 @@ from starlette.staticfiles import StaticFiles
 from dcmnode import nodeapi
 from dcmnode.config import Settings
 from dcmnode.core import metadata
+from dcmnode.core.limits import retry_after
 from dcmnode.core.services import Services
 from dcmnode.dicomweb import routes as dicomweb_routes
 from dcmnode.dicomweb.access import AccessControl
@@ -42,6 +43,7 @@ from dcmnode.errors import (
     NotFound,
     PayloadTooLarge,
     StorageFull,
+    TooManyRequests,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -58,6 +60,7 @@ HTTP_STATUS: dict[type[DcmnodeError], int] = {
     Conflict: 409,
     DuplicateInstance: 409,
     PayloadTooLarge: 413,
+    TooManyRequests: 429,
     UnsupportedMediaType: 415,
     StorageFull: 507,
     AuditUnavailable: 503,
@@ -161,7 +164,8 @@ async def handle_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DcmnodeError)
     code = http_status(exc)
     log.warning("%s %s -> %d: %s", request.method, request.url.path, code, exc.reason)
-    return JSONResponse({"error": exc.reason, "status": code}, status_code=code)
+    headers = {"Retry-After": str(retry_after(exc.retry_after))} if isinstance(exc, TooManyRequests) else None
+    return JSONResponse({"error": exc.reason, "status": code}, status_code=code, headers=headers)
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:

@@ -50,29 +50,29 @@ class Buckets:
         self.burst = max(1, burst)
         self._clock = clock
         self._lock = threading.Lock()
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
+        self._buckets: OrderedDict[str, tuple[float, float, bool]] = OrderedDict()  # key -> (tokens, at, denied)
 
     @property
     def enabled(self) -> bool:
         return self.rate > 0
 
-    def take(self, key: str, cost: float = 1.0) -> float:
-        """Take ``cost`` tokens from ``key``'s bucket: 0.0 when taken, else the seconds until they are there
-        (nothing is taken then)."""
+    def take(self, key: str, cost: float = 1.0) -> tuple[float, bool]:
+        """Take ``cost`` tokens from ``key``'s bucket: (0.0, False) when taken, else (the seconds until they are
+        there, whether this is the first refusal since the key was last served); nothing is taken then."""
         if not self.enabled:
-            return 0.0
+            return 0.0, False
         cost = min(cost, float(self.burst))
         now = self._clock()
         with self._lock:
-            tokens, at = self._buckets.pop(key, (float(self.burst), now))
+            tokens, at, denied = self._buckets.pop(key, (float(self.burst), now, False))
             tokens = min(float(self.burst), tokens + (now - at) * self.rate)
             wait = 0.0 if tokens >= cost else (cost - tokens) / self.rate
             if not wait:
                 tokens -= cost
-            self._buckets[key] = (tokens, now)  # most recently used last
+            self._buckets[key] = (tokens, now, bool(wait))  # most recently used last
             if len(self._buckets) > MAX_CLIENTS:
                 self._buckets.popitem(last=False)  # forgetting a bucket only ever refills it
-            return wait
+            return wait, bool(wait) and not denied
 
 
 def retry_after(seconds: float) -> int:

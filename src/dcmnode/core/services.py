@@ -52,7 +52,7 @@ class Services:
             store=store,
             ingest=Ingest(store, settings.store.on_duplicate),
             catalog=catalog,
-            jobs=Jobs(store.index),
+            jobs=Jobs(store.index, settings.sr.max_running),
             renderer=renderer,
             auth=Authenticator(store, settings),
             deletion=Deletion(store, catalog.metadata, renderer, _audit_deleted(audit)),
