@@ -185,7 +185,11 @@ class Gate:
 
     def _hold_slot(self, assoc: Association, calling: str, address: str, associations: Slots) -> None:
         """One of the calling AE title's slots for this association, else reject it: local limit exceeded."""
-        slot = associations.acquire(calling)
+        try:
+            slot = associations.acquire(calling)
+        except OSError:
+            log.exception("association from %s (%s): its slot could not be counted; let in", calling, address)
+            return  # the folder of slots unusable (disk, permissions): the per-AE limit is not what fails it
         if slot is not None:
             with self._lock:
                 self._slots[assoc] = slot
