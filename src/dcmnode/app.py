@@ -24,6 +24,7 @@ from starlette.types import ASGIApp
 from dcmnode import nodeapi
 from dcmnode.config import Settings
 from dcmnode.core import metadata
+from dcmnode.core.limits import retry_after
 from dcmnode.core.services import Services
 from dcmnode.dicomweb import routes as dicomweb_routes
 from dcmnode.dicomweb.access import AccessControl
@@ -44,6 +45,7 @@ from dcmnode.errors import (
     NotFound,
     PayloadTooLarge,
     StorageFull,
+    TooManyRequests,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -60,6 +62,7 @@ HTTP_STATUS: dict[type[DcmnodeError], int] = {
     Conflict: 409,
     DuplicateInstance: 409,
     PayloadTooLarge: 413,
+    TooManyRequests: 429,
     UnsupportedMediaType: 415,
     StorageFull: 507,
     AuditUnavailable: 503,
@@ -93,7 +96,14 @@ class Node:
             sock, tls_sock = listen_dimse(self.settings)
         services = self.services
         self.scp = scp.start(
-            self.settings, services.ingest, services.catalog, sock, services.audit, services.auth, tls_sock
+            self.settings,
+            services.ingest,
+            services.catalog,
+            sock,
+            services.audit,
+            authenticator=services.auth,
+            associations=services.associations,
+            tls_sock=tls_sock,
         )
         self.dimse_port, self.dimse_tls_port = self.scp.port, self.scp.tls_port
         return self.scp
@@ -173,7 +183,8 @@ async def handle_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DcmnodeError)
     code = http_status(exc)
     log.warning("%s %s -> %d: %s", request.method, request.url.path, code, exc.reason)
-    return JSONResponse({"error": exc.reason, "status": code}, status_code=code)
+    headers = {"Retry-After": str(retry_after(exc.retry_after))} if isinstance(exc, TooManyRequests) else None
+    return JSONResponse({"error": exc.reason, "status": code}, status_code=code, headers=headers)
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:

@@ -67,6 +67,11 @@ class DimseSettings:
         "required", "client certificates on the TLS listener: required, optional (checked when sent) or none"
     )
     tls_only: bool = _default(False, "no plain DIMSE listener: only the TLS port (needs tls_cert)")
+    max_associations_per_ae: int = _default(
+        16,
+        "concurrent associations from one calling AE title (all processes together); the next is rejected "
+        "transient, local limit exceeded; 0 = no limit",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +106,15 @@ class HttpSettings:
     )
     session_hours: float = _default(
         12.0, "how long a viewer sign-in (POST /api/session, a session cookie) lasts, in hours, when http.auth is on"
+    )
+    expensive_per_second: float = _default(
+        20.0,
+        "expensive requests (enhanced renders not in the cache, study/series /rendered, exports) each client "
+        "(principal, else IP address) may make per second, sustained; beyond: 429 with Retry-After; 0 = no limit",
+    )
+    expensive_burst: int = _default(200, "expensive requests a client may make at once before the rate applies")
+    max_imports_per_client: int = _default(
+        8, "open import jobs (/api/imports) per client (principal, else IP address); one more: 429; 0 = no limit"
     )
 
 
@@ -143,6 +157,14 @@ class SrSettings:
     send_attempts: int = _default(5, "associations tried when sending a derived series back")
     send_backoff: float = _default(2.0, "seconds before the second send attempt; doubled each time")
     send_backoff_max: float = _default(60.0, "longest wait between send attempts")
+    max_running: int = _default(
+        2, "SR jobs running at once, node-wide (all workers); more stay queued until one ends; 0 = no limit"
+    )
+    max_jobs_per_client: int = _default(
+        20,
+        "SR jobs one client (principal, else IP address) may have queued or running through /api/sr/jobs; one "
+        "more: 429; 0 = no limit",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,6 +462,16 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"sr.rules: send_to {rule.send_to!r} is not an AE title")
     if settings.http.auth not in AUTH_MODES:
         raise ConfigError(f"http.auth must be one of {AUTH_MODES}, not {settings.http.auth!r}")
+    for name, value in (
+        ("dimse.max_associations_per_ae", settings.dimse.max_associations_per_ae),
+        ("http.expensive_per_second", settings.http.expensive_per_second),
+        ("http.expensive_burst", settings.http.expensive_burst),
+        ("http.max_imports_per_client", settings.http.max_imports_per_client),
+        ("sr.max_running", settings.sr.max_running),
+        ("sr.max_jobs_per_client", settings.sr.max_jobs_per_client),
+    ):
+        if value < 0:
+            raise ConfigError(f"{name} must be 0 or more, not {value}")
     if settings.http.session_hours <= 0:
         raise ConfigError(f"http.session_hours must be greater than 0, not {settings.http.session_hours!r}")
     oidc = settings.oidc

@@ -15,6 +15,7 @@ bad C-FIND/C-MOVE/C-GET identifier), HTTP codes in ``app.py`` (``HTTP_STATUS``).
     ├── UnsupportedMediaType     (415)
     ├── NotAcceptable            no media type / transfer syntax in the Accept header can be served (406)
     ├── PayloadTooLarge          (413)
+    ├── TooManyRequests          0xA700 a client over one of its limits (429 with Retry-After, ``core/limits.py``)
     ├── AuditUnavailable         0xA700 (0xA702 on C-MOVE/C-GET, 503): audit.fail_closed and no record written
     ├── Cancelled                0x0110 (0xFE00 Cancel on C-FIND/C-MOVE/C-GET): stopped on a cancel request
     ├── ConfigError              invalid settings (startup only)
@@ -77,6 +78,17 @@ class NotAcceptable(DcmnodeError):
 
 class PayloadTooLarge(DcmnodeError):
     pass
+
+
+class TooManyRequests(DcmnodeError):
+    """A client is over one of its limits (``core/limits.py``): HTTP 429 with ``Retry-After`` (RFC 6585 §4), the
+    seconds after which asking again is served (or may be, for a count that waits on other work ending)."""
+
+    status = 0xA700  # Refused: Out of resources
+
+    def __init__(self, reason: str, retry_after: float = 1.0) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
 
 
 class AuditUnavailable(DcmnodeError):

@@ -13,6 +13,7 @@ import io
 import mmap
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,13 +97,18 @@ class Renderer:
             self.keep(item, etag, request, data)
         return data, etag
 
-    def render_deferred(self, item: StoredFile, request: RenderRequest) -> tuple[bytes, str, bool]:
+    def render_deferred(
+        self, item: StoredFile, request: RenderRequest, before_render: Callable[[], None] | None = None
+    ) -> tuple[bytes, str, bool]:
         """(image bytes, ETag, made now): a fresh image is not cached yet, so that the caller can answer first and
-        ``keep`` it afterwards."""
+        ``keep`` it afterwards. ``before_render`` is called when the image is not in the cache, before it is made
+        (a rate limit charges only the renderings that cost CPU; it may raise to refuse)."""
         etag = self.etag(item, request)
         try:
             return self._path(item, etag, request).read_bytes(), etag, False
         except FileNotFoundError:
+            if before_render is not None:
+                before_render()
             return render_file(item.path, request, item.render), etag, True
 
     def _path(self, item: StoredFile, etag: str, request: RenderRequest) -> Path:

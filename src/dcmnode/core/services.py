@@ -20,6 +20,7 @@ from dcmnode.core.deletion import Deleted, Deletion, OnDeleted
 from dcmnode.core.ingest import Ingest
 from dcmnode.core.jobs.queue import Jobs
 from dcmnode.core.labels import Labels
+from dcmnode.core.limits import Slots
 from dcmnode.core.render import Renderer
 from dcmnode.store import Store
 
@@ -38,6 +39,7 @@ class Services:
     deletion: Deletion  # deleting studies, series, instances (rows, files, caches; the audit hook)
     labels: Labels  # study labels (per-study access)
     audit: Audit  # the audit trail (data/audit/, optional syslog)
+    associations: Slots  # associations held per calling AE title, across the node's processes (data/locks/)
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -50,12 +52,13 @@ class Services:
             store=store,
             ingest=Ingest(store, settings.store.on_duplicate),
             catalog=catalog,
-            jobs=Jobs(store.index),
+            jobs=Jobs(store.index, settings.sr.max_running),
             renderer=renderer,
             auth=Authenticator(store, settings),
             deletion=Deletion(store, catalog.metadata, renderer, _audit_deleted(audit)),
             labels=Labels(store),
             audit=audit,
+            associations=Slots(store.root / "locks" / "associations", settings.dimse.max_associations_per_ae),
         )
 
     def close(self) -> None:

@@ -27,6 +27,7 @@ from dcmnode.core.importing.registry import Registry
 from dcmnode.core.ingest import Ingest
 from dcmnode.core.jobs.queue import Jobs
 from dcmnode.core.labels import Labels
+from dcmnode.core.limits import Buckets, Quota
 from dcmnode.core.render import Renderer
 from dcmnode.core.services import Services
 
@@ -89,6 +90,8 @@ class HttpServices:
     dimse_port: int  # where DIMSE listens (``/api/status``)
     audit: Audit  # the audit trail (``dicomweb/audit.py``)
     auth: Authenticator  # local users and the viewer's sessions (``nodeapi/session.py``)
+    expensive: Buckets  # per-client rate of the expensive requests (``dicomweb/throttle.py``)
+    sr_jobs: Quota[int]  # SR jobs queued or running per client, submitted here (``nodeapi/sr_jobs.py``)
     prefix: str = DICOMWEB_PREFIX
     dimse_tls_port: int = 0  # where DIMSE listens over TLS; 0 = no TLS listener (``/api/status``)
     gzip: GzipCache = field(default_factory=GzipCache)
@@ -112,6 +115,10 @@ class HttpServices:
             dimse_tls_port=dimse_tls_port,
             audit=services.audit,
             auth=services.auth,
+            expensive=Buckets(http.expensive_per_second, http.expensive_burst),
+            sr_jobs=Quota(
+                services.settings.sr.max_jobs_per_client, "SR jobs queued or running", "sr.max_jobs_per_client", 60.0
+            ),
         )
 
     def close(self) -> None:

@@ -6,8 +6,9 @@ middleware (CORS, CORP, gzip, error mapping: eight ASGI layers) cost ~0.7 ms of 
 cold 512x512 JPEG render (``bench/bench_render.py``). This wrapper answers the plain form of those requests with
 the same code as ``rendered.py`` (``job_from``, ``find_and_render``, ``keep_later``) and the same headers, and hands
 everything else to the full app unchanged: other paths and methods, requests with an ``Origin`` header (CORS is the
-middleware's job), frame numbers that are not a number, and any request that fails here; the full app then gives
-the error its usual status and log line (the failure is computed twice; failures are rare and cheap).
+middleware's job), frame numbers that are not a number, enhanced renderings while their rate limit is on
+(``dicomweb/throttle.py``: charged once, there), and any request that fails here; the full app then gives the
+error its usual status and log line (the failure is computed twice; failures are rare and cheap).
 """
 
 from __future__ import annotations
@@ -107,6 +108,8 @@ class RenderedFastPath:
                 frame=int(params_in_path.get("frames") or 1),
                 thumbnail=thumbnail,
             )
+            if job.enhance and http.expensive.enabled:
+                return None  # rate-limited (dicomweb/throttle.py): charged once, in the full app
             uids = (
                 path_uid(params_in_path["study"], "StudyInstanceUID"),
                 path_uid(params_in_path["series"], "SeriesInstanceUID"),

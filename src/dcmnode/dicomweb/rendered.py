@@ -10,7 +10,7 @@ small image at every level: a study's and a series' show their middle instance. 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -21,7 +21,7 @@ from dcmnode.core import export as exporting
 from dcmnode.core import render
 from dcmnode.core.catalog import Catalog
 from dcmnode.core.retrieve import StoredFile
-from dcmnode.dicomweb import accept
+from dcmnode.dicomweb import accept, throttle
 from dcmnode.dicomweb.context import HttpServices, groups, services
 from dcmnode.dicomweb.paths import etag_matches, resource_uids
 from dcmnode.errors import InvalidRequest, NotAcceptable
@@ -72,8 +72,9 @@ async def _image(request: Request, uids: tuple[str, str | None, str | None], job
     catalog = services(request).catalog
     renderer = services(request).renderer
     wanted = request.headers.get("if-none-match")
+    charge = throttle.charge(request, "enhanced rendering") if job.enhance else None  # only renders not cached
     data, etag, item, fresh = await run_in_threadpool(
-        find_and_render, catalog, renderer, uids, job, wanted, groups(request)
+        find_and_render, catalog, renderer, uids, job, wanted, groups(request), charge
     )
     headers = {"ETag": f'"{etag}"', "Cache-Control": CACHE_CONTROL}
     if data is None:
@@ -95,15 +96,17 @@ def find_and_render(
     job: render.RenderRequest,
     wanted: str | None,
     seen_by: frozenset[str] | None = None,
+    charge: Callable[[], None] | None = None,
 ) -> tuple[bytes | None, str, StoredFile, bool]:
     """In one worker-thread hop: the instance (the middle one of a study or series), its ETag, its image;
-    NotFound for a study outside the principal's groups ``seen_by``."""
+    NotFound for a study outside the principal's groups ``seen_by``; ``charge`` is called before an image that
+    is not in the cache is made (``dicomweb/throttle.py``)."""
     items = catalog.resource(*uids, groups=seen_by)
     item = items[len(items) // 2]
     etag = renderer.etag(item, job)
     if etag_matches(wanted, f'"{etag}"'):
         return None, etag, item, False
-    data, etag, fresh = renderer.render_deferred(item, job)
+    data, etag, fresh = renderer.render_deferred(item, job, charge)
     return data, etag, item, fresh
 
 
@@ -129,10 +132,11 @@ def _frame_number(request: Request) -> int:
 
 
 async def collection(request: Request) -> Response:
-    """A study's or series' /rendered: one image per instance, multipart/related."""
+    """A study's or series' /rendered: one image per instance, multipart/related (an expensive request)."""
+    job = request_from(request)
+    throttle.charge(request, "rendered study or series")()
     catalog = services(request).catalog
     items = await run_in_threadpool(catalog.resource, *resource_uids(request), groups=groups(request))
-    job = request_from(request)
     renderer = services(request).renderer
     boundary = secrets.token_hex(16)
     parts = []
@@ -196,6 +200,7 @@ async def export(request: Request) -> Response:
     fmt = request.query_params.get("format", "zip")
     if fmt not in exporting.FORMATS:
         raise InvalidRequest(f"format={fmt!r}: one of {', '.join(exporting.FORMATS)}")
+    throttle.charge(request, "series export")()
     catalog = services(request).catalog
     study, series, _ = resource_uids(request)
     items = await run_in_threadpool(catalog.resource, study, series, groups=groups(request))

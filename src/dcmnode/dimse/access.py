@@ -14,6 +14,11 @@ At association, in the order pynetdicom and this gate apply them:
    is asked with an empty one) and 2 (username + passcode) go to ``Authenticator.verify_password``, type 5 (JWT)
    to ``Authenticator.verify_jwt``; types 3 and 4 (Kerberos, SAML) are refused. A refused identity is rejected
    the way pynetdicom rejects it: transient, service provider (ACSE), no reason given (2, 2, 1).
+4. The associations of one calling AE title (``dimse.max_associations_per_ae``, counted across the node's
+   processes by ``core.limits.Slots``), also on ``EVT_REQUESTED``, after the checks above: one more is rejected
+   transient, service provider (presentation), local limit exceeded (2, 3, 2; PS3.8 9.3.4), the answer
+   pynetdicom gives past ``dimse.max_associations``; other AE titles still associate. The slot is given back when
+   the association is released, aborted, rejected or its connection closes.
 
 Once established, the association has an ``Access``: its principal (the verified user, kind USER, else the
 calling AE, kind PEER) and the services its calling AE may use (the peer's ``allow``; every service for a caller
@@ -23,11 +28,11 @@ answered 0x0124 Refused: Not Authorized with the reason as Error Comment (``stat
 handlers read the principal with ``Gate.principal_of(event)``; the table is emptied on release, abort and close.
 
 With an audit trail (``scp.start(..., trail)``) the gate records its decisions (``core/audit.py``): each association
-rejected for its calling AE, called AE, host or missing User Identity is a 110113 Security Alert (the calling AE at
-its address, the reason); each User Identity checked is a 110114 User Authentication, success or minor failure (the
-user's name, or the name claimed; never the passcode, never the JWT); each 0x0124 refusal a 110113. A User Identity
-sent with an association that is rejected for its AE titles anyway is not checked (nor recorded): the rejection
-says why. One record is one ``write``, on the association's thread.
+rejected for its calling AE, called AE, host, missing User Identity or per-AE limit is a 110113 Security Alert (the
+calling AE at its address, the reason); each User Identity checked is a 110114 User Authentication, success or minor
+failure (the user's name, or the name claimed; never the passcode, never the JWT); each 0x0124 refusal a 110113. A
+User Identity sent with an association that is rejected for its AE titles anyway is not checked (nor recorded): the
+rejection says why. One record is one ``write``, on the association's thread.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from dcmnode import status
 from dcmnode.config import DIMSE_SERVICES, Settings
 from dcmnode.core.access import ALL_GROUPS, Authenticator, Kind, Principal, Scope
 from dcmnode.core.audit import Audit
+from dcmnode.core.limits import Slot, Slots
 from dcmnode.dimse import query_retrieve
 from dcmnode.errors import AuditUnavailable, ConfigError
 from dcmnode.status import Service
@@ -74,6 +80,7 @@ SCOPES: Final[dict[Service, Scope | None]] = {
 REJECT_CALLING_AE: Final = (0x01, 0x01, 0x03)  # permanent, service user, calling AE title not recognized
 REJECT_NO_REASON: Final = (0x01, 0x01, 0x01)  # permanent, service user, no reason given
 REJECT_CALLED_AE: Final = (0x01, 0x01, 0x07)  # permanent, service user, called AE title not recognized
+REJECT_LOCAL_LIMIT: Final = (0x02, 0x03, 0x02)  # transient, service provider (presentation), local limit exceeded
 USER_ID_PASSWORD: Final = (1, 2)  # username, username + passcode
 USER_ID_JWT: Final = 5
 CLAIMED_NAME_MAX: Final = 64  # characters of a refused user name kept in its audit record
@@ -107,7 +114,11 @@ class Gate:
     with ``echo`` / ``store`` / ``find`` / ``move`` / ``get``, and read the principal with ``principal_of``."""
 
     def __init__(
-        self, settings: Settings, authenticator: Authenticator | None = None, trail: Audit | None = None
+        self,
+        settings: Settings,
+        authenticator: Authenticator | None = None,
+        trail: Audit | None = None,
+        associations: Slots | None = None,
     ) -> None:
         if settings.dimse.require_user_identity and authenticator is None:
             raise ConfigError("dimse.require_user_identity needs an authenticator (local users or OIDC)")
@@ -122,6 +133,8 @@ class Gate:
         self._lock = threading.Lock()
         self._users: dict[Association, Principal] = {}  # verified at negotiation, before establishment
         self._access: dict[Association, Access] = {}
+        self._associations = associations  # per calling AE title, across processes (None: no such limit)
+        self._slots: dict[Association, Slot] = {}
 
     # -- association ----------------------------------------------------------------------------------------
 
@@ -167,6 +180,25 @@ class Gate:
         elif self._settings.dimse.require_user_identity and assoc.requestor.user_identity is None:
             log.warning("association from %s (%s) rejected: no User Identity", calling, address)
             _reject(assoc, REJECT_NO_REASON)
+        elif self._associations is not None:
+            self._hold_slot(assoc, calling, address, self._associations)
+
+    def _hold_slot(self, assoc: Association, calling: str, address: str, associations: Slots) -> None:
+        """One of the calling AE title's slots for this association, else reject it: local limit exceeded."""
+        try:
+            slot = associations.acquire(calling)
+        except OSError:
+            log.exception("association from %s (%s): its slot could not be counted; let in", calling, address)
+            return  # the folder of slots unusable (disk, permissions): the per-AE limit is not what fails it
+        if slot is not None:
+            with self._lock:
+                self._slots[assoc] = slot
+            return
+        limit = associations.limit
+        what = f"{limit} associations from calling AE {calling} open already (dimse.max_associations_per_ae)"
+        log.warning("association from %s (%s) rejected, local limit exceeded: %s", calling, address, what)
+        self._alert(f"association rejected: {what}", Principal(calling, Kind.PEER, address=address), address)
+        _reject(assoc, REJECT_LOCAL_LIMIT)
 
     def _on_user_id(self, event: evt.Event) -> tuple[bool, bytes | None]:
         """``EVT_USER_ID``: check the credentials; the principal is kept for the association. Never logs them."""
@@ -249,7 +281,7 @@ class Gate:
         elif reason == REJECT_NO_REASON:
             what = "no User Identity"
         else:
-            return  # a refused User Identity (its 110114 is written), a local limit: not this gate's alerts
+            return  # a refused User Identity (its 110114 is written); a local limit: recorded where decided
         address = str(assoc.requestor.address)
         self._alert(f"association rejected: {what}", Principal(calling, Kind.PEER, address=address), address)
 
@@ -274,6 +306,9 @@ class Gate:
         with self._lock:
             self._users.pop(event.assoc, None)
             self._access.pop(event.assoc, None)
+            slot = self._slots.pop(event.assoc, None)
+        if slot is not None:
+            slot.release()
 
     def principals(self) -> list[Principal]:
         """The principals of the established associations, now."""

@@ -37,6 +37,7 @@ from dcmnode.core.access import Authenticator, Principal
 from dcmnode.core.audit import Audit
 from dcmnode.core.catalog import Catalog
 from dcmnode.core.ingest import Ingest
+from dcmnode.core.limits import Slots
 from dcmnode.core.parse import Expected
 from dcmnode.core.query import study_filter
 from dcmnode.dimse import audit, query_retrieve, tls
@@ -163,14 +164,16 @@ def start(
     trail: Audit | None = None,
     authenticator: Authenticator | None = None,
     tls_sock: socket.socket | None = None,
+    associations: Slots | None = None,
 ) -> Scp:
     """Serve C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET on ``sock`` (from ``listen``; None with ``tls_only``)
     and, when given, over TLS on ``tls_sock`` (``dimse/tls.py``, ``[dimse] tls_*``), in background threads,
     each audited in ``trail`` when given (``dimse/audit.py``; the gate's rejections, User Identity checks and
     0x0124 refusals too, ``dimse/access.py``). ``authenticator`` checks User Identity
     (``dimse.access``); without one, an identity sent is ignored, as pynetdicom does, and
-    ``dimse.require_user_identity`` is a ConfigError."""
-    gate = Gate(settings, authenticator, trail)
+    ``dimse.require_user_identity`` is a ConfigError. ``associations`` counts the associations of each calling
+    AE title across the node's processes (``dimse.max_associations_per_ae``; none: no such limit)."""
+    gate = Gate(settings, authenticator, trail, associations)
     ae = build_ae(settings, gate)
     pacer = Pacer()
     stores = audit.Associations(trail) if trail is not None else None

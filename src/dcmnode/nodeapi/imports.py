@@ -12,7 +12,8 @@ reading run on worker threads, never on the event loop. ``path`` is the file's p
 reported, never used to build a file system path. Jobs live in this process; ended ones are kept for an hour.
 ``labels`` (a list of label names) labels every study the job stores (per-study access, ``core.labels``). For a
 principal limited to groups, a file of a stored study it does not see fails ("not authorized: ..."), and a new
-study it stores without ``labels`` carries its groups.
+study it stores without ``labels`` carries its groups. A client (principal, else IP address) may have at most
+``http.max_imports_per_client`` jobs open (not ended) at once: one more is 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from starlette.routing import Route
 from dcmnode.core import labels
 from dcmnode.core.importing import ENDED, ImportJob, Spool
 from dcmnode.core.importing.registry import Registry
+from dcmnode.core.limits import client_key
 from dcmnode.core.query import study_filter
 from dcmnode.dicomweb import audit
-from dcmnode.dicomweb.context import groups, services
+from dcmnode.dicomweb.context import groups, principal, services
 from dcmnode.errors import Conflict, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from dcmnode.model import Source, SourceKind
 
@@ -68,7 +70,7 @@ async def create(request: Request) -> JSONResponse:
     host = request.client.host if request.client else ""
     writer = study_filter(groups(request))  # limited to groups: no hidden study, its groups on a new one
     source = Source(SourceKind.IMPORT, address=host, labels=study_labels, groups=writer)
-    job = _registry(request).create(name, expected, source, audit.actor(request))
+    job = _registry(request).create(name, expected, source, audit.actor(request), client_key(principal(request)))
     return _job_response(job, 201, {"Location": f"/api/imports/{job.id}"})
 
 

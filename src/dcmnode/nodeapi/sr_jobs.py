@@ -7,20 +7,31 @@ DELETE /sr/jobs/{id}     cancel: 200 when it ended at once, 202 while a running 
 
 Per-study access: a series (or a job on a series) whose study is outside the caller's groups is 404, and the
 list leaves such jobs out.
+
+Limits (as Orthanc's jobs engine, ``ConcurrentJobs``, and dcm4chee's task queues do): at most ``sr.max_running``
+jobs run at once node-wide, the others wait in the queue (the workers claim them in order); a client (principal,
+else IP address) may have at most ``sr.max_jobs_per_client`` jobs queued or running that it submitted here, one
+more is 429 with ``Retry-After`` (and a 110113 in the audit trail), so one client cannot fill the queue ahead of
+everyone. That count is kept by the HTTP process (a restart forgets the jobs submitted before it).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dcmnode.core.jobs.queue import Job, Jobs, check_options, check_send_to
-from dcmnode.dicomweb.context import groups, services
-from dcmnode.errors import InvalidRequest, NotFound, UnsupportedMediaType
+from dcmnode.core.jobs.queue import ENDED, Job, Jobs, check_options, check_send_to
+from dcmnode.core.limits import client_key
+from dcmnode.dicomweb.context import groups, principal, services
+from dcmnode.errors import AuditUnavailable, InvalidRequest, NotFound, TooManyRequests, UnsupportedMediaType
+
+log = logging.getLogger(__name__)
 
 
 def _jobs(request: Request) -> Jobs:
@@ -55,8 +66,28 @@ async def submit_job(request: Request) -> JSONResponse:
     check_send_to(services(request).settings, send_to)
     if not services(request).catalog.series_visible(body["series"], groups(request)):
         raise NotFound(f"series {body['series']} is not stored here")
-    job = _jobs(request).submit(body["series"], factor, method, send_to, origin="api")
+    jobs, who = _jobs(request), principal(request)
+    try:
+        with services(request).sr_jobs.admit(client_key(who), functools.partial(_pending, jobs)) as add:
+            job = jobs.submit(body["series"], factor, method, send_to, origin="api")
+            add(job.id)
+    except TooManyRequests as err:
+        address = who.address or (request.client.host if request.client else "")
+        log.warning("SR job refused for %s %s (%s): %s", who.kind, who.name, address, err.reason)
+        try:
+            services(request).audit.security_alert(f"SR job refused: {err.reason}", who, address)
+        except AuditUnavailable:
+            pass  # counted and logged by the trail; the job is refused in any case
+        raise
     return JSONResponse(job.to_json(), status_code=202, headers={"Location": f"/api/sr/jobs/{job.id}"})
+
+
+def _pending(jobs: Jobs, job_id: int) -> bool:
+    """Whether a job counts against its client: queued or running (a deleted one does not)."""
+    try:
+        return jobs.get(job_id).status not in ENDED
+    except NotFound:
+        return False
 
 
 def list_jobs(request: Request) -> JSONResponse:

@@ -110,18 +110,26 @@ class JobTable:
                 conn.execute("UPDATE sr_jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
             return str(row[0])
 
-    def claim(self, worker: str, queued: str, running: str, job_id: int | None = None) -> int | None:
+    def claim(
+        self, worker: str, queued: str, running: str, job_id: int | None = None, max_running: int = 0
+    ) -> int | None:
         """The oldest ``queued`` job (or ``job_id`` if still queued) is now ``running`` under ``worker``; its id,
-        or None when there is none to take. One statement, so two workers never take one job."""
+        or None when there is none to take, or when ``max_running`` (> 0) jobs run already. One statement, so
+        two workers never take one job nor, together, pass the cap."""
         only = "" if job_id is None else " AND id = ?"
+        cap = "" if max_running <= 0 else " AND (SELECT COUNT(*) FROM sr_jobs WHERE status = ?) < ?"
         stamp = now()
         with self.index.write() as conn:
             row = conn.execute(
                 "UPDATE sr_jobs SET status = ?, worker = ?, started_at = ?, heartbeat_at = ?, attempts = attempts + 1,"
                 " progress = 0, stage = 'starting', error = NULL "
-                f"WHERE id = (SELECT id FROM sr_jobs WHERE status = ?{only} ORDER BY id LIMIT 1) RETURNING id",
-                (running, worker, stamp, stamp, queued, *(() if job_id is None else (job_id,))),
-            ).fetchone()
+                f"WHERE id = (SELECT id FROM sr_jobs WHERE status = ?{only} ORDER BY id LIMIT 1){cap} RETURNING id",
+                (
+                    running, worker, stamp, stamp, queued,
+                    *(() if job_id is None else (job_id,)),
+                    *(() if max_running <= 0 else (running, max_running)),
+                ),
+            ).fetchone()  # fmt: skip
         return None if row is None else int(row[0])
 
     def progress(self, job_id: int, fraction: float, stage: str) -> bool:

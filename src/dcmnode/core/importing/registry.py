@@ -15,13 +15,19 @@ from dcmnode.core.archives import Limits
 from dcmnode.core.audit import Actor, Audit
 from dcmnode.core.importing.job import ImportJob, Spool
 from dcmnode.core.ingest import Ingest
-from dcmnode.errors import NotFound
+from dcmnode.core.limits import Quota
+from dcmnode.errors import AuditUnavailable, NotFound, TooManyRequests
 from dcmnode.model import Source
 
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 KEEP_ENDED_SECONDS = 3600.0
+RETRY_SECONDS = 10.0  # Retry-After of an import refused for the client's open jobs (one may end any moment)
+
+
+def _open(job: ImportJob) -> bool:
+    return not job.ended
 
 
 class Registry:
@@ -35,14 +41,33 @@ class Registry:
             max_expanded_bytes=settings.http.max_archive_expanded_mb * MIB,
         )
         self._jobs: dict[str, ImportJob] = {}
+        self.open_jobs: Quota[ImportJob] = Quota(
+            settings.http.max_imports_per_client, "import jobs open", "http.max_imports_per_client", RETRY_SECONDS
+        )
         self._lock = threading.Lock()
 
-    def create(self, name: str, expected_files: int, source: Source, who: Actor | None = None) -> ImportJob:
+    def create(
+        self, name: str, expected_files: int, source: Source, who: Actor | None = None, client: str = ""
+    ) -> ImportJob:
         """A new job; ``who`` (default: anonymous at the source's address) is audited as the source of what
-        it stores."""
+        it stores. ``client`` (``core.limits.client_key``; default: the source's address) may hold at most
+        ``http.max_imports_per_client`` open jobs: one more is ``TooManyRequests`` (logged, and a 110113)."""
         actor = who or Actor("anonymous", "anonymous", source.address)
-        transfers = self.audit.transfer_in(actor, "import") if self.audit is not None else None
-        job = ImportJob(self.ingest, self.limits, name, expected_files, source, transfers=transfers)
+        with self._lock:
+            self._prune()  # abandoned jobs are cancelled first: they no longer count
+        try:
+            with self.open_jobs.admit(client or f"address:{source.address}", _open) as add:
+                transfers = self.audit.transfer_in(actor, "import") if self.audit is not None else None
+                job = ImportJob(self.ingest, self.limits, name, expected_files, source, transfers=transfers)
+                add(job)
+        except TooManyRequests as err:
+            log.warning("import refused for %s %s (%s): %s", actor.kind, actor.name, source.address, err.reason)
+            if self.audit is not None:
+                try:
+                    self.audit.security_alert(f"import refused: {err.reason}", actor.name, source.address)
+                except AuditUnavailable:
+                    pass  # counted and logged by the trail; the import is refused in any case
+            raise
         with self._lock:
             self._prune()
             self._jobs[job.id] = job

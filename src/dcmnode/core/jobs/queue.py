@@ -96,9 +96,10 @@ def worker_alive(worker: str) -> bool:
 class Jobs:
     """The queue's rules over its table (``store.jobs``): what may be asked, and each state change."""
 
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: Index, max_running: int = 0) -> None:
         self.index = index
         self.table = JobTable(index)
+        self.max_running = max_running  # sr.max_running: jobs running at once, node-wide (0: no limit)
 
     # -- asking ------------------------------------------------------------------------------------------------
     def submit(
@@ -151,8 +152,10 @@ class Jobs:
     # -- working -----------------------------------------------------------------------------------------------
     def claim(self, worker: str, job_id: int | None = None) -> Job | None:
         """The oldest queued job (or job ``job_id`` if it is still queued), now running under ``worker``; None
-        when there is none to take."""
-        claimed = self.table.claim(worker, Status.QUEUED, Status.RUNNING, job_id)
+        when there is none to take, or when ``sr.max_running`` jobs run already (the job waits in the queue). A
+        job asked for by id (``dcmnode sr --here``, the operator's own run) is not held back by the cap."""
+        cap = self.max_running if job_id is None else 0
+        claimed = self.table.claim(worker, Status.QUEUED, Status.RUNNING, job_id, cap)
         return None if claimed is None else self.get(claimed)
 
     def cancel_requested(self, job_id: int) -> bool:
