@@ -30,7 +30,7 @@ _VENV_BIN = str(Path(sys.executable).parent)
 os.environ["PATH"] = os.pathsep.join(
     [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != _VENV_BIN] + [_VENV_BIN]
 )
-READY = re.compile(r"ready: DIMSE (\S+)@[\d.]+:(\d+)\s+HTTP http://[\d.]+:(\d+)/")
+READY = re.compile(r"ready: DIMSE (\S+)@[\d.]+:(\d+)\s+HTTP https?://[\d.]+:(\d+)/")
 
 
 def make_settings(data: Path, **sections: dict[str, Any]) -> config.Settings:
