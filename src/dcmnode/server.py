@@ -17,6 +17,7 @@ import os
 import select
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -38,6 +39,7 @@ READY_TIMEOUT = 60.0
 
 
 def run(settings: Settings) -> int:
+    https = https_context(settings)  # a certificate that cannot be loaded stops the node before it listens
     http_sock = _listen_http(settings.http.host, settings.http.port)
     redirect = settings.http.redirect_port
     redirect_sock = _listen_http(settings.http.host, redirect) if redirect and settings.http.tls_cert else None
@@ -56,7 +58,7 @@ def run(settings: Settings) -> int:
         _announce(settings, node.dimse_port, http_sock.getsockname()[1], redirect_sock)
         watcher = threading.Thread(target=_watch_children, args=(children, stopping), name="dimse-watch", daemon=True)
         watcher.start()
-        _serve_http(node, http_sock, redirect_sock)
+        _serve_http(node, http_sock, redirect_sock, https)
     finally:
         stopping.set()
         if sr_thread is not None:
@@ -92,14 +94,13 @@ def _announce(settings: Settings, dimse_port: int, http_port: int, redirect_sock
     )
 
 
-def http_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
-    """uvicorn's configuration of the node's HTTP listener: plain HTTP, or with ``http.tls_cert`` HTTPS through
-    ``app.https_context`` (TLS 1.2 at least, BCP 195 suites; uvicorn's own ssl_* defaults would allow TLS 1.0)
-    and Strict-Transport-Security on every answer. The header is one of uvicorn's default headers, written by the
-    protocol with Date and Server: no middleware, nothing added to the fast path's cost."""
+def http_config(app: Any, settings: Settings, context: ssl.SSLContext | None, **options: Any) -> uvicorn.Config:
+    """uvicorn's configuration of the node's HTTP listener: plain HTTP, or with ``context``
+    (``app.https_context(settings)``) HTTPS with TLS 1.2 at least and BCP 195 suites (uvicorn's own ssl_* defaults
+    would allow TLS 1.0) and Strict-Transport-Security on every answer. The header is one of uvicorn's default
+    headers, written by the protocol with Date and Server: no middleware, nothing added to the fast path's cost."""
     import uvicorn
 
-    context = https_context(settings)
     if context is not None:
         options["ssl_context_factory"] = lambda config, default: context
         if settings.http.hsts_seconds:
@@ -115,10 +116,12 @@ def redirect_config(settings: Settings, https_port: int, **options: Any) -> uvic
     return uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", ws="none", **options)
 
 
-def _serve_http(node: Node, sock: socket.socket, redirect_sock: socket.socket | None) -> None:
+def _serve_http(
+    node: Node, sock: socket.socket, redirect_sock: socket.socket | None, https: ssl.SSLContext | None
+) -> None:
     import uvicorn
 
-    server = uvicorn.Server(http_config(node.asgi(), node.settings, timeout_graceful_shutdown=10))
+    server = uvicorn.Server(http_config(node.asgi(), node.settings, https, timeout_graceful_shutdown=10))
     redirect = None
     if redirect_sock is not None:  # its own thread and event loop; uvicorn handles signals in the main thread only
         redirect = uvicorn.Server(redirect_config(node.settings, sock.getsockname()[1]))
