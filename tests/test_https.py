@@ -203,6 +203,7 @@ def test_redirect_port_answers_308_to_https_and_400_to_anything_else(
     followed = httpx.get(plain + target, follow_redirects=True, verify=trusting(pki.ca_cert))
     assert followed.status_code == 200 and followed.url == httpx.URL(f"{base(server)}{target}")
     assert followed.headers["strict-transport-security"] == HSTS
+    assert server.stop() == 0  # the redirect listener stops with the node, cleanly
 
 
 def test_hsts_can_be_tuned_or_turned_off(tmp_path: Path, pki: tls.SitePki, cli_server_factory: Any) -> None:
