@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
@@ -19,11 +21,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dcmnode import nodeapi
 from dcmnode.config import Settings
 from dcmnode.core import metadata
+from dcmnode.core import tls as pki
 from dcmnode.core.limits import retry_after
 from dcmnode.core.services import Services
 from dcmnode.dicomweb import routes as dicomweb_routes
@@ -192,3 +195,65 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     return JSONResponse(
         {"error": exc.detail, "status": exc.status_code}, status_code=exc.status_code, headers=exc.headers
     )
+
+
+# -- HTTPS ------------------------------------------------------------------------------------------------------
+def https_context(settings: Settings) -> ssl.SSLContext | None:
+    """The HTTP listener's TLS context (``core/tls.py``: TLS 1.2 at least, BCP 195 suites), None for plain HTTP."""
+    http = settings.http
+    if not http.tls_cert:
+        return None
+    return pki.server_context(
+        Path(http.tls_cert), Path(http.tls_key), Path(http.tls_ca) if http.tls_ca else None, http.tls_client_cert
+    )
+
+
+HOST_HEADER = re.compile(r"^(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(:\d{1,5})?$")
+
+
+class HttpsRedirect:
+    """The plain-HTTP redirect listener (``http.redirect_port``): GET and HEAD get 308 Permanent Redirect to the
+    same path and query on the HTTPS port (RFC 9110 15.4.9; no Strict-Transport-Security, which RFC 6797 7.2
+    forbids over plain HTTP); every other method gets 400 without its body being read, so that nothing a
+    client sends in clear is acted on and no data is served in clear."""
+
+    def __init__(self, https_port: int, bound_host: str) -> None:
+        self.suffix = "" if https_port == 443 else f":{https_port}"
+        self.fallback = "" if bound_host in ("", "0.0.0.0", "::") else bound_host  # noqa: S104
+        if ":" in self.fallback:
+            self.fallback = f"[{self.fallback}]"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        host = self.fallback
+        for name, value in scope["headers"]:
+            if name == b"host":
+                match = HOST_HEADER.match(value.decode("latin-1"))
+                host = match["host"] if match else ""
+                break
+        if not host:
+            await _plain(send, 400, "a Host header naming this node is needed to redirect to HTTPS\n")
+            return
+        target = scope.get("raw_path") or scope["path"].encode()
+        query = scope.get("query_string", b"")
+        location = f"https://{host}{self.suffix}{target.decode('latin-1')}"
+        if query:
+            location += "?" + query.decode("latin-1")
+        if scope["method"] not in ("GET", "HEAD"):
+            await _plain(send, 400, f"this port serves nothing in clear; send {scope['method']} to {location}\n")
+            return
+        body = b"" if scope["method"] == "HEAD" else f"moved to {location}\n".encode()
+        await _plain(send, 308, body, [(b"location", location.encode("latin-1"))])
+
+
+async def _plain(send: Send, status: int, text: str | bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = text.encode() if isinstance(text, str) else text
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close"), *(headers or [])],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

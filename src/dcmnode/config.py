@@ -116,6 +116,29 @@ class HttpSettings:
     max_imports_per_client: int = _default(
         8, "open import jobs (/api/imports) per client (principal, else IP address); one more: 429; 0 = no limit"
     )
+    tls_cert: str = _default(
+        "", "HTTPS: the server certificate (PEM, chain after it) served on http.port; empty = plain HTTP"
+    )
+    tls_key: str = _default("", "HTTPS: the private key (PEM) of tls_cert")
+    tls_ca: str = _default("", "HTTPS: CA certificates (PEM) trusted for client certificates (mutual TLS)")
+    tls_client_cert: str = _default(
+        "none", 'HTTPS client certificates: "none" (not asked for), "optional" or "required" (signed by tls_ca)'
+    )
+    redirect_port: int = _default(
+        0,
+        "HTTPS: a plain-HTTP port answering GET/HEAD with 308 to the https:// URL and anything else with 400 "
+        "(nothing served in clear); 0 = none",
+    )
+    hsts_seconds: int = _default(
+        31536000,
+        "HTTPS: max-age of Strict-Transport-Security on every HTTPS answer (browsers then refuse http:// to this "
+        "host name, on any port); 0 = not sent",
+    )
+
+    @property
+    def scheme(self) -> str:
+        """``https`` when the HTTP listener serves TLS, else ``http``."""
+        return "https" if self.tls_cert else "http"
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +268,7 @@ SECTIONS: dict[str, type[Any]] = {
 }
 NESTED = {"oidc": ("http", "oidc")}  # sections written as a table inside another: name -> (parent, key)
 AUTH_MODES = ("none", "on")
+TLS_CLIENT_CERT = ("none", "optional", "required")
 SR_WORKERS = ("process", "thread", "off")
 PEER_KEYS = {"host", "port", "description", "ae_title", "labels", "groups", "allow", "hosts"}
 PEER_TLS_KEYS = {"tls_ca", "tls_cert", "tls_key", "tls_server_name"}  # strings; and tls, a boolean
@@ -474,6 +498,7 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"{name} must be 0 or more, not {value}")
     if settings.http.session_hours <= 0:
         raise ConfigError(f"http.session_hours must be greater than 0, not {settings.http.session_hours!r}")
+    _validate_https(settings.http)
     oidc = settings.oidc
     if oidc.issuer and not (oidc.audience and oidc.jwks):
         raise ConfigError("[http.oidc] issuer needs audience and jwks")
@@ -500,6 +525,23 @@ def _validate_tls(dimse: DimseSettings) -> None:
         )
     if dimse.tls_cert and not dimse.tls_only and dimse.tls_port == dimse.port and dimse.port != 0:
         raise ConfigError(f"dimse.tls_port and dimse.port are both {dimse.port}")
+
+
+def _validate_https(http: HttpSettings) -> None:
+    if bool(http.tls_cert) != bool(http.tls_key):
+        raise ConfigError("http.tls_cert and http.tls_key go together (HTTPS needs both)")
+    if http.tls_client_cert not in TLS_CLIENT_CERT:
+        raise ConfigError(f"http.tls_client_cert must be one of {TLS_CLIENT_CERT}, not {http.tls_client_cert!r}")
+    if http.tls_client_cert != "none" and not (http.tls_cert and http.tls_ca):
+        raise ConfigError(f"http.tls_client_cert = {http.tls_client_cert!r} needs tls_cert, tls_key and tls_ca")
+    if not 0 <= http.redirect_port <= 65535:
+        raise ConfigError(f"http.redirect_port must be 0-65535, not {http.redirect_port}")
+    if http.redirect_port and not http.tls_cert:
+        raise ConfigError("http.redirect_port redirects to HTTPS: it needs http.tls_cert and http.tls_key")
+    if http.redirect_port and http.redirect_port == http.port:
+        raise ConfigError(f"http.redirect_port {http.redirect_port} is http.port itself")
+    if http.hsts_seconds < 0:
+        raise ConfigError(f"http.hsts_seconds must be 0 or more, not {http.hsts_seconds}")
 
 
 def is_loopback(host: str) -> bool:

@@ -17,15 +17,20 @@ import os
 import select
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
 from dcmnode import __version__, worker
-from dcmnode.app import Node, listen_dimse
+from dcmnode.app import HttpsRedirect, Node, https_context, listen_dimse
 from dcmnode.config import Settings
 from dcmnode.core import tls
 from dcmnode.errors import DcmnodeError
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +39,15 @@ READY_TIMEOUT = 60.0
 
 
 def run(settings: Settings) -> int:
+    https = https_context(settings)  # a certificate that cannot be loaded stops the node before it listens
     http_sock = _listen_http(settings.http.host, settings.http.port)
+    redirect = settings.http.redirect_port
+    redirect_sock = _listen_http(settings.http.host, redirect) if redirect and settings.http.tls_cert else None
+    http_socks = [http_sock] + ([redirect_sock] if redirect_sock else [])
     dimse_sock, tls_sock = listen_dimse(settings)  # plain unless tls_only; TLS when tls_cert is set
     dimse = [s for s in (dimse_sock, tls_sock) if s is not None]
-    children = _fork_dimse_processes(settings, dimse_sock, tls_sock, http_sock, settings.dimse.processes)
-    sr_child = _fork_worker(settings, [*dimse, http_sock]) if settings.sr.worker == "process" else None
+    children = _fork_dimse_processes(settings, dimse_sock, tls_sock, http_socks, settings.dimse.processes)
+    sr_child = _fork_worker(settings, [*dimse, *http_socks]) if settings.sr.worker == "process" else None
     stopping = threading.Event()
     node = Node(settings)
     sr_thread = worker.start_thread(settings)[0] if settings.sr.worker == "thread" else None
@@ -48,10 +57,10 @@ def run(settings: Settings) -> int:
         node.dimse_port = dimse_sock.getsockname()[1] if dimse_sock is not None else 0
         node.dimse_tls_port = tls_sock.getsockname()[1] if tls_sock is not None else 0
         node.services.audit.application(start=True)
-        _announce(settings, node.dimse_port, node.dimse_tls_port, http_sock.getsockname()[1])
+        _announce(settings, node.dimse_port, node.dimse_tls_port, http_sock.getsockname()[1], redirect_sock)
         watcher = threading.Thread(target=_watch_children, args=(children, stopping), name="dimse-watch", daemon=True)
         watcher.start()
-        _serve_http(node, http_sock)
+        _serve_http(node, http_sock, redirect_sock, https)
     finally:
         stopping.set()
         if sr_thread is not None:
@@ -76,28 +85,62 @@ def _listen_http(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _announce(settings: Settings, dimse_port: int, dimse_tls_port: int, http_port: int) -> None:
-    """The ready line: each listener, plain or TLS (``core/tls.py`` ``listeners``)."""
+def _announce(
+    settings: Settings, dimse_port: int, dimse_tls_port: int, http_port: int, redirect_sock: socket.socket | None
+) -> None:
+    """The ready line: each listener, plain or TLS (``core/tls.py`` ``listeners``), and the redirect port."""
     found = tls.listeners(settings, dimse_port, dimse_tls_port, http_port)
     http = next(item for item in found if item.protocol == "HTTP").describe()
+    host = settings.http.host
+    redirect = f"  redirect http://{host}:{redirect_sock.getsockname()[1]}/" if redirect_sock else ""
     print(
         f"dcmnode {__version__} ready: DIMSE {tls.describe_dimse(settings.node.ae_title, found)}  "
-        f"HTTP {http}  DICOMweb {http}dicom-web  data {settings.data_dir.resolve()}",
+        f"HTTP {http}  DICOMweb {http}dicom-web{redirect}  data {settings.data_dir.resolve()}",
         flush=True,
     )
 
 
-def _serve_http(node: Node, sock: socket.socket) -> None:
+def http_config(app: Any, settings: Settings, context: ssl.SSLContext | None, **options: Any) -> uvicorn.Config:
+    """uvicorn's configuration of the node's HTTP listener: plain HTTP, or with ``context``
+    (``app.https_context(settings)``) HTTPS with TLS 1.2 at least and BCP 195 suites (uvicorn's own ssl_* defaults
+    would allow TLS 1.0) and Strict-Transport-Security on every answer. The header is one of uvicorn's default
+    headers, written by the protocol with Date and Server: no middleware, nothing added to the fast path's cost."""
     import uvicorn
 
-    server = uvicorn.Server(
-        uvicorn.Config(node.asgi(), log_config=None, access_log=False, timeout_graceful_shutdown=10)
-    )
+    if context is not None:
+        options["ssl_context_factory"] = lambda config, default: context
+        if settings.http.hsts_seconds:
+            options["headers"] = [("Strict-Transport-Security", f"max-age={settings.http.hsts_seconds}")]
+    return uvicorn.Config(app, log_config=None, access_log=False, **options)
+
+
+def redirect_config(settings: Settings, https_port: int, **options: Any) -> uvicorn.Config:
+    """uvicorn's configuration of the plain-HTTP redirect listener (``app.HttpsRedirect``)."""
+    import uvicorn
+
+    app = HttpsRedirect(https_port, settings.http.host)
+    return uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", ws="none", **options)
+
+
+def _serve_http(
+    node: Node, sock: socket.socket, redirect_sock: socket.socket | None, https: ssl.SSLContext | None
+) -> None:
+    import uvicorn
+
+    server = uvicorn.Server(http_config(node.asgi(), node.settings, https, timeout_graceful_shutdown=10))
+    redirect = None
+    if redirect_sock is not None:  # its own thread and event loop; uvicorn handles signals in the main thread only
+        redirect = uvicorn.Server(redirect_config(node.settings, sock.getsockname()[1]))
+        threading.Thread(target=redirect.run, kwargs={"sockets": [redirect_sock]}, name="https-redirect").start()
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler that was there
     # before it: make that a no-op, so that a clean stop exits 0 once the DIMSE processes are stopped too.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: None)
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    finally:
+        if redirect is not None:
+            redirect.should_exit = True
     log.info("stopping")
 
 
@@ -106,7 +149,7 @@ def _fork_dimse_processes(
     settings: Settings,
     sock: socket.socket | None,
     tls_sock: socket.socket | None,
-    http_sock: socket.socket,
+    http_socks: list[socket.socket],
     count: int,
 ) -> list[int]:
     if count <= 0:
@@ -118,7 +161,8 @@ def _fork_dimse_processes(
         pid = os.fork()
         if pid == 0:
             os.close(read_end)
-            http_sock.close()
+            for http_sock in http_socks:
+                http_sock.close()
             code = 1
             try:
                 code = _dimse_child(settings, sock, tls_sock, write_end, parent)

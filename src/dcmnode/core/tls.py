@@ -306,8 +306,7 @@ def listeners(
     if dimse.tls_cert:
         out.append(Listener("DIMSE", dimse.host, dimse.tls_port if dimse_tls_port is None else dimse_tls_port, True))
     http = settings.http
-    # HTTPS: tls=bool(http.tls_cert) once [http] tls_cert exists
-    out.append(Listener("HTTP", http.host, http.port if http_port is None else http_port, tls=False))
+    out.append(Listener("HTTP", http.host, http.port if http_port is None else http_port, tls=bool(http.tls_cert)))
     return out
 
 
