@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dcmnode.core.jobs.queue import Job, Jobs, check_options, check_send_to
+from dcmnode.core.params import integer
 from dcmnode.dicomweb.context import groups, services
 from dcmnode.errors import InvalidRequest, NotFound, UnsupportedMediaType
 
@@ -28,10 +29,7 @@ def _jobs(request: Request) -> Jobs:
 
 
 def _job_id(request: Request) -> int:
-    text = request.path_params["job"]
-    if not text.isdigit():
-        raise InvalidRequest(f"job id {text!r}: a number")
-    return int(text)
+    return integer("job id", request.path_params["job"], 1)
 
 
 async def submit_job(request: Request) -> JSONResponse:
@@ -61,10 +59,8 @@ async def submit_job(request: Request) -> JSONResponse:
 
 def list_jobs(request: Request) -> JSONResponse:
     params = request.query_params
-    limit = params.get("limit", "100")
-    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
-        raise InvalidRequest(f"limit={limit!r}: 1-1000")
-    jobs = _jobs(request).find(params.get("status"), params.get("series"), int(limit))
+    limit = integer("limit", params.get("limit", "100"), 1, 1000)
+    jobs = _jobs(request).find(params.get("status"), params.get("series"), limit)
     catalog, seen_by = services(request).catalog, groups(request)
     return JSONResponse([j.to_json() for j in jobs if catalog.visible(j.study, seen_by)])
 
