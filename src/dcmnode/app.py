@@ -29,7 +29,7 @@ from dcmnode.dicomweb.access import AccessControl
 from dcmnode.dicomweb.audit import AuditTrail
 from dcmnode.dicomweb.context import HttpServices
 from dcmnode.dicomweb.fastpath import RenderedFastPath
-from dcmnode.dicomweb.paths import PathGuard
+from dcmnode.dicomweb.paths import RequestGuard
 from dcmnode.dimse import scp
 from dcmnode.errors import (
     AuditUnavailable,
@@ -94,7 +94,7 @@ class Node:
         self.dimse_port = self.scp.port
         return self.scp
 
-    def asgi(self) -> PathGuard:
+    def asgi(self) -> RequestGuard:
         """The HTTP app (single rendered frames answered in front of it: ``dicomweb/fastpath.py``). With
         ``http.auth = "on"`` every request is checked before either (``dicomweb/access.py``); with ``"none"``
         nothing is in front, as before, and every request is the anonymous principal. The process that serves it
@@ -122,9 +122,10 @@ class Node:
         trail = AuditTrail(app, self.services.audit)  # one record per DICOMweb read (dicomweb/audit.py)
         cors = bool(self.settings.http.cors_origins)
         fast = RenderedFastPath(trail, dicomweb, http, cross_origin_policy=cors, audit=trail)
+        head = self.settings.http.max_header_kb * 1024  # and '..', NUL, encoded slashes: 400 (dicomweb/paths.py)
         if self.settings.http.auth != "on":
-            return PathGuard(fast)  # '..', NUL and encoded slashes refused before anything else (dicomweb/paths.py)
-        return PathGuard(AccessControl(fast, self.services.auth, dicomweb_middleware, self.services.audit))
+            return RequestGuard(fast, head)
+        return RequestGuard(AccessControl(fast, self.services.auth, dicomweb_middleware, self.services.audit), head)
 
     def close(self) -> None:
         if self.http is not None:

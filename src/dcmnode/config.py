@@ -66,6 +66,8 @@ class HttpSettings:
     port: int = _default(8080, "HTTP port; DICOMweb lives under /dicom-web, the viewer at /")
     max_request_mb: int = _default(4096, "largest STOW-RS request body in MiB (413 beyond)")
     max_part_mb: int = _default(2048, "largest single instance in a STOW-RS request in MiB (413 beyond)")
+    max_stow_parts: int = _default(10000, "most parts (instances) in one STOW-RS request (413 beyond)")
+    max_header_kb: int = _default(64, "largest request head (all header lines together) in KiB (431 beyond)")
     max_query_results: int = _default(
         10000, "most results one QIDO-RS answer holds (a larger or missing limit is cut, with a Warning header)"
     )
@@ -390,6 +392,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"http.metadata_workers must be 0-64, not {settings.http.metadata_workers}")
     if settings.http.max_query_results < 1:
         raise ConfigError(f"http.max_query_results must be at least 1, not {settings.http.max_query_results}")
+    if settings.http.max_stow_parts < 1 or settings.http.max_header_kb < 1:
+        raise ConfigError("http.max_stow_parts and http.max_header_kb must be at least 1")
     if settings.sr.worker not in SR_WORKERS:
         raise ConfigError(f"sr.worker must be one of {SR_WORKERS}, not {settings.sr.worker!r}")
     for rule in settings.sr_rules:

@@ -53,26 +53,41 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
 _ENCODED = re.compile(rb"%(2f|5c|00)", re.IGNORECASE)
 
 
-class PathGuard:
-    """In front of the whole HTTP app: a request path with a ``.`` or ``..`` segment, a NUL, a backslash, or an
-    encoded slash is answered 400 before any route, file or index is looked at. No endpoint builds a file path from
-    the URL (UIDs are checked against PS3.5 §9.1 digits-and-dots, ``path_uid``; an upload's file path is only
-    reported), so this is a second wall, and it gives such paths one clear answer (400, not a redirect or 404)."""
+class RequestGuard:
+    """In front of the whole HTTP app, before any route, file or index is looked at:
 
-    def __init__(self, app: ASGIApp) -> None:
+    - a request path with a ``.`` or ``..`` segment, a NUL, a backslash, or an encoded slash is answered 400. No
+      endpoint builds a file path from the URL (UIDs are checked against PS3.5 §9.1 digits-and-dots, ``path_uid``;
+      an upload's file path is only reported), so this is a second wall, and it gives such paths one clear answer
+      (400, not a redirect or 404);
+    - a request head (request line and header lines) larger than ``max_header_bytes`` (``http.max_header_kb``) is
+      answered 431 Request Header Fields Too Large (RFC 6585 §5)."""
+
+    def __init__(self, app: ASGIApp, max_header_bytes: int = 64 * 1024) -> None:
         self.app = app
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            size = len(scope.get("raw_path") or b"") + len(scope["query_string"])
+            size += sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+            if size > self.max_header_bytes:
+                limit = f"the request head of {size} bytes exceeds {self.max_header_bytes} (http.max_header_kb)"
+                await _refuse(scope, send, 431, limit)
+                return
             reason = bad_path(scope["path"], scope.get("raw_path"))
             if reason is not None:
-                log.warning("%s %r -> 400: %s", scope["method"], scope["path"][:200], reason)
-                body = json.dumps({"error": reason, "status": 400}).encode()
-                headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-                await send({"type": "http.response.start", "status": 400, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
+                await _refuse(scope, send, 400, reason)
                 return
         await self.app(scope, receive, send)
+
+
+async def _refuse(scope: Scope, send: Send, status: int, reason: str) -> None:
+    log.warning("%s %r -> %d: %s", scope["method"], scope["path"][:200], status, reason)
+    body = json.dumps({"error": reason, "status": status}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def bad_path(path: str, raw_path: bytes | None) -> str | None:

@@ -89,7 +89,7 @@ def _check_content_type(header: str | None) -> str:
 
 
 async def _spool(request: Request, boundary: str, ingest: Ingest, limits: StowLimits) -> list[Part]:
-    spooler = PartSpooler(boundary, ingest.tmp_dir, limits.max_part_bytes, limits.fsync)
+    spooler = PartSpooler(boundary, ingest.tmp_dir, limits.max_part_bytes, limits.fsync, limits.max_parts)
     received = 0
     try:
         async for chunk in request.stream():
