@@ -28,6 +28,7 @@ from starlette.routing import Mount, Route
 from dcmnode.core.access import Scope
 from dcmnode.dicomweb.access import ROUTE_SCOPES, STATIC, AccessControl, RouteTable
 from dcmnode.dicomweb.fastpath import RenderedFastPath
+from dcmnode.dicomweb.paths import RequestGuard
 from tests.conftest import LiveServer
 from tests.factories import ct_series
 
@@ -133,7 +134,7 @@ def concrete(path: str) -> str:
 
 
 def test_every_route_and_method_has_a_declared_scope(secured: LiveServer) -> None:
-    outer = secured.server.config.app
+    outer = secured.server.config.app.app  # behind the RequestGuard (dicomweb/paths.py)
     assert isinstance(outer, AccessControl) and isinstance(outer.app, RenderedFastPath)
     app = outer.app.app
     while not hasattr(app, "routes"):  # through the wrappers in front of the router (the audit trail)
@@ -307,7 +308,9 @@ def test_scopes_and_groups_from_a_dotted_claim(live_factory: Any, issuer: Issuer
 
 
 def test_auth_off_is_the_app_as_before(live: LiveServer) -> None:
-    """``http.auth = "none"`` (the default): no middleware in front, everyone may do everything."""
-    assert isinstance(live.server.config.app, RenderedFastPath)
+    """``http.auth = "none"`` (the default): no access middleware in front (only the RequestGuard), everyone may
+    do everything."""
+    assert isinstance(live.server.config.app, RequestGuard)
+    assert isinstance(live.server.config.app.app, RenderedFastPath)
     assert httpx.get(f"{live.url}/dicom-web/studies").status_code == 200
     assert httpx.get(f"{live.url}/dicom-web/studies", headers=bearer("dcm_nonsense")).status_code == 200

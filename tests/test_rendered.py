@@ -61,7 +61,7 @@ def test_single_images_skip_the_router_and_answer_like_the_full_app(rendered_liv
     Origin header (CORS: the full app's job) must get the same image and headers, and failures go to the full app
     for their usual status and reason."""
     live, series = rendered_live
-    fast = live.server.config.app
+    fast = live.server.config.app.app  # behind the RequestGuard (dicomweb/paths.py)
     assert isinstance(fast, RenderedFastPath)
     full, seen = fast.app, []
 
