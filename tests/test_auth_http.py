@@ -29,6 +29,7 @@ from dcmnode.core.access import Scope
 from dcmnode.dicomweb.access import ROUTE_SCOPES, STATIC, AccessControl, RouteTable
 from dcmnode.dicomweb.fastpath import RenderedFastPath
 from dcmnode.dicomweb.headers import SecurityHeaders
+from dcmnode.dicomweb.paths import RequestGuard
 from tests.conftest import LiveServer
 from tests.factories import ct_series
 
@@ -135,8 +136,8 @@ def concrete(path: str) -> str:
 
 def test_every_route_and_method_has_a_declared_scope(secured: LiveServer) -> None:
     headers = secured.server.config.app
-    assert isinstance(headers, SecurityHeaders)
-    outer = headers.app
+    assert isinstance(headers, SecurityHeaders) and isinstance(headers.app, RequestGuard)
+    outer = headers.app.app
     assert isinstance(outer, AccessControl) and isinstance(outer.app, RenderedFastPath)
     app = outer.app.app
     while not hasattr(app, "routes"):  # through the wrappers in front of the router (the audit trail)
@@ -310,8 +311,10 @@ def test_scopes_and_groups_from_a_dotted_claim(live_factory: Any, issuer: Issuer
 
 
 def test_auth_off_is_the_app_as_before(live: LiveServer) -> None:
-    """``http.auth = "none"`` (the default): no middleware in front, everyone may do everything."""
+    """``http.auth = "none"`` (the default): no access middleware in front (only the security headers and the
+    RequestGuard), everyone may do everything."""
     app = live.server.config.app
-    assert isinstance(app, SecurityHeaders) and isinstance(app.app, RenderedFastPath)
+    assert isinstance(app, SecurityHeaders) and isinstance(app.app, RequestGuard)
+    assert isinstance(app.app.app, RenderedFastPath)
     assert httpx.get(f"{live.url}/dicom-web/studies").status_code == 200
     assert httpx.get(f"{live.url}/dicom-web/studies", headers=bearer("dcm_nonsense")).status_code == 200

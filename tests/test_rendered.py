@@ -63,8 +63,8 @@ def test_single_images_skip_the_router_and_answer_like_the_full_app(rendered_liv
     for their usual status and reason."""
     live, series = rendered_live
     headers = live.server.config.app
-    assert isinstance(headers, SecurityHeaders)  # outermost (dicomweb/headers.py)
-    fast = headers.app
+    assert isinstance(headers, SecurityHeaders)  # outermost (dicomweb/headers.py), then the RequestGuard
+    fast = headers.app.app
     assert isinstance(fast, RenderedFastPath)
     full, seen = fast.app, []
 

@@ -35,6 +35,7 @@ from dcmnode.dicomweb.audit import AuditTrail
 from dcmnode.dicomweb.context import HttpServices
 from dcmnode.dicomweb.fastpath import RenderedFastPath
 from dcmnode.dicomweb.headers import SecurityHeaders
+from dcmnode.dicomweb.paths import RequestGuard
 from dcmnode.dimse import scp, tls
 from dcmnode.errors import (
     AuditUnavailable,
@@ -143,7 +144,8 @@ class Node:
         served: ASGIApp = fast
         if self.settings.http.auth == "on":
             served = AccessControl(fast, self.services.auth, dicomweb_middleware, self.services.audit)
-        return SecurityHeaders(served, api_prefixes=(http.prefix, "/api"))
+        head = self.settings.http.max_header_kb * 1024  # and '..', NUL, encoded slashes: 400 (dicomweb/paths.py)
+        return SecurityHeaders(RequestGuard(served, head), api_prefixes=(http.prefix, "/api"))
 
     def close(self) -> None:
         if self.http is not None:

@@ -84,6 +84,8 @@ class HttpSettings:
         32768,
         "most MiB one archive (upload or dcmnode import) expands to, all members together; past it the rest is refused",
     )
+    max_stow_parts: int = _default(10000, "most parts (instances) in one STOW-RS request (413 beyond)")
+    max_header_kb: int = _default(64, "largest request head (all header lines together) in KiB (431 beyond)")
     max_query_results: int = _default(
         10000, "most results one QIDO-RS answer holds (a larger or missing limit is cut, with a Warning header)"
     )
@@ -479,6 +481,8 @@ def _validate(settings: Settings) -> None:
         )
     if settings.http.max_query_results < 1:
         raise ConfigError(f"http.max_query_results must be at least 1, not {settings.http.max_query_results}")
+    if settings.http.max_stow_parts < 1 or settings.http.max_header_kb < 1:
+        raise ConfigError("http.max_stow_parts and http.max_header_kb must be at least 1")
     if settings.sr.worker not in SR_WORKERS:
         raise ConfigError(f"sr.worker must be one of {SR_WORKERS}, not {settings.sr.worker!r}")
     for rule in settings.sr_rules:

@@ -6,7 +6,8 @@ bad C-FIND/C-MOVE/C-GET identifier), HTTP codes in ``app.py`` (``HTTP_STATUS``).
 
     DcmnodeError                 0x0110 Processing failure (PS3.7 Annex C)
     ├── InvalidInstance          0xC000 Cannot understand (not DICOM, truncated, missing/invalid UIDs)
-    │   └── SopClassMismatch     0xA900 Data Set does not match SOP Class
+    │   ├── SopClassMismatch     0xA900 Data Set does not match SOP Class
+    │   └── UnsupportedTransferSyntax 0xC122 the File Meta names a transfer syntax no reader here decodes
     ├── DuplicateInstance        0x0111 Duplicate SOP Instance (PS3.7 C.4), on_duplicate = "reject"
     ├── Conflict                 0x0110 e.g. STOW study UID differs from the request path
     ├── StorageFull              0xA700 Refused: Out of resources
@@ -46,6 +47,15 @@ class InvalidInstance(DcmnodeError):
 
 class SopClassMismatch(InvalidInstance):
     status = 0xA900
+
+
+class UnsupportedTransferSyntax(InvalidInstance):
+    """The File Meta Information declares a Transfer Syntax UID that no reader here knows (not a DICOM transfer
+    syntax in pydicom's dictionary): the data set could not be decoded, nor served to anyone who could. 0xC122 is
+    "Referenced Transfer Syntax not supported" (PS3.18 Table 10.5.3-2 FailureReason; PS3.4 Annex B lets C-STORE
+    answer any Cxxx "cannot understand")."""
+
+    status = 0xC122
 
 
 class DuplicateInstance(DcmnodeError):

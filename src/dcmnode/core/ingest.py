@@ -21,14 +21,16 @@ groups, so that it sees what it stored.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
 
-from dcmnode.core.parse import PREAMBLE, Expected, Parsed, lacks_preamble, parse_bytes, parse_file
+from dcmnode.core.parse import META_HEAD, PREAMBLE, Expected, Parsed, lacks_preamble, parse_bytes, parse_file
 from dcmnode.errors import DcmnodeError, DuplicateInstance, HiddenStudy
 from dcmnode.model import Outcome, Source, StoredInstance
+from dcmnode.part10.walk import GROUP_LENGTH_VALUE, meta_group_length
 from dcmnode.store import Store
 from dcmnode.store import labels as study_labels
 from dcmnode.store.index import now
@@ -64,6 +66,7 @@ class Ingest:
             if lacks_preamble(temp):
                 temp = self._add_preamble(temp)
             parsed = parse_file(temp, expected)
+            self._correct_group_length(temp)
         except BaseException:
             self.store.files.discard(temp)
             raise
@@ -77,6 +80,11 @@ class Ingest:
             return kept
         with self.store.files.temp() as (temp, out), open(path, "rb") as src:
             shutil.copyfileobj(src, out, 1024 * 1024)
+        try:
+            self._correct_group_length(temp)
+        except BaseException:
+            self.store.files.discard(temp)
+            raise
         return self._commit(temp, parsed, source)
 
     def remove(self, sop_uids: list[str]) -> int:
@@ -100,6 +108,23 @@ class Ingest:
         self.store.files.discard(temp)
         if remove_final:
             self.store.files.remove(final)  # COMMIT failed after the rename: never a file without a row
+
+    def _correct_group_length(self, temp: Path) -> None:
+        """A File Meta Information Group Length (0002,0000) that is not the length of the group's elements is
+        corrected in the temp file before it is stored: pydicom and the scan read on to the first element of
+        another group, but strict readers (dcmtk) trust the length and mis-parse the file (PS3.10 §7.1: the value
+        is the number of bytes following it up to the end of the File Meta). Four bytes rewritten in place: no
+        offset the index keeps (the pixel data's) moves. A missing group length is left as it is."""
+        with open(temp, "r+b") as fp:
+            found = meta_group_length(fp.read(META_HEAD))
+            if found is None or found[0] is None or found[0] == found[1]:
+                return
+            fp.seek(GROUP_LENGTH_VALUE)
+            fp.write(found[1].to_bytes(4, "little"))
+            fp.flush()
+            if self.store.files.fsync:
+                os.fsync(fp.fileno())
+        log.info("corrected File Meta Information Group Length %d to %d", found[0], found[1])
 
     def _add_preamble(self, temp: Path) -> Path:
         with self.store.files.temp() as (fixed, out), open(temp, "rb") as src:

@@ -23,13 +23,15 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
+from pydicom.uid import UID
 
-from dcmnode.errors import Conflict, DcmnodeError, InvalidInstance, SopClassMismatch
+from dcmnode.errors import Conflict, DcmnodeError, InvalidInstance, SopClassMismatch, UnsupportedTransferSyntax
 from dcmnode.model import InstanceKey, check_uid
-from dcmnode.part10 import pixel_header, scan
+from dcmnode.part10 import pixel_header, scan, walk
 from dcmnode.store.index import InstanceRecord
 from dcmnode.store.schema import INSTANCE_COLUMNS, INTEGER_COLUMNS, PATIENT_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS
 
+META_HEAD = 64 * 1024  # bytes read to find the File Meta Information before the data set is parsed
 DEFER_SIZE = 16 * 1024  # values larger than this are skipped (seeked over), not read into memory
 _TAG_HEADER = 8  # pydicom reads an element's tag + VR/length 8 bytes at a time
 
@@ -104,6 +106,7 @@ def _parse_fast(raw: bytes | memoryview | mmap.mmap, expected: Expected | None) 
         found = scan.scan(raw, _SCAN_TAGS, _SCAN_SEQUENCES)  # type: ignore[arg-type]
     except scan.Unsupported:
         return None
+    check_transfer_syntax(found.meta)  # the scan takes any 1.2.840.10008.1.2.4.x as compressed
     values = _ScannedValues(found)
     transfer_syntax = check_uid(values.meta_text(0x00020010), "TransferSyntaxUID (file meta)")
     key = InstanceKey.checked(
@@ -133,7 +136,47 @@ def lacks_preamble(path: Path) -> bool:
     return head[:2] == b"\x02\x00" and head[128:] != b"DICM"
 
 
+def check_transfer_syntax(meta: dict[int, bytes]) -> None:
+    """UnsupportedTransferSyntax (0xC122) when the File Meta names a Transfer Syntax UID that is not one of
+    DICOM's (PS3.5 §10, PS3.6 Annex A, as pydicom's dictionary lists them, retired ones included): no reader here
+    could decode the data set, and pydicom would only guess. Nothing to check when the meta has none (the
+    parser's own checks answer that)."""
+    raw = meta.get(0x00020010)
+    if not raw:
+        return
+    syntax = raw.decode("ascii", "replace").strip("\x00 ")
+    if syntax.startswith("1.2.840.10008.") and UID(syntax).is_transfer_syntax:
+        return
+    raise UnsupportedTransferSyntax(
+        f"transfer syntax {syntax[:70]!r} (file meta) is not supported: not a DICOM transfer syntax",
+        _meta_uid(meta, 0x00020002),
+        _meta_uid(meta, 0x00020003),
+    )
+
+
+def _meta_uid(meta: dict[int, bytes], tag: int) -> str | None:
+    """A UID of the File Meta for the failure report, when it is one."""
+    try:
+        return check_uid(meta.get(tag, b"").decode("ascii", "replace"), "file meta UID")
+    except InvalidInstance:
+        return None
+
+
+def _check_meta_head(fp: BinaryIO) -> None:
+    """The File Meta Information's transfer syntax checked before pydicom reads on with it."""
+    start = fp.tell()
+    head = fp.read(META_HEAD)
+    fp.seek(start)
+    if len(head) >= 144 and head[128:132] == b"DICM":
+        try:
+            meta, _ = walk.file_meta(head)
+        except walk.Unsupported:
+            return  # pydicom decides (a meta longer than the head, or one that runs past the end)
+        check_transfer_syntax(meta)
+
+
 def _parse(fp: BinaryIO, size: int, expected: Expected | None) -> Parsed:
+    _check_meta_head(fp)
     guard = _TruncationGuard(fp, size)
     try:
         ds = pydicom.dcmread(guard, defer_size=DEFER_SIZE)

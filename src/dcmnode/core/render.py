@@ -25,6 +25,7 @@ from pydicom.pixels.processing import apply_color_lut  # pydicom.pixels re-expor
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
+from dcmnode.core import params
 from dcmnode.core.retrieve import StoredFile
 from dcmnode.errors import InvalidRequest, NotAcceptable
 from dcmnode.imaging import enhance, pipeline
@@ -349,14 +350,13 @@ def encode(image: np.ndarray, request: RenderRequest) -> bytes:
     return buffer.getvalue()
 
 
+MAX_SIDE = 16384  # pixels, each side of a viewport (``Viewport``)
+
+
 def numbers(name: str, text: str, count: tuple[int, ...]) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError as exc:
-        raise InvalidRequest(f"{name}={text!r}: expected comma-separated numbers") from exc
-    if len(values) not in count:
-        raise InvalidRequest(f"{name}={text!r}: expected {' or '.join(map(str, count))} numbers")
-    return values
+    """Comma-separated finite numbers (``core.params.reals``: no nan, inf or overflow), as many as one of
+    ``count``."""
+    return params.reals(name, text, count)
 
 
 def parse_window(text: str | None) -> pipeline.Window | None:
@@ -364,18 +364,22 @@ def parse_window(text: str | None) -> pipeline.Window | None:
         return None
     parts = text.split(",")
     if len(parts) not in (2, 3):
-        raise InvalidRequest(f"window={text!r}: expected center,width[,function]")
+        raise InvalidRequest(f"window={text[:40]!r}: expected center,width[,function]")
     center, width = numbers("window", ",".join(parts[:2]), (2,))
     function = parts[2].strip().upper() if len(parts) == 3 else "LINEAR"
     return pipeline.Window(center, width, function)
 
 
 def parse_viewport(text: str | None) -> Viewport | None:
+    """``vw,vh[,sx,sy,sw,sh]``: sides of 1-16384 pixels (a fraction dropped), a source region within 0-2**31 pixels."""
     if not text:
         return None
-    values = numbers("viewport", text, (2, 6))
-    region = tuple(values[2:]) if len(values) == 6 else None
-    return Viewport(int(values[0]), int(values[1]), region)  # type: ignore[arg-type]
+    values = text.split(",")
+    if len(values) not in (2, 6):
+        raise InvalidRequest(f"viewport={text[:40]!r}: expected 2 or 6 numbers")
+    width, height = (int(params.real("viewport", v, 1, MAX_SIDE)) for v in values[:2])
+    region = tuple(params.real("viewport", v, -(2.0**31), 2.0**31) for v in values[2:]) if len(values) == 6 else None
+    return Viewport(width, height, region)  # type: ignore[arg-type]
 
 
 def _scan_native(path: Path) -> scan.Scanned | None:

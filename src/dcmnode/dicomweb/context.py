@@ -45,6 +45,7 @@ class StowLimits:
     max_request_bytes: int
     max_part_bytes: int
     fsync: bool
+    max_parts: int = 10000
 
 
 class GzipCache:
@@ -110,7 +111,9 @@ class HttpServices:
             labels=services.labels,
             imports=Registry(services.ingest, services.settings, services.audit),
             qido=QidoLimits(http.max_query_results),
-            stow=StowLimits(http.max_request_mb * MIB, http.max_part_mb * MIB, services.settings.store.fsync),
+            stow=StowLimits(
+                http.max_request_mb * MIB, http.max_part_mb * MIB, services.settings.store.fsync, http.max_stow_parts
+            ),
             dimse_port=dimse_port,
             dimse_tls_port=dimse_tls_port,
             audit=services.audit,

@@ -105,7 +105,7 @@ class RenderedFastPath:
             job = rendered.job_from(
                 params,
                 accept.decode("latin-1") if accept is not None else None,
-                frame=int(params_in_path.get("frames") or 1),
+                frame=rendered.frame_number(params_in_path.get("frames") or "1"),
                 thumbnail=thumbnail,
             )
             if job.enhance and http.expensive.enabled:

@@ -53,6 +53,7 @@ class PartSpooler:
     tmp_dir: Path
     max_part_bytes: int
     fsync: bool = True
+    max_parts: int = 10000  # a part is a temp file: a body of 100,000 empty parts is refused at the limit
     parts: list[Part] = field(default_factory=list)
     _file: BinaryIO | None = None
     _current: Part | None = None
@@ -87,6 +88,13 @@ class PartSpooler:
     def finish(self) -> list[Part]:
         if not self._ended:
             raise InvalidRequest("the multipart body ended before its closing boundary (truncated upload?)")
+        if self.fsync:  # here, not as each part ends: a body refused half-way (too many parts...) costs no fsync
+            for part in self.parts:
+                fd = os.open(part.path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
         return self.parts
 
     def discard(self) -> None:
@@ -101,6 +109,8 @@ class PartSpooler:
 
     # -- parser callbacks -----------------------------------------------------------------------------------
     def _on_part_begin(self) -> None:
+        if len(self.parts) >= self.max_parts:
+            raise PayloadTooLarge(f"more than {self.max_parts} parts in one request (http.max_stow_parts)")
         self._headers = {}
 
     def _on_header_field(self, data: bytes, start: int, end: int) -> None:
@@ -138,8 +148,5 @@ class PartSpooler:
 
     def _close_file(self) -> None:
         if self._file is not None:
-            self._file.flush()
-            if self.fsync:
-                os.fsync(self._file.fileno())
             self._file.close()
             self._file = None

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from dcmnode.core import params as checked
 from dcmnode.core import query as q
 from dcmnode.dicomweb import dicom_json
 from dcmnode.dicomweb.accept import require_json
@@ -106,9 +107,7 @@ def parse(items: list[tuple[str, str]], level: q.Level, defaults: frozenset[q.Le
 
 
 def _count(key: str, value: str, minimum: int) -> int:
-    if not value.isdigit() or int(value) < minimum:
-        raise InvalidRequest(f"{key}={value!r}: expected an integer >= {minimum}")
-    return int(value)
+    return checked.integer(key, value, minimum)  # up to SQLite's 64-bit integers, which take any LIMIT/OFFSET
 
 
 def _boolean(key: str, value: str) -> bool:

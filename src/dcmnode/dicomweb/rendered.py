@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
 from dcmnode.core import export as exporting
+from dcmnode.core import params as checked
 from dcmnode.core import render
 from dcmnode.core.catalog import Catalog
 from dcmnode.core.retrieve import StoredFile
@@ -27,6 +28,7 @@ from dcmnode.dicomweb.paths import etag_matches, resource_uids
 from dcmnode.errors import InvalidRequest, NotAcceptable
 
 THUMBNAIL_SIZE = 128
+MAX_FRAME = 2**31 - 1  # NumberOfFrames is IS: at most 2**31 - 1 (PS3.5 Table 6.2-1)
 CACHE_CONTROL = "private, max-age=3600"
 
 
@@ -52,9 +54,7 @@ def job_from(
     unknown = sorted(set(params) - known)
     if unknown:
         raise InvalidRequest(f"unknown query parameter(s) for a rendered resource: {', '.join(unknown)}")
-    quality = params.get("quality", "90")
-    if not quality.isdigit():
-        raise InvalidRequest(f"quality={quality!r}: an integer 1-100")
+    quality = checked.integer("quality", params.get("quality", "90"), 1, 100)
     viewport = render.parse_viewport(params.get("viewport"))
     if thumbnail and viewport is None:
         viewport = render.Viewport(THUMBNAIL_SIZE, THUMBNAIL_SIZE)
@@ -64,7 +64,7 @@ def job_from(
         window=render.parse_window(params.get("window")),
         viewport=viewport,
         enhance=tuple(render.parse_enhance(params.get("enhance"))),
-        quality=int(quality),
+        quality=quality,
     )
 
 
@@ -125,10 +125,13 @@ async def frame_thumbnail(request: Request) -> Response:
 
 
 def _frame_number(request: Request) -> int:
-    text = request.path_params["frames"]
-    if not text.isdigit():
-        raise InvalidRequest(f"frame {text!r}: a rendered frame is one frame number")
-    return int(text)
+    return frame_number(request.path_params["frames"])
+
+
+def frame_number(text: str, name: str = "frame") -> int:
+    """One frame number from 1 (a rendered frame is one frame; its upper bound is the instance's frame count,
+    checked by the renderer)."""
+    return checked.integer(name, text, 1, MAX_FRAME)
 
 
 async def collection(request: Request) -> Response:
@@ -167,8 +170,8 @@ async def wado_uri_image(request: Request, item: StoredFile, content_type: str) 
         window = render.Window(center, width)
     viewport = None
     if p.get("rows") or p.get("columns"):
-        rows = int(render.numbers("rows", p.get("rows", "16384"), (1,))[0])
-        columns = int(render.numbers("columns", p.get("columns", "16384"), (1,))[0])
+        rows = int(checked.real("rows", p.get("rows", "16384"), 1, render.MAX_SIDE))
+        columns = int(checked.real("columns", p.get("columns", "16384"), 1, render.MAX_SIDE))
         viewport = render.Viewport(columns, rows)
     region = None
     if p.get("region"):
@@ -176,20 +179,16 @@ async def wado_uri_image(request: Request, item: StoredFile, content_type: str) 
         if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1):
             raise InvalidRequest("region=x1,y1,x2,y2: fractions with 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1")
         region = (x1, y1, x2, y2)
-    frame = p.get("frameNumber", "1")
-    if not frame.isdigit():
-        raise InvalidRequest(f"frameNumber={frame!r}: an integer from 1")
-    quality = p.get("imageQuality", "90")
-    if not quality.isdigit():
-        raise InvalidRequest(f"imageQuality={quality!r}: an integer 1-100")
+    frame = frame_number(p.get("frameNumber", "1"), "frameNumber")
+    quality = checked.integer("imageQuality", p.get("imageQuality", "90"), 1, 100)
     job = render.RenderRequest(
         media_type=content_type,
-        frame=int(frame),
+        frame=frame,
         window=window,
         viewport=viewport,
         fraction_region=region,
         enhance=tuple(render.parse_enhance(p.get("enhance"))),
-        quality=int(quality),
+        quality=quality,
     )
     return await _image(request, (item.study, item.series, item.sop), job)
 

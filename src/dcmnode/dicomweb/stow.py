@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from dcmnode.core import labels
 from dcmnode.core.audit import Transfers
 from dcmnode.core.ingest import Ingest
+from dcmnode.core.params import content_length
 from dcmnode.core.parse import Expected
 from dcmnode.core.query import study_filter
 from dcmnode.dicomweb import audit
@@ -58,8 +59,8 @@ async def store(request: Request) -> Response:
     asked = labels.checked(request.query_params.getlist("label"))
     labels.allowed_for(asked, groups(request))
     boundary = _check_content_type(request.headers.get("content-type"))
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limits.max_request_bytes:
+    declared = content_length(request.headers.get("content-length"))
+    if declared is not None and declared > limits.max_request_bytes:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limits.max_request_bytes}")
     parts = await _spool(request, boundary, ingest, limits)
     if not parts:
@@ -88,7 +89,7 @@ def _check_content_type(header: str | None) -> str:
 
 
 async def _spool(request: Request, boundary: str, ingest: Ingest, limits: StowLimits) -> list[Part]:
-    spooler = PartSpooler(boundary, ingest.tmp_dir, limits.max_part_bytes, limits.fsync)
+    spooler = PartSpooler(boundary, ingest.tmp_dir, limits.max_part_bytes, limits.fsync, limits.max_parts)
     received = 0
     try:
         async for chunk in request.stream():

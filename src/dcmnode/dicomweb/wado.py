@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -237,9 +238,18 @@ def negotiate_frames(header: str | None, stored: str) -> FrameChoice:
     )
 
 
+def frame_list(text: str) -> list[int]:
+    """``1,3,5`` (1-based, PS3.18 §10.4.1.1.5): each a frame number (``rendered.frame_number``); whether the
+    instance has them is checked once it is found (404)."""
+    numbers = [rendered.frame_number(n.strip(), "frame list") for n in text.split(",") if n.strip()]
+    if not numbers:
+        raise InvalidRequest(f"frame list {text[:40]!r}: expected comma-separated frame numbers from 1")
+    return numbers
+
+
 async def frames(request: Request) -> Response:
     study, series, sop = resource_uids(request)
-    numbers = frame_io.parse_frame_list(request.path_params["frames"])
+    numbers = frame_list(request.path_params["frames"])
     catalog = services(request).catalog
     [item] = await run_in_threadpool(catalog.resource, study, series, sop, groups=groups(request))
     choice = negotiate_frames(request.headers.get("accept"), item.transfer_syntax)
@@ -271,10 +281,9 @@ def _read_frames(item: retrieve.StoredFile, numbers: list[int], choice: FrameCho
 async def bulkdata(request: Request) -> Response:
     study, series, sop = resource_uids(request)
     tag_text = request.path_params["tag"]
-    try:
-        tag = int(tag_text, 16)
-    except ValueError as exc:
-        raise InvalidRequest(f"bulk data tag {tag_text!r}: expected 8 hex digits") from exc
+    if not re.fullmatch(r"[0-9A-Fa-f]{8}", tag_text):
+        raise InvalidRequest(f"bulk data tag {tag_text[:40]!r}: expected 8 hex digits")
+    tag = int(tag_text, 16)
     catalog = services(request).catalog
     [item] = await run_in_threadpool(catalog.resource, study, series, sop, groups=groups(request))
     etag = _etag(item.sop, str(item.size), tag_text)

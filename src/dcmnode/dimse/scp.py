@@ -43,7 +43,7 @@ from dcmnode.core.query import study_filter
 from dcmnode.dimse import audit, query_retrieve, tls
 from dcmnode.dimse.access import Gate
 from dcmnode.dimse.pacer import Pacer
-from dcmnode.errors import AuditUnavailable, DcmnodeError
+from dcmnode.errors import AuditUnavailable, DcmnodeError, InvalidInstance
 from dcmnode.model import Source, SourceKind
 from dcmnode.status import SUCCESS, Service
 
@@ -277,6 +277,19 @@ def handle_echo(event: evt.Event) -> int:
     return SUCCESS
 
 
+def _refuse_file_meta(event: evt.Event) -> None:
+    """A C-STORE data set carries no File Meta Information: group 0002 belongs to the Part 10 file (PS3.10 §7.1,
+    PS3.5 §7.1), and the SCP writes it from the presentation context. A data set that starts with group 0002 would
+    follow that meta with a second one (another transfer syntax, say), which readers take as the real one."""
+    data = cast(C_STORE, event.request).DataSet
+    if data is None:
+        return
+    with data.getbuffer() as view:  # no copy of the data set
+        head = bytes(view[:2])
+    if head in (b"\x02\x00", b"\x00\x02"):  # group 0002, little or big endian
+        raise InvalidInstance("the data set holds File Meta Information (group 0002): not allowed over DIMSE")
+
+
 def handle_store(
     event: evt.Event,
     ingest: Ingest,
@@ -327,6 +340,7 @@ def handle_store(
     try:
         if stores is not None:
             stores.audit.guard()
+        _refuse_file_meta(event)
         stored = ingest.store_bytes(event.encoded_dataset(), source, expected)
     except AuditUnavailable as err:
         log.error("C-STORE from %s refused 0x%04X: %s", source, err.status, err.reason)

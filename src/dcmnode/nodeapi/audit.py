@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from dcmnode.core.audit import parse_time
+from dcmnode.core.params import integer
 from dcmnode.dicomweb.context import services
 from dcmnode.errors import InvalidRequest
 
@@ -35,9 +36,7 @@ def time_filter(name: str, text: str | None, end_of_day: bool = False) -> dateti
 
 async def records(request: Request) -> JSONResponse:
     params = request.query_params
-    limit_text = params.get("limit", str(DEFAULT_LIMIT))
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
-        raise InvalidRequest(f"limit={limit_text!r}: expected an integer from 1 to {MAX_LIMIT}")
+    limit = integer("limit", params.get("limit", str(DEFAULT_LIMIT)), 1, MAX_LIMIT)
     found = await run_in_threadpool(
         services(request).audit.search,
         time_filter("since", params.get("since")),
@@ -45,7 +44,7 @@ async def records(request: Request) -> JSONResponse:
         params.get("user") or None,
         params.get("study") or None,
         params.get("event") or None,
-        int(limit_text),
+        limit,
     )
     return JSONResponse(found)
 

@@ -34,6 +34,7 @@ from dcmnode.core import labels
 from dcmnode.core.importing import ENDED, ImportJob, Spool
 from dcmnode.core.importing.registry import Registry
 from dcmnode.core.limits import client_key
+from dcmnode.core.params import content_length
 from dcmnode.core.query import study_filter
 from dcmnode.dicomweb import audit
 from dcmnode.dicomweb.context import groups, principal, services
@@ -112,8 +113,8 @@ async def put_file(request: Request) -> Response:
     """``PUT /imports/{id}/files/{path}``: one file (DICOM, or a ZIP/TAR/TAR.GZ archive) as the raw body."""
     registry, job = _registry(request), _job(request)
     path = _display_path(request.path_params["path"])
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > registry.max_request_bytes:
+    declared = content_length(request.headers.get("content-length"))
+    if declared is not None and declared > registry.max_request_bytes:
         raise PayloadTooLarge(f"{declared} bytes exceed the limit of {registry.max_request_bytes}")
     with job.receiving():
         spool = await run_in_threadpool(registry.spool)

@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from dcmnode.core.jobs.queue import ENDED, Job, Jobs, check_options, check_send_to
 from dcmnode.core.limits import client_key
+from dcmnode.core.params import integer
 from dcmnode.dicomweb.context import groups, principal, services
 from dcmnode.errors import AuditUnavailable, InvalidRequest, NotFound, TooManyRequests, UnsupportedMediaType
 
@@ -39,10 +40,7 @@ def _jobs(request: Request) -> Jobs:
 
 
 def _job_id(request: Request) -> int:
-    text = request.path_params["job"]
-    if not text.isdigit():
-        raise InvalidRequest(f"job id {text!r}: a number")
-    return int(text)
+    return integer("job id", request.path_params["job"], 1)
 
 
 async def submit_job(request: Request) -> JSONResponse:
@@ -92,10 +90,8 @@ def _pending(jobs: Jobs, job_id: int) -> bool:
 
 def list_jobs(request: Request) -> JSONResponse:
     params = request.query_params
-    limit = params.get("limit", "100")
-    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
-        raise InvalidRequest(f"limit={limit!r}: 1-1000")
-    jobs = _jobs(request).find(params.get("status"), params.get("series"), int(limit))
+    limit = integer("limit", params.get("limit", "100"), 1, 1000)
+    jobs = _jobs(request).find(params.get("status"), params.get("series"), limit)
     catalog, seen_by = services(request).catalog, groups(request)
     return JSONResponse([j.to_json() for j in jobs if catalog.visible(j.study, seen_by)])
 

@@ -19,7 +19,7 @@ from pydicom.encaps import get_frame
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 
-from dcmnode.errors import InvalidRequest, NotAcceptable, NotFound
+from dcmnode.errors import NotAcceptable, NotFound
 
 PIXEL_DATA = 0x7FE00010
 BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
@@ -81,17 +81,6 @@ def check_numbers(numbers: list[int], layout_: PixelLayout) -> None:
     for number in numbers:
         if not 1 <= number <= layout_.number_of_frames:
             raise NotFound(f"frame {number} does not exist: the instance has {layout_.number_of_frames} frame(s)")
-
-
-def parse_frame_list(text: str) -> list[int]:
-    """``1,3,5`` (1-based, PS3.18 §10.4.1.1.5); InvalidRequest for anything else."""
-    try:
-        numbers = [int(n) for n in text.split(",") if n.strip()]
-    except ValueError as exc:
-        raise InvalidRequest(f"frame list {text!r}: expected comma-separated frame numbers from 1") from exc
-    if not numbers or min(numbers) < 1:
-        raise InvalidRequest(f"frame list {text!r}: frame numbers start at 1")
-    return numbers
 
 
 def stored_frame(path: Path, layout_: PixelLayout, number: int) -> bytes:

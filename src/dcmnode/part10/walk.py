@@ -212,3 +212,21 @@ def file_meta(raw: bytes) -> tuple[dict[int, bytes], int]:
         meta[group << 16 | elem] = raw[start : start + length]
         pos = start + length
     return meta, pos
+
+
+GROUP_LENGTH_VALUE = 140  # file offset of the File Meta Information Group Length's value when it comes first
+
+
+def meta_group_length(head: bytes) -> tuple[int | None, int] | None:
+    """(the File Meta Information Group Length (0002,0000) as declared, the length of the group 0002 elements after
+    it) when it is the first element, a UL of 4 bytes at ``GROUP_LENGTH_VALUE`` as PS3.10 §7.1 has it; None when the
+    head is no such Part 10 start or the meta runs past it. The declared value is None when it is absent."""
+    if len(head) < 144 or head[128:132] != b"DICM":
+        return None
+    try:
+        _, end = file_meta(head)
+    except Unsupported:
+        return None
+    if head[132:140] != b"\x02\x00\x00\x00UL\x04\x00":
+        return None, end - 132
+    return int.from_bytes(head[140:144], "little"), end - 144
