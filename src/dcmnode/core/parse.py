@@ -11,6 +11,7 @@ import io
 import mmap
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -23,10 +24,11 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
+from pydicom.uid import UID
 
 from dcmnode.errors import Conflict, DcmnodeError, InvalidInstance, SopClassMismatch
 from dcmnode.model import InstanceKey, check_uid
-from dcmnode.part10 import pixel_header, scan
+from dcmnode.part10 import limits, pixel_header, scan, walk
 from dcmnode.store.index import InstanceRecord
 from dcmnode.store.schema import INSTANCE_COLUMNS, INTEGER_COLUMNS, PATIENT_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS
 
@@ -113,6 +115,7 @@ def _parse_fast(raw: bytes | memoryview | mmap.mmap, expected: Expected | None) 
     size = len(raw)
     try:
         _check_expected(values.meta_text(0x00020002), sop_class, key, expected or Expected())
+        pixel_header.check_promise(found)
         record = _record(values, transfer_syntax)
         plain = pixel_header.plain_image(found)
         record.instance["render"] = plain.to_text() if plain is not None else None
@@ -134,16 +137,88 @@ def lacks_preamble(path: Path) -> bool:
 
 
 def _parse(fp: BinaryIO, size: int, expected: Expected | None) -> Parsed:
+    _check_inflated(fp)
     guard = _TruncationGuard(fp, size)
     try:
         ds = pydicom.dcmread(guard, defer_size=DEFER_SIZE)
     except InvalidDicomError as exc:
         raise InvalidInstance("not a DICOM Part 10 file (no DICM prefix or File Meta Information)") from exc
+    except RecursionError as exc:
+        raise limits.Refused(f"sequences nested more than {limits.MAX_DEPTH} deep") from exc
     except Exception as exc:  # pydicom raises many types on corrupt input: all mean "cannot understand"
         raise InvalidInstance(f"cannot parse the data set: {exc}") from exc
     if guard.truncated:
         raise InvalidInstance("the file is truncated: the data set ends inside an element")
+    _check_limits(ds)
     return _check(ds, size, expected or Expected())
+
+
+def _check_inflated(fp: BinaryIO) -> None:
+    """A deflated data set (PS3.5 A.5) inflating past ``limits.MAX_INFLATED``: refused before pydicom inflates
+    it whole in memory. Inflates in bounded steps, keeping nothing."""
+    head = fp.read(64 * 1024)
+    fp.seek(0)
+    try:
+        meta, pos = walk.file_meta(head)
+    except walk.Unsupported:
+        return
+    if meta.get(0x00020010, b"").rstrip(b"\x00 ") != b"1.2.840.10008.1.2.1.99":
+        return
+    fp.seek(pos)
+    inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    try:
+        while chunk := fp.read(1024 * 1024):
+            while chunk:
+                total += len(inflater.decompress(chunk, 1024 * 1024))
+                if total > limits.MAX_INFLATED:
+                    raise limits.Refused(f"the deflated data set inflates past {limits.MAX_INFLATED} bytes")
+                chunk = inflater.unconsumed_tail
+            if inflater.eof:
+                break
+    except zlib.error:
+        pass  # pydicom decides (and explains)
+    finally:
+        fp.seek(0)
+
+
+def _check_limits(ds: Dataset) -> None:
+    """``part10.limits`` on a data set pydicom read (the files ``part10.scan`` declines): element count, depth,
+    short-VR value lengths, the pixel data's promise."""
+    count, stack = 0, [(ds, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limits.MAX_DEPTH:
+            raise limits.Refused(f"sequences nested more than {limits.MAX_DEPTH} deep")
+        for tag in list(item.keys()):
+            count += 1
+            if count > limits.MAX_ELEMENTS:
+                raise limits.Refused(f"more than {limits.MAX_ELEMENTS} elements in the data set")
+            elem = item.get_item(tag)
+            length = getattr(elem, "length", 0)
+            vr = getattr(elem, "VR", None) or _dictionary_vr(tag)
+            raw = isinstance(elem, RawDataElement)
+            if raw and limits.MAX_SHORT_VALUE < length != 0xFFFFFFFF and vr in limits.SHORT_VRS:
+                raise limits.Refused(f"({tag.group:04X},{tag.elem:04X}) {vr} value of {length} bytes (at most 65535)")
+            if vr == "SQ":
+                stack.extend((child, depth + 1) for child in item[tag].value)
+    pixels = ds.get_item(0x7FE00010)
+    if pixels is None or "Rows" not in ds:
+        return
+    try:
+        rows, cols, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
+        samples, frames = int(ds.get("SamplesPerPixel") or 1), max(int(ds.get("NumberOfFrames") or 1), 1)
+    except (AttributeError, TypeError, ValueError):
+        return  # the renderer explains
+    length = pixels.length if isinstance(pixels, RawDataElement) else len(pixels.value or b"")
+    if length != 0xFFFFFFFF and not ds.file_meta.get("TransferSyntaxUID", UID("")).is_compressed:
+        limits.check_pixels(rows, cols, samples, bits, frames, length)
+
+
+def _dictionary_vr(tag: int) -> str | None:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
 
 
 def _check(ds: Dataset, size: int, expected: Expected) -> Parsed:

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydicom.charset import decode_bytes, default_encoding
 
+from dcmnode.part10.limits import Refused
 from dcmnode.part10.walk import (
     FRAGMENTS,
     ITEM_START,
@@ -79,7 +80,7 @@ def file_to_json(
         reader.memo = memo
     try:
         return syntax, _dataset(reader, reader.walk.elements(0, len(body)), top=True)[0]
-    except Unsupported:
+    except (Unsupported, Refused):  # Refused: over ``part10.limits``, pydicom must not try either
         raise
     except Exception as exc:  # odd lengths, bad text: whatever it is, pydicom decides
         raise Unsupported(f"{type(exc).__name__}: {exc}") from exc
