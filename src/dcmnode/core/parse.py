@@ -106,7 +106,10 @@ def _parse_fast(raw: bytes | memoryview | mmap.mmap, expected: Expected | None) 
         found = scan.scan(raw, _SCAN_TAGS, _SCAN_SEQUENCES)  # type: ignore[arg-type]
     except scan.Unsupported:
         return None
-    values = _ScannedValues(found)
+    try:
+        values = _ScannedValues(found)
+    except (ValueError, LookupError):  # a SpecificCharacterSet Python cannot look up (e.g. a NUL in it)
+        return None  # pydicom decides (and explains)
     transfer_syntax = check_uid(values.meta_text(0x00020010), "TransferSyntaxUID (file meta)")
     key = InstanceKey.checked(
         values.get("StudyInstanceUID"), values.get("SeriesInstanceUID"), values.get("SOPInstanceUID")
@@ -149,7 +152,12 @@ def _parse(fp: BinaryIO, size: int, expected: Expected | None) -> Parsed:
         raise InvalidInstance(f"cannot parse the data set: {exc}") from exc
     if guard.truncated:
         raise InvalidInstance("the file is truncated: the data set ends inside an element")
-    _check_limits(ds)
+    try:
+        _check_limits(ds)
+    except DcmnodeError:
+        raise
+    except Exception as exc:  # an element pydicom cannot convert while the limits are checked
+        raise InvalidInstance(f"cannot parse the data set: {exc}") from exc
     return _check(ds, size, expected or Expected())
 
 
@@ -183,34 +191,39 @@ def _check_inflated(fp: BinaryIO) -> None:
 
 def _check_limits(ds: Dataset) -> None:
     """``part10.limits`` on a data set pydicom read (the files ``part10.scan`` declines): element count, depth,
-    short-VR value lengths, the pixel data's promise."""
+    short-VR value lengths, the pixel data's promise. Raw elements are looked at as read (``Dataset.elements``:
+    not converted); a sequence pydicom cannot convert is a data set it cannot understand."""
     count, stack = 0, [(ds, 0)]
     while stack:
         item, depth = stack.pop()
         if depth > limits.MAX_DEPTH:
             raise limits.Refused(f"sequences nested more than {limits.MAX_DEPTH} deep")
-        for tag in list(item.keys()):
+        for elem in item.elements():
             count += 1
             if count > limits.MAX_ELEMENTS:
                 raise limits.Refused(f"more than {limits.MAX_ELEMENTS} elements in the data set")
-            elem = item.get_item(tag)
-            length = getattr(elem, "length", 0)
-            vr = getattr(elem, "VR", None) or _dictionary_vr(tag)
+            tag, length = elem.tag, getattr(elem, "length", 0)
+            vr = elem.VR or _dictionary_vr(tag)
             raw = isinstance(elem, RawDataElement)
             if raw and limits.MAX_SHORT_VALUE < length != 0xFFFFFFFF and vr in limits.SHORT_VRS:
                 raise limits.Refused(f"({tag.group:04X},{tag.elem:04X}) {vr} value of {length} bytes (at most 65535)")
             if vr == "SQ":
-                stack.extend((child, depth + 1) for child in item[tag].value)
-    pixels = ds.get_item(0x7FE00010)
+                try:
+                    items = item[tag].value
+                except Exception as exc:  # pydicom raises many types on corrupt input
+                    raise InvalidInstance(f"cannot parse the data set: {exc}") from exc
+                stack.extend((child, depth + 1) for child in items)
+    pixels = ds.get_item(0x7FE00010, keep_deferred=True)
     if pixels is None or "Rows" not in ds:
         return
     try:
         rows, cols, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
         samples, frames = int(ds.get("SamplesPerPixel") or 1), max(int(ds.get("NumberOfFrames") or 1), 1)
-    except (AttributeError, TypeError, ValueError):
-        return  # the renderer explains
+        compressed = UID(str(ds.file_meta.get("TransferSyntaxUID", ""))).is_compressed
+    except Exception:  # odd values or an unknown transfer syntax: the checks after this one and the renderer explain
+        return
     length = pixels.length if isinstance(pixels, RawDataElement) else len(pixels.value or b"")
-    if length != 0xFFFFFFFF and not ds.file_meta.get("TransferSyntaxUID", UID("")).is_compressed:
+    if length != 0xFFFFFFFF and not compressed:
         limits.check_pixels(rows, cols, samples, bits, frames, length)
 
 

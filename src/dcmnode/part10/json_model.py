@@ -66,13 +66,16 @@ def file_to_json(
     if raw[128:132] != b"DICM":
         raise Unsupported("no DICM prefix")
     meta, pos = file_meta(raw)
-    syntax = meta.get(0x00020010, b"").rstrip(b"\x00 ").decode("ascii")
+    syntax = meta.get(0x00020010, b"").rstrip(b"\x00 ").decode("ascii", "replace")
     compressed = syntax.startswith("1.2.840.10008.1.2.4.") or syntax == "1.2.840.10008.1.2.5"
     if syntax not in KNOWN_SYNTAXES and not compressed:
         raise Unsupported(f"transfer syntax {syntax!r}")
     body = raw[pos:]
     if syntax == "1.2.840.10008.1.2.1.99":
-        body = zlib.decompress(body, -zlib.MAX_WBITS)
+        try:
+            body = zlib.decompress(body, -zlib.MAX_WBITS)
+        except zlib.error as exc:
+            raise Unsupported(f"deflated data set: {exc}") from exc
     implicit = syntax == "1.2.840.10008.1.2"
     little = syntax != "1.2.840.10008.1.2.2"
     reader = _Reader(body, implicit, little, bulk)

@@ -101,6 +101,8 @@ class Walk:
                     else:
                         vr = _VR_NAMES.get(vr_bytes) or _vr_name(vr_bytes, pos - 8)
                         if vr_bytes in LONG_VRS:
+                            if pos + 4 > size:
+                                raise Unsupported("element header runs past the end")
                             length, pos = long(data, pos)[0], pos + 4
                         if self.known_un and vr == "UN" and length != UNDEFINED:
                             vr = implicit_vr(tag, self.signed)
