@@ -59,3 +59,14 @@ def test_a_specific_character_set_with_a_nul_is_cannot_understand() -> None:
     with pytest.raises(InvalidInstance) as refused:
         parse_bytes(raw)
     assert refused.value.status == 0xC000
+
+
+def test_a_garbled_vr_in_the_file_meta_is_cannot_understand() -> None:
+    # finding: MediaStorageSOPClassUID with the VR bytes 55 01 reached pydicom's conversion outside any handler
+    # (NotImplementedError: C-STORE 0x0110 and a traceback instead of 0xC000)
+    raw = part10(hostile_dicom.base(DeflatedExplicitVRLittleEndian))  # the pydicom path reads the file meta
+    at = raw.index(b"\x02\x00\x02\x00UI")
+    garbled = raw[: at + 4] + b"\x55\x01" + raw[at + 6 :]
+    with pytest.raises(InvalidInstance) as refused:
+        parse_bytes(garbled)
+    assert refused.value.status == 0xC000

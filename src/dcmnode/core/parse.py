@@ -236,16 +236,17 @@ def _dictionary_vr(tag: int) -> str | None:
 
 def _check(ds: Dataset, size: int, expected: Expected) -> Parsed:
     meta = ds.file_meta
-    transfer_syntax = check_uid(meta.get("TransferSyntaxUID"), "TransferSyntaxUID (file meta)")
     try:
+        transfer_syntax = check_uid(meta.get("TransferSyntaxUID"), "TransferSyntaxUID (file meta)")
+        meta_class = meta.get("MediaStorageSOPClassUID")
         key = InstanceKey.checked(ds.get("StudyInstanceUID"), ds.get("SeriesInstanceUID"), ds.get("SOPInstanceUID"))
         sop_class = check_uid(ds.get("SOPClassUID"), "SOPClassUID")
     except InvalidInstance:
         raise
-    except Exception as exc:  # a value pydicom cannot decode
+    except Exception as exc:  # a value pydicom cannot decode (in the data set or the file meta)
         raise InvalidInstance(f"cannot read the instance UIDs: {exc}") from exc
     try:
-        _check_expected(meta.get("MediaStorageSOPClassUID"), sop_class, key, expected)
+        _check_expected(meta_class, sop_class, key, expected)
         return Parsed(key, sop_class, transfer_syntax, size, _record(ds, transfer_syntax))
     except DcmnodeError as err:
         err.sop_class, err.sop_instance = sop_class, key.sop
