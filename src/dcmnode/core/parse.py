@@ -11,6 +11,7 @@ import io
 import mmap
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,7 +28,7 @@ from pydicom.uid import UID
 
 from dcmnode.errors import Conflict, DcmnodeError, InvalidInstance, SopClassMismatch, UnsupportedTransferSyntax
 from dcmnode.model import InstanceKey, check_uid
-from dcmnode.part10 import pixel_header, scan, walk
+from dcmnode.part10 import limits, pixel_header, scan, walk
 from dcmnode.store.index import InstanceRecord
 from dcmnode.store.schema import INSTANCE_COLUMNS, INTEGER_COLUMNS, PATIENT_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS
 
@@ -107,7 +108,10 @@ def _parse_fast(raw: bytes | memoryview | mmap.mmap, expected: Expected | None) 
     except scan.Unsupported:
         return None
     check_transfer_syntax(found.meta)  # the scan takes any 1.2.840.10008.1.2.4.x as compressed
-    values = _ScannedValues(found)
+    try:
+        values = _ScannedValues(found)
+    except (ValueError, LookupError):  # a SpecificCharacterSet Python cannot look up (e.g. a NUL in it)
+        return None  # pydicom decides (and explains)
     transfer_syntax = check_uid(values.meta_text(0x00020010), "TransferSyntaxUID (file meta)")
     key = InstanceKey.checked(
         values.get("StudyInstanceUID"), values.get("SeriesInstanceUID"), values.get("SOPInstanceUID")
@@ -116,6 +120,7 @@ def _parse_fast(raw: bytes | memoryview | mmap.mmap, expected: Expected | None) 
     size = len(raw)
     try:
         _check_expected(values.meta_text(0x00020002), sop_class, key, expected or Expected())
+        pixel_header.check_promise(found)
         record = _record(values, transfer_syntax)
         plain = pixel_header.plain_image(found)
         record.instance["render"] = plain.to_text() if plain is not None else None
@@ -177,30 +182,113 @@ def _check_meta_head(fp: BinaryIO) -> None:
 
 def _parse(fp: BinaryIO, size: int, expected: Expected | None) -> Parsed:
     _check_meta_head(fp)
+    _check_inflated(fp)
     guard = _TruncationGuard(fp, size)
     try:
         ds = pydicom.dcmread(guard, defer_size=DEFER_SIZE)
     except InvalidDicomError as exc:
         raise InvalidInstance("not a DICOM Part 10 file (no DICM prefix or File Meta Information)") from exc
+    except RecursionError as exc:
+        raise limits.Refused(f"sequences nested more than {limits.MAX_DEPTH} deep") from exc
     except Exception as exc:  # pydicom raises many types on corrupt input: all mean "cannot understand"
         raise InvalidInstance(f"cannot parse the data set: {exc}") from exc
     if guard.truncated:
         raise InvalidInstance("the file is truncated: the data set ends inside an element")
+    try:
+        _check_limits(ds)
+    except DcmnodeError:
+        raise
+    except Exception as exc:  # an element pydicom cannot convert while the limits are checked
+        raise InvalidInstance(f"cannot parse the data set: {exc}") from exc
     return _check(ds, size, expected or Expected())
+
+
+def _check_inflated(fp: BinaryIO) -> None:
+    """A deflated data set (PS3.5 A.5) inflating past ``limits.MAX_INFLATED``: refused before pydicom inflates
+    it whole in memory. Inflates in bounded steps, keeping nothing."""
+    head = fp.read(64 * 1024)
+    fp.seek(0)
+    try:
+        meta, pos = walk.file_meta(head)
+    except walk.Unsupported:
+        return
+    if meta.get(0x00020010, b"").rstrip(b"\x00 ") != b"1.2.840.10008.1.2.1.99":
+        return
+    fp.seek(pos)
+    inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    try:
+        while chunk := fp.read(1024 * 1024):
+            while chunk:
+                total += len(inflater.decompress(chunk, 1024 * 1024))
+                if total > limits.MAX_INFLATED:
+                    raise limits.Refused(f"the deflated data set inflates past {limits.MAX_INFLATED} bytes")
+                chunk = inflater.unconsumed_tail
+            if inflater.eof:
+                break
+    except zlib.error:
+        pass  # pydicom decides (and explains)
+    finally:
+        fp.seek(0)
+
+
+def _check_limits(ds: Dataset) -> None:
+    """``part10.limits`` on a data set pydicom read (the files ``part10.scan`` declines): element count, depth,
+    short-VR value lengths, the pixel data's promise. Raw elements are looked at as read (``Dataset.elements``:
+    not converted); a sequence pydicom cannot convert is a data set it cannot understand."""
+    count, stack = 0, [(ds, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limits.MAX_DEPTH:
+            raise limits.Refused(f"sequences nested more than {limits.MAX_DEPTH} deep")
+        for elem in item.elements():
+            count += 1
+            if count > limits.MAX_ELEMENTS:
+                raise limits.Refused(f"more than {limits.MAX_ELEMENTS} elements in the data set")
+            tag, length = elem.tag, getattr(elem, "length", 0)
+            vr = elem.VR or _dictionary_vr(tag)
+            raw = isinstance(elem, RawDataElement)
+            if raw and limits.MAX_SHORT_VALUE < length != 0xFFFFFFFF and vr in limits.SHORT_VRS:
+                raise limits.Refused(f"({tag.group:04X},{tag.elem:04X}) {vr} value of {length} bytes (at most 65535)")
+            if vr == "SQ":
+                try:
+                    items = item[tag].value
+                except Exception as exc:  # pydicom raises many types on corrupt input
+                    raise InvalidInstance(f"cannot parse the data set: {exc}") from exc
+                stack.extend((child, depth + 1) for child in items)
+    pixels = ds.get_item(0x7FE00010, keep_deferred=True)
+    if pixels is None or "Rows" not in ds:
+        return
+    try:
+        rows, cols, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
+        samples, frames = int(ds.get("SamplesPerPixel") or 1), max(int(ds.get("NumberOfFrames") or 1), 1)
+        compressed = UID(str(ds.file_meta.get("TransferSyntaxUID", ""))).is_compressed
+    except Exception:  # odd values or an unknown transfer syntax: the checks after this one and the renderer explain
+        return
+    length = pixels.length if isinstance(pixels, RawDataElement) else len(pixels.value or b"")
+    if length != 0xFFFFFFFF and not compressed:
+        limits.check_pixels(rows, cols, samples, bits, frames, length)
+
+
+def _dictionary_vr(tag: int) -> str | None:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
 
 
 def _check(ds: Dataset, size: int, expected: Expected) -> Parsed:
     meta = ds.file_meta
-    transfer_syntax = check_uid(meta.get("TransferSyntaxUID"), "TransferSyntaxUID (file meta)")
     try:
+        transfer_syntax = check_uid(meta.get("TransferSyntaxUID"), "TransferSyntaxUID (file meta)")
+        meta_class = meta.get("MediaStorageSOPClassUID")
         key = InstanceKey.checked(ds.get("StudyInstanceUID"), ds.get("SeriesInstanceUID"), ds.get("SOPInstanceUID"))
         sop_class = check_uid(ds.get("SOPClassUID"), "SOPClassUID")
     except InvalidInstance:
         raise
-    except Exception as exc:  # a value pydicom cannot decode
+    except Exception as exc:  # a value pydicom cannot decode (in the data set or the file meta)
         raise InvalidInstance(f"cannot read the instance UIDs: {exc}") from exc
     try:
-        _check_expected(meta.get("MediaStorageSOPClassUID"), sop_class, key, expected)
+        _check_expected(meta_class, sop_class, key, expected)
         return Parsed(key, sop_class, transfer_syntax, size, _record(ds, transfer_syntax))
     except DcmnodeError as err:
         err.sop_class, err.sop_instance = sop_class, key.sop

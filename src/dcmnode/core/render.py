@@ -222,9 +222,15 @@ def _read_native(path: Path, ds: pydicom.Dataset, offset: int, frame: int) -> np
 def _read_frame(
     path: Path, offset: int, frame: int, rows: int, cols: int, bits: int, stored_bits: int, signed: bool
 ) -> np.ndarray:
-    """Frame ``frame`` of native little-endian grey pixel data starting at ``offset``: one seek, one read."""
+    """Frame ``frame`` of native little-endian grey pixel data starting at ``offset``: one seek, one read, made
+    only once the file is known to hold the whole frame (a header may promise far more than the file holds,
+    ``part10.limits``: the read would allocate what was promised)."""
+    if rows * cols > pipeline.MAX_PIXELS:
+        raise NotAcceptable(f"frame of {rows}x{cols} is larger than {pipeline.MAX_PIXELS} pixels")
     size = rows * cols * bits // 8
     with open(path, "rb") as fp:
+        if os.fstat(fp.fileno()).st_size < offset + frame * size:
+            raise NotAcceptable(f"frame {frame} lies beyond the end of the pixel data")
         fp.seek(offset + (frame - 1) * size)
         data = fp.read(size)
     if len(data) != size:

@@ -9,6 +9,7 @@ happens when the client cannot take the stored encoding.
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 from dcmnode.errors import NotAcceptable, NotFound
 
 PIXEL_DATA = 0x7FE00010
+MAX_DECODED_FRAME = 512 * 1024 * 1024  # a frame decoded for a client that cannot take the stored encoding
 BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 
 # PS3.18 Table 8.7.3-5 (rendered as the media type a compressed frame is sent with)
@@ -87,6 +89,9 @@ def stored_frame(path: Path, layout_: PixelLayout, number: int) -> bytes:
     """Frame ``number`` (1-based) exactly as stored: native bytes, or the compressed bitstream."""
     with open(path, "rb") as fp:
         if not layout_.encapsulated:
+            # The header may promise more than the file holds (part10.limits): check before read() allocates it.
+            if os.fstat(fp.fileno()).st_size < layout_.offset + number * layout_.frame_bytes:
+                raise NotFound(f"frame {number} lies beyond the end of the stored pixel data")
             fp.seek(layout_.offset + (number - 1) * layout_.frame_bytes)
             data = fp.read(layout_.frame_bytes)
             if len(data) != layout_.frame_bytes:
@@ -97,7 +102,10 @@ def stored_frame(path: Path, layout_: PixelLayout, number: int) -> bytes:
             return data
         fp.seek(layout_.offset)
         reader = _Window(fp)
-        return get_frame(reader, number - 1, number_of_frames=layout_.number_of_frames)
+        try:
+            return get_frame(reader, number - 1, number_of_frames=layout_.number_of_frames)
+        except ValueError as exc:  # fewer fragments than NumberOfFrames promises (PS3.5 A.4), a bad offset table
+            raise NotFound(f"frame {number} is not in the stored pixel data: {exc}") from exc
 
 
 class _Window(io.RawIOBase):
@@ -135,6 +143,11 @@ def native_frame(path: Path, layout_: PixelLayout, number: int) -> bytes:
     """Frame ``number`` decoded to native little-endian bytes (colour as RGB, PS3.5 §8.2.1 note)."""
     if not layout_.encapsulated:
         return stored_frame(path, layout_, number)
+    if layout_.frame_bytes > MAX_DECODED_FRAME:
+        raise NotAcceptable(
+            f"a decoded frame of {layout_.frame_bytes} bytes is over the limit of {MAX_DECODED_FRAME}: "
+            "retrieve it as stored (transfer-syntax=*)"
+        )
     try:
         array = pixel_array(str(path), index=number - 1)
     except Exception as exc:

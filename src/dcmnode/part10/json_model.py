@@ -18,6 +18,7 @@ from typing import Any
 
 from pydicom.charset import decode_bytes, default_encoding
 
+from dcmnode.part10.limits import Refused
 from dcmnode.part10.walk import (
     FRAGMENTS,
     ITEM_START,
@@ -65,13 +66,16 @@ def file_to_json(
     if raw[128:132] != b"DICM":
         raise Unsupported("no DICM prefix")
     meta, pos = file_meta(raw)
-    syntax = meta.get(0x00020010, b"").rstrip(b"\x00 ").decode("ascii")
+    syntax = meta.get(0x00020010, b"").rstrip(b"\x00 ").decode("ascii", "replace")
     compressed = syntax.startswith("1.2.840.10008.1.2.4.") or syntax == "1.2.840.10008.1.2.5"
     if syntax not in KNOWN_SYNTAXES and not compressed:
         raise Unsupported(f"transfer syntax {syntax!r}")
     body = raw[pos:]
     if syntax == "1.2.840.10008.1.2.1.99":
-        body = zlib.decompress(body, -zlib.MAX_WBITS)
+        try:
+            body = zlib.decompress(body, -zlib.MAX_WBITS)
+        except zlib.error as exc:
+            raise Unsupported(f"deflated data set: {exc}") from exc
     implicit = syntax == "1.2.840.10008.1.2"
     little = syntax != "1.2.840.10008.1.2.2"
     reader = _Reader(body, implicit, little, bulk)
@@ -79,7 +83,7 @@ def file_to_json(
         reader.memo = memo
     try:
         return syntax, _dataset(reader, reader.walk.elements(0, len(body)), top=True)[0]
-    except Unsupported:
+    except (Unsupported, Refused):  # Refused: over ``part10.limits``, pydicom must not try either
         raise
     except Exception as exc:  # odd lengths, bad text: whatever it is, pydicom decides
         raise Unsupported(f"{type(exc).__name__}: {exc}") from exc

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import astuple, dataclass
 
-from dcmnode.part10 import scan
+from dcmnode.part10 import limits, scan
 
 NATIVE = {scan.EXPLICIT_LITTLE, scan.IMPLICIT_LITTLE}
 TAGS = {
@@ -124,3 +124,31 @@ def plain_image(found: scan.Scanned) -> PlainImage | None:
     if offset is None:
         return None  # no native Pixel Data value to read
     return PlainImage(rows, cols, bits, stored_bits, signed, frames, window, slope, intercept, invert, offset)
+
+
+def check_promise(found: scan.Scanned) -> None:
+    """Refuse (``limits.Refused``) Pixel Data that holds less than Rows, Columns, SamplesPerPixel, BitsAllocated
+    and NumberOfFrames promise (``part10.limits``); nothing to check without Pixel Data or those attributes."""
+    values = found.values
+
+    def number(tag: int) -> int:
+        item = values.get(tag)
+        if item is None:
+            return 0
+        vr, raw = item
+        if vr == "US":
+            return int.from_bytes(raw[:2], "little") if len(raw) >= 2 else 0
+        try:
+            return int(raw.decode("ascii", "replace").split("\\")[0].strip("\x00 ") or 1)
+        except ValueError:
+            return 1  # an odd NumberOfFrames: the smallest promise (the renderer explains)
+
+    rows, cols, bits = number(TAGS["Rows"]), number(TAGS["Columns"]), number(TAGS["BitsAllocated"])
+    if not (rows and cols and bits):
+        return
+    frames = max(number(TAGS["NumberOfFrames"]), 1)
+    if found.fragments is not None:
+        limits.check_fragments(frames, found.fragments)
+    elif found.pixel_offset is not None:
+        samples = number(TAGS["SamplesPerPixel"]) or 1
+        limits.check_pixels(rows, cols, samples, bits, frames, found.pixel_length)

@@ -39,6 +39,8 @@ class Scanned:
     items: dict[int, list[dict[int, tuple[str, bytes]]]] = field(default_factory=dict)  # wanted sequences
     pixel_offset: int | None = None  # file offset of a native Pixel Data value (None: absent or encapsulated)
     groups: set[int] = field(default_factory=set)  # the top-level groups present (e.g. 0x6000 overlays)
+    pixel_length: int = 0  # bytes of the native Pixel Data value
+    fragments: int | None = None  # encapsulated Pixel Data: its fragments (the Basic Offset Table not counted)
 
 
 def scan(raw: bytes, wanted: Collection[int], sequences: Collection[int] = ()) -> Scanned:
@@ -71,7 +73,7 @@ def _keep(found: Scanned, events: Walking, wanted: set[int], sequences: set[int]
                 if tag in wanted:
                     values[tag] = (vr, data[start : start + length])
                 if tag == PIXEL_DATA:
-                    found.pixel_offset = start
+                    found.pixel_offset, found.pixel_length = start, length
             elif keep is not None and depth == 1 and tag in wanted:
                 keep[tag] = (vr, data[start : start + length])
         elif kind == ITEM_START:
@@ -89,3 +91,15 @@ def _keep(found: Scanned, events: Walking, wanted: set[int], sequences: set[int]
             depth += 1
         elif depth == 0:  # FRAGMENTS: encapsulated Pixel Data
             found.groups.add(tag >> 16)
+            if tag == PIXEL_DATA:
+                found.fragments = _fragments(data, start)
+
+
+def _fragments(data: bytes, pos: int) -> int:
+    """The fragments of encapsulated Pixel Data whose first item (the Basic Offset Table) starts at ``pos``; the
+    walk has checked the items already."""
+    items = -1  # the first item is the offset table
+    while int.from_bytes(data[pos : pos + 4], "little") == 0xE000FFFE:
+        items += 1
+        pos += 8 + int.from_bytes(data[pos + 4 : pos + 8], "little")
+    return max(items, 0)

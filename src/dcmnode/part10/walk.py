@@ -5,8 +5,10 @@ one iterator over a data set's bytes.
 consumer wants); ``part10.scan`` and ``part10.json_model`` consume it. It reads explicit and implicit VR
 little endian and explicit VR big endian, values and sequences of defined and undefined length, and checks as it
 goes that every element, item and sequence ends where it says: a truncated or garbled data set raises
-``Unsupported`` (the caller falls back to pydicom, which keeps the last word on bad input). The walk holds no
-values: an event is a position in the bytes.
+``Unsupported`` (the caller falls back to pydicom, which keeps the last word on bad input). A data set over one
+of ``part10.limits`` (nesting depth, element count, a short-VR value longer than 64 KiB) raises ``Refused``: no
+fallback, pydicom would only recurse or allocate on it. The walk holds no values: an event is a position in the
+bytes.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import struct
 from collections.abc import Container, Generator
 
 from pydicom.datadict import dictionary_VR
+
+from dcmnode.part10.limits import MAX_DEPTH, MAX_ELEMENTS, MAX_SHORT_VALUE, SHORT_VRS, Refused
 
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -73,6 +77,7 @@ class Walk:
         data, size, implicit, explicit, long = self.data, len(self.data), self.implicit, self._explicit, self._long
         stack: list[tuple[int, int, int, bool]] = []
         quiet, top_group = False, -1  # quiet: inside a sequence that is not reported
+        count = 0  # elements walked (part10.limits.MAX_ELEMENTS)
         while True:
             if pos < end:
                 if pos + 8 > size:
@@ -83,11 +88,21 @@ class Walk:
                     group, elem, vr_bytes, length = explicit(data, pos)
                 tag, pos = group << 16 | elem, pos + 8
                 if tag != ITEM_END:
+                    count += 1
+                    if count > MAX_ELEMENTS:
+                        raise Refused(f"more than {MAX_ELEMENTS} elements in the data set")
                     if implicit:
                         vr = implicit_vr(tag, self.signed)
+                        if MAX_SHORT_VALUE < length != UNDEFINED and vr in SHORT_VRS:
+                            raise Refused(
+                                f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {vr} value of {length} bytes "
+                                f"(at most {MAX_SHORT_VALUE}, PS3.5 7.1.2)"
+                            )
                     else:
                         vr = _VR_NAMES.get(vr_bytes) or _vr_name(vr_bytes, pos - 8)
                         if vr_bytes in LONG_VRS:
+                            if pos + 4 > size:
+                                raise Unsupported("element header runs past the end")
                             length, pos = long(data, pos)[0], pos + 4
                         if self.known_un and vr == "UN" and length != UNDEFINED:
                             vr = implicit_vr(tag, self.signed)
@@ -108,6 +123,8 @@ class Walk:
                             top_group = group
                             yield kind, tag, vr, start, length
                         continue
+                    if len(stack) >= MAX_DEPTH:
+                        raise Refused(f"sequences nested more than {MAX_DEPTH} deep")
                     if not quiet:
                         yield SEQUENCE, tag, vr, pos, length
                     stack.append((_sequence_end(pos, length, size), length, end, quiet))
