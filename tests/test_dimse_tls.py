@@ -337,7 +337,7 @@ def test_tls_init_then_a_tls_only_node_serves_what_it_prints(
         assert (out / key).stat().st_mode & 0o777 == 0o600, key
     assert (out / "ca.pem").stat().st_mode & 0o077 == 0o044
     text = made.stdout
-    assert "[dimse]" in text and "[http]" in text and "tls = true" in text and "ca_bundle=" in text
+    assert "[dimse]" in text and "[http]" in text and "tls = true" in text and "session=s" in text
     again = run_cli("tls", "init", "--out", str(out), "--data", str(tmp_path / "d"))
     assert again.returncode == 2 and "--force" in again.stderr
     # The printed [dimse] lines, with tls_only, make a node that listens on TLS alone.

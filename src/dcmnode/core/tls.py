@@ -361,6 +361,8 @@ Browser, OHIF: import {f["ca_cert"]} as a trusted certificate authority (Firefox
 Security > Certificates > Authorities > Import; Chrome: Settings > Privacy and security > Security > Manage
 certificates), then open https://{host}:{http_port}/ (OHIF's dataSource: wadoRoot/qidoRoot/stowRoot
 https://{host}:{http_port}/dicom-web).
-dicomweb-client: DICOMwebClient("https://{host}:{http_port}/dicom-web", ca_bundle="{f["ca_cert"]}")
+dicomweb-client: s = dicomweb_client.session_utils.add_certs_to_session(
+    dicomweb_client.session_utils.create_session(), ca_bundle="{f["ca_cert"]}"); s.trust_env = False
+  DICOMwebClient("https://{host}:{http_port}/dicom-web", session=s)   (trust_env: REQUESTS_CA_BUNDLE would win)
 curl: curl --cacert {f["ca_cert"]} https://{host}:{http_port}/api/health
 """
