@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import subprocess
 import sys
 import tarfile
-import threading
 import zipfile
 import zlib
 from pathlib import Path
@@ -239,30 +239,28 @@ def assert_reasons(got: dict[str, str], expected: dict[str, str]) -> None:
         assert words in got[name], (name, got[name])
 
 
+# The child reports its own high-water mark (VmHWM of its memory map) as it exits. wait4's ru_maxrss would not
+# do: Linux carries the parent's RSS at fork into the child's maxrss across exec, so under a long pytest run it
+# reports the test process's size, not the import's.
+PEAK_SCRIPT = """
+import atexit, sys
+from dcmnode.cli import main
+def peak():
+    with open("/proc/self/status") as status:
+        kib = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    sys.stderr.write(f"\\nPEAK-KIB {kib}\\n")
+atexit.register(peak)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def run_measured(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], int]:
-    """``dcmnode import`` as a child process, and its peak resident set size in bytes: wait4's ru_maxrss (KiB on
-    Linux), the high-water mark of that one process (its VmHWM), not of the test's other children."""
-    cmd = [sys.executable, "-m", "dcmnode", "import", "--no-progress", *args]
-    child = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-    )
-    assert child.stdout is not None and child.stderr is not None
-    # stderr (a few log lines) is read on a thread so that neither pipe fills; then wait4 reaps the child
-    errors: list[bytes] = []
-    reader = threading.Thread(target=lambda: errors.append(child.stderr.read()))  # type: ignore[union-attr]
-    reader.start()
-    out = child.stdout.read()
-    reader.join()
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    child.stdout.close()
-    child.stderr.close()
-    return subprocess.CompletedProcess(
-        cmd, child.returncode, out.decode(), b"".join(errors).decode()
-    ), usage.ru_maxrss * 1024
+    """``dcmnode import`` as a child process, and its peak resident set size in bytes (its own VmHWM)."""
+    cmd = [sys.executable, "-c", PEAK_SCRIPT, "import", "--no-progress", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, check=False)
+    found = re.search(r"^PEAK-KIB (\d+)$", done.stderr, re.M)
+    assert found is not None, done.stderr[-2000:]
+    return done, int(found[1]) * 1024
 
 
 def cli_lines(stdout: str, archive: Path, kind: str) -> dict[str, str]:

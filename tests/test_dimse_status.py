@@ -28,6 +28,9 @@ EXPECTED: dict[type[errors.DcmnodeError], tuple[int, int, int, int]] = {
     errors.Forbidden: (0x0124, 0x0124, 0x0124, 0x0124),
     errors.HiddenStudy: (0x0124, 0x0124, 0x0124, 0x0124),  # a restricted writer and a study it does not see
     errors.AuditUnavailable: (0xA700, 0xA700, 0xA702, 0xA702),  # audit.fail_closed: out of resources
+    errors.TooManyRequests: (0xA700, 0xA700, 0xA702, 0xA702),  # a client over its limits: out of resources
+    # Referenced Transfer Syntax not supported (PS3.18 Table 10.5.3-2); C-STORE may answer any Cxxx (B.2.3)
+    errors.UnsupportedTransferSyntax: (0xC122, 0xC122, 0xC122, 0xC122),
 }
 
 

@@ -31,7 +31,7 @@ from typing import Final
 
 from pydicom.dataset import Dataset
 
-from dcmnode.errors import AuditUnavailable, Cancelled, DcmnodeError, InvalidRequest
+from dcmnode.errors import AuditUnavailable, Cancelled, DcmnodeError, InvalidRequest, TooManyRequests
 
 SUCCESS: Final = 0x0000
 PENDING: Final = 0xFF00  # C-FIND: matches are continuing; C-MOVE/C-GET: sub-operations are continuing
@@ -102,6 +102,8 @@ TABLE: Final[Mapping[type[DcmnodeError], Mapping[Service, int]]] = {
     Cancelled: {Service.FIND: CANCEL, Service.MOVE: CANCEL, Service.GET: CANCEL},
     # audit.fail_closed: out of resources (the audit trail) before any sub-operation
     AuditUnavailable: {Service.MOVE: OUT_OF_RESOURCES_SUB_OPERATIONS, Service.GET: OUT_OF_RESOURCES_SUB_OPERATIONS},
+    # a client over one of its limits (core/limits.py): out of resources, as C-STORE's and C-FIND's A700
+    TooManyRequests: {Service.MOVE: OUT_OF_RESOURCES_SUB_OPERATIONS, Service.GET: OUT_OF_RESOURCES_SUB_OPERATIONS},
 }
 
 
