@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "dcmnode"
 LAYERS: list[set[str]] = [
     {"errors", "status", "config", "model", "__init__"},  # leaves
     {"store"},  # files + index, every SQL statement
-    {"part10", "imaging", "sr"},  # bytes, pixels, the numerical SR library
+    {"part10", "imaging", "sr", "deid"},  # bytes, pixels, the numerical SR library, de-identification
     {"core"},  # the services: ingest, query, retrieve, import, jobs, render
     {"dimse", "dicomweb", "nodeapi"},  # adapters
     {"app", "worker", "server"},  # composition: the node, the worker process, the processes of serve
@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"__main__"},
 ]
 SAME_LAYER = {("status", "errors"), ("config", "errors"), ("model", "errors"), ("nodeapi", "dicomweb"),
-              ("server", "app"), ("server", "worker")}  # fmt: skip
+              ("server", "app"), ("server", "worker"), ("deid", "part10"), ("deid", "imaging")}  # fmt: skip
 
 # What each part may import from dcmnode (its own part is always allowed): narrower than the layers where a
 # layer must not be reached through (adapters never touch the store; the SR library knows only errors).
@@ -35,7 +35,8 @@ ALLOWED: dict[str, set[str]] = {
     "part10": {"errors"},
     "imaging": {"errors"},
     "sr": {"errors"},
-    "core": {"errors", "model", "config", "store", "part10", "imaging", "sr"},
+    "deid": {"errors", "part10", "imaging"},
+    "core": {"errors", "model", "config", "store", "part10", "imaging", "sr", "deid"},
     "dimse": {"errors", "model", "config", "status", "core"},
     "dicomweb": {"errors", "model", "config", "status", "core", "part10"},
     "nodeapi": {"errors", "model", "config", "core", "dicomweb"},
