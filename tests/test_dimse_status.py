@@ -31,6 +31,7 @@ EXPECTED: dict[type[errors.DcmnodeError], tuple[int, int, int, int]] = {
     errors.TooManyRequests: (0xA700, 0xA700, 0xA702, 0xA702),  # a client over its limits: out of resources
     # Referenced Transfer Syntax not supported (PS3.18 Table 10.5.3-2); C-STORE may answer any Cxxx (B.2.3)
     errors.UnsupportedTransferSyntax: (0xC122, 0xC122, 0xC122, 0xC122),
+    errors.DeidentificationRefused: (0x0110, 0xC320, 0xC520, 0xC420),  # processing failure: not sent
 }
 
 

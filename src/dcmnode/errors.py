@@ -49,6 +49,14 @@ class SopClassMismatch(InvalidInstance):
     status = 0xA900
 
 
+class DeidentificationRefused(DcmnodeError):
+    """An instance the de-identification profile cannot make safe as asked (``deid/``): pixels that may carry
+    burned-in text without Clean Pixel Data, text still recognised after masking, no OCR engine to look with.
+    Nothing of it is written or sent; the job's report names it with the reason."""
+
+    status = 0x0110  # Processing failure (on a send to a coerced peer: the instance is not sent)
+
+
 class UnsupportedTransferSyntax(InvalidInstance):
     """The File Meta Information declares a Transfer Syntax UID that no reader here knows (not a DICOM transfer
     syntax in pydicom's dictionary): the data set could not be decoded, nor served to anyone who could. 0xC122 is
