@@ -160,3 +160,136 @@ def test_dciodvfy_reports_errors_on_a_broken_file_normalised(tmp_path: Path) -> 
     other.PatientSex = "Z"
     other.StudyDate = "1999y"
     assert errors(_write(tmp_path, "other.dcm", other)) == found
+
+
+# -- dates -------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("value", "days", "expected"),
+    [
+        ("20240305", -30, "20240204"),
+        ("20240322", -17, "20240305"),
+        ("20240301", -1, "20240229"),  # leap day
+        ("20240305", 400, "20250409"),
+        ("1961.04.23", -30, "19610324"),  # ACR-NEMA form, written as DA
+        ("20240101-20240201", -31, "20231201-20240101"),  # range: both ends
+        ("-20240201", -1, "-20240131"),
+        ("20240101-", -1, "20231231-"),
+        ("20240101\\20240202", -1, "20231231\\20240201"),  # several values
+        ("202403", -60, "202401"),  # partial: the middle of the month moved
+        ("2024", -30, "2024"),  # partial: the middle of the year moved
+        ("2024", -365, "2023"),
+        ("20240230", -1, ""),  # no such day
+        ("not a date", -1, ""),
+        ("2024-03-05", -1, ""),  # not DA
+        ("00010110", -30, ""),  # out of range after the shift
+        ("", -30, ""),
+        ("20240305 ", -1, "20240304"),  # padding
+    ],
+)
+def test_shift_da(value: str, days: int, expected: str) -> None:
+    from dcmnode.deid.dates import shift_da
+
+    assert shift_da(value, days) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "days", "expected"),
+    [
+        ("20240305101623.250000+0100", -30, "20240204101623.250000+0100"),  # fraction and offset kept
+        ("20240305101623-0500", -1, "20240304101623-0500"),
+        ("20240305", -1, "20240304"),
+        ("2024030510", -1, "2024030410"),
+        ("202403051016", -1, "202403041016"),
+        ("20240305235960", -1, "20240304235960"),  # leap second
+        ("202403", -60, "202401"),
+        ("2024", -400, "2023"),
+        ("20240101-0500-20240102-0500", -1, "20231231-0500-20240101-0500"),  # range whose ends carry offsets
+        ("20240101120000-20240102", -1, "20231231120000-20240101"),
+        ("2024-2025", -365, "2023-2024"),
+        ("20240305+1500", -1, ""),  # no such offset
+        ("2024030525", -1, ""),  # no such hour
+        ("20240305101623.1234567", -1, ""),  # 7 fraction digits
+        ("garbage", -1, ""),
+    ],
+)
+def test_shift_dt(value: str, days: int, expected: str) -> None:
+    from dcmnode.deid.dates import shift_dt
+
+    assert shift_dt(value, days) == expected
+
+
+def test_two_studies_17_days_apart_stay_17_days_apart_whatever_the_offset() -> None:
+    from datetime import date
+
+    from dcmnode.deid.dates import shift_da, shift_dt
+
+    def day(v: str) -> date:
+        return date(int(v[:4]), int(v[4:6]), int(v[6:8]))
+
+    for offset in (30, 31, 365, 366, 1000, 3650):
+        a, b = shift_da(fx.STUDY_DATE, -offset), shift_da(fx.LATER_DATE, -offset)
+        assert (day(b) - day(a)).days == 17 and (day(fx.STUDY_DATE) - day(a)).days == offset
+        dt_a, dt_b = shift_dt(fx.ACQUISITION_DATETIME, -offset), shift_dt(fx.LATER_DATETIME, -offset)
+        assert (day(dt_b) - day(dt_a)).days == 17
+        assert dt_a[8:] == fx.ACQUISITION_DATETIME[8:]  # time, fraction and offset untouched
+
+
+# -- Clean Descriptors -------------------------------------------------------------------------------------------------
+def _doe_john() -> Dataset:
+    ds = Dataset()
+    ds.PatientName = "DOE^JOHN"
+    ds.PatientID = "1234567"
+    ds.PatientBirthDate = "19700102"
+    ds.StudyDate = "20240305"
+    return ds
+
+
+def test_clean_descriptors_removes_the_name_parts_and_the_id() -> None:
+    from dcmnode.deid.descriptors import clean, identifying_values
+
+    values = identifying_values(_doe_john())
+    assert {"DOE^JOHN", "DOE", "JOHN", "1234567", "19700102", "1970-01-02", "02.01.1970", "01/02/1970"} <= set(values)
+    out = clean("CT for DOE JOHN 1234567", values)
+    assert out == "CT for"
+    for gone in ("DOE", "JOHN", "1234567"):
+        assert gone not in out.upper()
+    # Case-insensitive, whole words only: JOHNSON's knee stays, Doe's name goes.
+    assert clean("Knee of john doe, referred by Dr Johnson", values) == "Knee of, referred by Dr Johnson"
+    assert clean("Doe^John", values) == ""
+
+
+@pytest.mark.parametrize("written", ["20240305", "2024-03-05", "05.03.2024", "03/05/2024", "1970-01-02", "12/31/2023"])
+def test_clean_descriptors_removes_dates_in_text(written: str) -> None:
+    from dcmnode.deid.descriptors import clean, identifying_values
+
+    out = clean(f"Follow-up of {written} chest", identifying_values(_doe_john()))
+    assert out == "Follow-up of chest", out
+
+
+def test_clean_descriptors_keeps_what_is_not_identity() -> None:
+    from dcmnode.deid.descriptors import clean, identifying_values
+
+    values = identifying_values(_doe_john())
+    for text in ("Thorax 1.25 mm B30f", "T2 FLAIR 3D", "Ratio 12.34.5678", "Doel", ""):
+        assert clean(text, values) == text
+
+
+def test_identifying_values_of_the_identity_fixture_clean_its_descriptions() -> None:
+    from dcmnode.deid.descriptors import clean, identifying_values
+
+    datasets = fx.identity_datasets()
+    ct = datasets["ct_a0"]
+    values = identifying_values(ct)
+    assert all(len(v) >= 2 for v in values)
+    # Nested and other person names are in it (Other Patient IDs Sequence, physicians, operators).
+    assert {fx.OTHER_PATIENT_ID, "Okonkwo", "Vanterpool", "Thistlewood", "Larkspur"} <= set(values)
+    texts = [fx.STUDY_DESCRIPTION, fx.SERIES_DESCRIPTION, fx.IMAGE_COMMENTS, fx.PATIENT_COMMENTS, ct.ProtocolName]
+    texts += [item.TextValue for item in datasets["sr"].ContentSequence if item.ValueType == "TEXT"]
+    cleaned = [clean(t, values) for t in texts]
+    assert cleaned[0] == "CT chest for of" and cleaned[1] == "Axial soft tissue"
+    leak_values = fx.identifying_values(exclude={"uids"})
+    from tests.leakscan import needles
+
+    for text in cleaned:
+        for needle in {n for v in leak_values for n in needles(v)}:
+            assert needle.lower() not in text.lower(), (needle, text)
