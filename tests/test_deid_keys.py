@@ -3,6 +3,9 @@ the engine's tests stand on tested helpers), the project key's derivations, date
 
 from __future__ import annotations
 
+import os
+import re
+import uuid
 from pathlib import Path
 
 import pydicom
@@ -293,3 +296,94 @@ def test_identifying_values_of_the_identity_fixture_clean_its_descriptions() -> 
     for text in cleaned:
         for needle in {n for v in leak_values for n in needles(v)}:
             assert needle.lower() not in text.lower(), (needle, text)
+
+
+# -- the project key ---------------------------------------------------------------------------------------------------
+# PS3.5 9.1: components of digits separated by dots, no leading zero in a component of more than one digit, ≤ 64.
+UID_RULE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def _originals(n: int) -> list[str]:
+    return [f"1.2.826.0.1.3680043.8.498.{i}.{i * 7919 % 100003}" for i in range(1, n + 1)]
+
+
+def test_same_key_same_uids_and_another_key_disjoint_ones() -> None:
+    from dcmnode.deid.keys import ProjectKey
+
+    secret = os.urandom(32)
+    one, again, other = ProjectKey(secret), ProjectKey(bytes(secret)), ProjectKey(os.urandom(32))
+    originals = _originals(10_000)
+    first = [one.uid(u) for u in originals]
+    assert first == [again.uid(u) for u in originals]
+    assert len(set(first)) == len(originals)  # one new UID per original
+    second = {other.uid(u) for u in originals}
+    assert not set(first) & second
+    assert not set(first) & set(originals)
+
+
+def test_new_uids_follow_the_uid_rules_and_are_2_25_uuid_version_8() -> None:
+    from dcmnode.deid.keys import ProjectKey
+
+    key = ProjectKey(os.urandom(32))
+    for original in [*_originals(2_000), *fx.IDENTITY.uids, "1.2.3", "2.25.1", " 1.2.3\x00"]:
+        new = key.uid(original)
+        assert len(new) <= 64 and UID_RULE.match(new), new
+        assert new.startswith("2.25.")
+        number = int(new[len("2.25.") :])
+        assert 0 <= number < 2**128
+        value = uuid.UUID(int=number)
+        assert value.version == 8 and value.variant == uuid.RFC_4122, new
+    assert key.uid(" 1.2.3\x00") == key.uid("1.2.3")  # padding is not part of the UID
+
+
+def test_well_known_uids_and_empty_values_stay() -> None:
+    from dcmnode.deid.keys import ProjectKey
+
+    key = ProjectKey(os.urandom(32))
+    for well_known in ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.3.1.2.3.1"):
+        assert key.uid(well_known) == well_known
+    assert key.uid("") == ""
+    # Only DICOM's own root: a vendor root that merely starts alike is replaced.
+    assert key.uid("1.2.840.100081.5").startswith("2.25.")
+
+
+def test_date_offsets_are_within_30_days_and_10_years_per_key_and_patient() -> None:
+    from dcmnode.deid.keys import MAX_OFFSET_DAYS, MIN_OFFSET_DAYS, ProjectKey
+
+    assert (MIN_OFFSET_DAYS, MAX_OFFSET_DAYS) == (30, 3650)
+    key, other = ProjectKey(os.urandom(32)), ProjectKey(os.urandom(32))
+    offsets = [key.date_offset_days(f"PID{i}") for i in range(10_000)]
+    assert all(30 <= d <= 3650 for d in offsets)
+    assert len(set(offsets)) > 3000  # spread over the range, not a handful of values
+    assert key.date_offset_days(fx.PATIENT_ID) == key.date_offset_days(fx.PATIENT_ID + " ")
+    assert offsets != [other.date_offset_days(f"PID{i}") for i in range(10_000)]
+
+
+def test_pseudonyms_are_keyed_and_separate_from_the_other_derivations() -> None:
+    from dcmnode.deid.keys import ProjectKey
+
+    key = ProjectKey(os.urandom(32))
+    pseudonym = key.pseudonym(fx.PATIENT_ID)
+    assert re.fullmatch(r"[0-9A-F]{16}", pseudonym) and pseudonym == key.pseudonym(fx.PATIENT_ID)
+    assert pseudonym != ProjectKey(os.urandom(32)).pseudonym(fx.PATIENT_ID)
+    assert len({key.pseudonym(f"PID{i}") for i in range(10_000)}) == 10_000
+    # The purposes are separated: the same text as a UID and as a Patient ID give unrelated results.
+    assert str(uuid.UUID(int=int(key.uid("1.2.3")[5:])).hex[:16]).upper() != key.pseudonym("1.2.3")
+
+
+def test_the_key_is_never_shown() -> None:
+    from dcmnode.deid.keys import ProjectKey
+
+    secret = os.urandom(32)
+    key = ProjectKey(secret)
+    for shown in (repr(key), str(key), f"{key}", repr([key]), repr({"key": key})):
+        assert secret.hex() not in shown and repr(secret) not in shown and "<secret>" in shown
+
+
+@pytest.mark.parametrize("secret", [b"", b"short", bytes(31)])
+def test_a_short_key_is_refused_without_showing_it(secret: bytes) -> None:
+    from dcmnode.deid.keys import ProjectKey
+
+    with pytest.raises(ValueError, match="32 random bytes") as raised:
+        ProjectKey(secret)
+    assert repr(secret) not in str(raised.value)
