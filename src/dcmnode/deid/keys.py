@@ -22,6 +22,11 @@ class ProjectKey:
 
     secret: bytes
 
+    def __post_init__(self) -> None:
+        # A short (or empty) key would make the keyed mapping guessable; the message never shows the key.
+        if not isinstance(self.secret, bytes) or len(self.secret) < KEY_BYTES:
+            raise ValueError(f"a project key is {KEY_BYTES} random bytes")
+
     def __repr__(self) -> str:
         return "ProjectKey(<secret>)"
 
