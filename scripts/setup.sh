@@ -11,8 +11,17 @@ want_test=0
 
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
+# The node's own Debian packages: tesseract-ocr for Clean Pixel Data (OCR of burned-in text; without it the
+# option refuses every instance with the reason).
+if ! command -v tesseract >/dev/null; then
+  echo "setup: installing Debian packages for the node (tesseract-ocr)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr >/dev/null
+fi
+
 if [[ $want_test -eq 1 ]]; then
   missing=()
+  command -v tesseract >/dev/null || missing+=(tesseract-ocr)
   command -v storescu >/dev/null || missing+=(dcmtk)
   command -v chromium >/dev/null || missing+=(chromium)
   command -v npm >/dev/null || missing+=(npm)

@@ -78,3 +78,27 @@ def test_bad_settings_are_refused_with_a_reason(tmp_path: Path, toml: str, env: 
     cfg.write_text(toml)
     with pytest.raises(ConfigError, match=message):
         config.load(cfg, env)
+
+
+def test_pixel_masks_are_read_from_the_documented_example_and_checked(tmp_path: Path) -> None:
+    text = (REPO / "config" / "dcmnode.toml").read_text()
+    example = text[text.index("# [[deid.pixel_masks]]") :].split("\n\n")[0]
+    cfg = tmp_path / "site.toml"
+    cfg.write_text("\n".join(line.removeprefix("# ") for line in example.splitlines()) + "\n[[deid.pixel_masks]]\n"
+                   "rectangles = [[1, 2, 3, 4]]\n")  # fmt: skip
+    masks = config.load(cfg).deid.pixel_masks
+    assert masks == (
+        config.PixelMaskRule("Acme Medical", "Sono 5000", 480, 640, ((0, 0, 640, 40), (0, 440, 300, 40))),
+        config.PixelMaskRule(None, None, None, None, ((1, 2, 3, 4),)),
+    )
+    assert config.load().deid.pixel_masks == ()
+    for bad, message in [
+        ("[[deid.pixel_masks]]\nrows = 480\n", "rectangles must be a list"),
+        ("[[deid.pixel_masks]]\nrectangles = [[0, 0, 0, 4]]\n", "rectangles must be a list"),
+        ('[[deid.pixel_masks]]\nrectangles = [[0, 0, 1, 1]]\nrows = "480"\n', "rows must be a positive"),
+        ('[[deid.pixel_masks]]\nrectangles = [[0, 0, 1, 1]]\nvendor = "x"\n', "unknown keys"),
+        ("[deid]\npixel_masks = 3\n", "must be an array of tables"),
+    ]:
+        cfg.write_text(bad)
+        with pytest.raises(ConfigError, match=message):
+            config.load(cfg)

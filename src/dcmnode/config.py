@@ -222,6 +222,27 @@ class SrRule:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class PixelMaskRule:
+    """``[[deid.pixel_masks]]``: rectangles filled on every frame under Clean Pixel Data when the instance matches
+    (CTP's pixel anonymizer scripts). Manufacturer and model match as case-insensitive substrings, rows and columns
+    exactly; an absent key matches anything. ``core`` builds ``deid.pixels.PixelMask`` from it."""
+
+    manufacturer: str | None = None
+    model: str | None = None
+    rows: int | None = None
+    columns: int | None = None
+    rectangles: tuple[tuple[int, int, int, int], ...] = ()  # (x, y, width, height) in pixels
+
+
+@dataclass(frozen=True, slots=True)
+class DeidSettings:
+    """``[deid]``: de-identification. Its arrays of tables (``[[deid.pixel_masks]]``) are read apart from the
+    scalar settings (fields marked ``tables``), like ``[[sr.rules]]``."""
+
+    pixel_masks: tuple[PixelMaskRule, ...] = field(default=(), metadata={"tables": True})
+
+
 DIMSE_SERVICES = ("echo", "store", "find", "move", "get")
 
 
@@ -253,6 +274,7 @@ class Settings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     peers: dict[str, Peer] = field(default_factory=dict)
     sr_rules: tuple[SrRule, ...] = ()
+    deid: DeidSettings = field(default_factory=DeidSettings)
 
     @property
     def data_dir(self) -> Path:
@@ -267,6 +289,7 @@ SECTIONS: dict[str, type[Any]] = {
     "sr": SrSettings,
     "oidc": OidcSettings,  # written [http.oidc] in the file, DCMNODE_HTTP_OIDC_<KEY> in the environment
     "audit": AuditSettings,
+    "deid": DeidSettings,
 }
 NESTED = {"oidc": ("http", "oidc")}  # sections written as a table inside another: name -> (parent, key)
 AUTH_MODES = ("none", "on")
@@ -289,10 +312,12 @@ def load(
     if path is not None:
         peers = _merge_file(raw, path)
     rules = raw["sr"].pop("rules", [])
+    pixel_masks = raw["deid"].pop("pixel_masks", [])
     _merge_env(raw, env or {})
     for section, values in (overrides or {}).items():
         raw[section].update({k: v for k, v in values.items() if v is not None})
     sections = {name: _build(cls, raw[name], name) for name, cls in SECTIONS.items()}
+    sections["deid"] = dataclasses.replace(sections["deid"], pixel_masks=_build_pixel_masks(pixel_masks))
     settings = Settings(**sections, peers=_build_peers(peers), sr_rules=_build_rules(rules))
     _validate(settings)
     return settings
@@ -331,7 +356,7 @@ def _merge_env(raw: dict[str, dict[str, Any]], env: Mapping[str, str]) -> None:
                 section, key = nested, key[len(infix) + 1 :]
         if section not in SECTIONS:
             continue
-        fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
+        fields = {f.name: f for f in dataclasses.fields(SECTIONS[section]) if not f.metadata.get("tables")}
         if key not in fields:
             raise ConfigError(f"{name}: unknown setting {section}.{key}")
         raw[section][key] = _from_text(value, SECTIONS[section]().__getattribute__(key), name)
@@ -456,6 +481,41 @@ def _build_rules(tables: Any) -> tuple[SrRule, ...]:
     return tuple(rules)
 
 
+def _build_pixel_masks(tables: Any) -> tuple[PixelMaskRule, ...]:
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError("[[deid.pixel_masks]] must be an array of tables")
+    masks = []
+    for n, table in enumerate(tables, 1):
+        where = f"deid.pixel_masks[{n}]"
+        unknown = set(table) - {"manufacturer", "model", "rows", "columns", "rectangles"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+        for key in ("manufacturer", "model"):
+            if key in table and not (isinstance(table[key], str) and table[key].strip()):
+                raise ConfigError(f"{where}.{key} must be a non-empty string, not {table[key]!r}")
+        for key in ("rows", "columns"):
+            if key in table and not (type(table[key]) is int and table[key] > 0):
+                raise ConfigError(f"{where}.{key} must be a positive integer, not {table[key]!r}")
+        rectangles = table.get("rectangles")
+        if not isinstance(rectangles, list) or not rectangles or not all(
+            isinstance(r, list) and len(r) == 4 and all(type(v) is int for v in r) and r[0] >= 0 and r[1] >= 0
+            and r[2] > 0 and r[3] > 0 for r in rectangles
+        ):  # fmt: skip
+            raise ConfigError(
+                f"{where}.rectangles must be a list of [x, y, width, height] (x, y >= 0; width, height > 0)"
+            )
+        masks.append(
+            PixelMaskRule(
+                table.get("manufacturer"),
+                table.get("model"),
+                table.get("rows"),
+                table.get("columns"),
+                tuple((r[0], r[1], r[2], r[3]) for r in rectangles),
+            )  # fmt: skip
+        )
+    return tuple(masks)
+
+
 def _validate(settings: Settings) -> None:
     titles = [settings.node.ae_title, *settings.peers, *settings.dimse.allowed_callers]
     for title in titles:
@@ -564,6 +624,8 @@ def describe() -> list[tuple[str, str, Any, str]]:
     for section, cls in SECTIONS.items():
         defaults = cls()
         for f in dataclasses.fields(cls):
+            if f.metadata.get("tables"):
+                continue  # an array of tables ([[deid.pixel_masks]]): documented by example in the file
             rows.append(
                 (
                     ".".join(NESTED.get(section, (section,))),
