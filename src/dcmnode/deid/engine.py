@@ -25,6 +25,7 @@ What it does beyond the table's rows, each decided here (PS3.15 E.1.1 leaves the
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,8 @@ SAFE_TEXT = frozenset(
         # Coded entries (PS3.3 8.8): code values and their standard meanings
         "CodeValue", "CodeMeaning", "CodingSchemeDesignator", "CodingSchemeVersion", "LongCodeValue",
         "URNCodeValue", "MappingResource", "ContextIdentifier", "TemplateIdentifier", "MappingResourceName",
+        # The veterinary Patient Module (PS3.3 C.7.1.1): the species and breed, not the animal
+        "PatientSpeciesDescription", "PatientBreedDescription",
     }
 )  # fmt: skip
 SAFE_UIDS = frozenset(
@@ -81,10 +84,13 @@ _TYPE2 = frozenset(
     {
         "ContentDate", "ContentTime", "PatientID", "ContentCreatorName", "ContrastBolusAgent",
         "TreatmentMachineName", "RTPlanDate", "RTPlanTime", "TreatmentDate", "TreatmentTime",
+        "PatientSexNeutered", "AcquisitionContextSequence",
     }
 )  # fmt: skip
 _TYPE2_SR = frozenset({"ReferencedPerformedProcedureStepSequence"})  # SR Document Series Module
 _TYPE2_RT = frozenset({"OperatorsName", "ReviewerName"})  # RT Series Module; Approval Module (2C: approved)
+# Type 2C for an animal (PS3.3 C.7.1.1): their X would leave the veterinary Patient Module invalid, Z empties them.
+_TYPE2_VETERINARY = frozenset({"ResponsiblePerson", "ResponsibleOrganization"})
 SR_CLASSES, RT_CLASSES = "1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.481."
 DUMMY_TEXT = "ANONYMIZED"
 _DUMMIES: dict[str, Any] = {"DA": "19000101", "DT": "19000101000000", "TM": "000000", "AS": "000D"}
@@ -117,6 +123,8 @@ class _Context:
     days: int  # the Modified Dates offset (days back)
     sop_class: str
     enhanced: bool
+    veterinary: bool
+    cleaning: bool = False  # inside a sequence an option keeps (K) or cleans (C): its free text is cleaned
 
 
 class Deidentifier:
@@ -159,6 +167,7 @@ class Deidentifier:
             days=self.key.date_offset_days(str(ds.get("PatientID", ""))),
             sop_class=sop_class,
             enhanced="Enhanced" in name or "Legacy Converted" in name,
+            veterinary="PatientSpeciesDescription" in ds or "PatientSpeciesCodeSequence" in ds,
         )
 
     def _identity(self, out: Dataset, original: Dataset) -> None:
@@ -242,7 +251,11 @@ def _overlay_group(tag: BaseTag, context: _Context) -> Row | None:
 
 def _action(row: Row, tag: BaseTag, context: _Context) -> str:
     chosen = {action for option, action in row.options.items() if option in context.options}
+    if context.cleaning and tag in EXTRA_ROWS:
+        chosen.add("C")
     code = "K" if "K" in chosen else "C" if "C" in chosen else row.basic
+    if code == "X" and context.veterinary and keyword_for_tag(tag) in _TYPE2_VETERINARY:
+        return "Z"
     return _combined(code, tag, context) if "/" in code else code
 
 
@@ -268,8 +281,13 @@ def _required_type(keyword: str, context: _Context) -> int:
     return 3
 
 
+def _vr(elem: DataElement) -> str:
+    """The VR to decide by: the first of an ambiguous one ("OB or OW", "US or SS") that pydicom resolves on write."""
+    return str(elem.VR).split(" or ")[0]
+
+
 def _unlisted(elem: DataElement, context: _Context) -> str:
-    vr = elem.VR
+    vr = _vr(elem)
     if vr == "UN":
         known = _dictionary_vr(elem.tag)
         return "K" if known in SAFE_VRS else "X"
@@ -279,8 +297,12 @@ def _unlisted(elem: DataElement, context: _Context) -> str:
         return "C" if Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in context.options else "X"
     if vr == "UI":
         return "K" if keyword_for_tag(elem.tag) in SAFE_UIDS else "U"
-    if vr == "SQ" or vr in SAFE_VRS or keyword_for_tag(elem.tag) in SAFE_TEXT:
+    if vr == "SQ":
+        return "R"  # its items processed by the same rules, inside a cleaned sequence still cleaned
+    if vr in SAFE_VRS or keyword_for_tag(elem.tag) in SAFE_TEXT:
         return "K"
+    if context.cleaning:
+        return "C"
     return "Z"  # emptied, not removed: as protective, and a Type 2 attribute stays present
 
 
@@ -325,9 +347,12 @@ def _perform(action: str, elem: DataElement, context: _Context) -> DataElement |
 
 def _sequence(action: str, elem: DataElement, context: _Context) -> DataElement:
     """Z empties a sequence; every other action keeps its items, each processed by the same rules (PS3.15 E.1.1:
-    K and C on a sequence apply the profile recursively; D keeps a Type 1 sequence non-empty)."""
+    K and C on a sequence apply the profile recursively; D keeps a Type 1 sequence non-empty). Under K and C the
+    items' free text (Text Value, unlisted text) is cleaned rather than replaced or emptied."""
     if action == "Z":
         return DataElement(elem.tag, "SQ", DicomSequence())
+    if action != "R":
+        context = dataclasses.replace(context, cleaning=action in ("C", "K"))
     items = [_dataset(item, context) for item in elem.value or []]
     return DataElement(elem.tag, "SQ", DicomSequence(items))
 
@@ -348,18 +373,18 @@ def _uids(elem: DataElement, context: _Context) -> DataElement:
 
 
 def _dummy(elem: DataElement, context: _Context) -> Any:
-    if elem.VR == "UI":
+    if _vr(elem) == "UI":
         original = _values(elem.value)
         return context.key.uid(str(original[0])) if original else context.key.uid(f"dummy {elem.tag}")
-    if elem.VR in _DUMMIES:
-        return _DUMMIES[elem.VR]
+    if _vr(elem) in _DUMMIES:
+        return _DUMMIES[_vr(elem)]
     return DUMMY_TEXT  # PN, LO, SH, LT, ST, UT, UC, CS, AE (all take 10 characters)
 
 
 def _clean(elem: DataElement, context: _Context) -> DataElement:
     """C: same meaning, no identifying content (PS3.15 E.1.1): dates shifted (Modified Dates), times kept, names
     replaced, text with the patient's identifying values removed, everything else kept."""
-    vr, values = elem.VR, _values(elem.value)
+    vr, values = _vr(elem), _values(elem.value)
     if vr == "DA":
         values = [dates.shift_da(str(v), -context.days) for v in values]
     elif vr == "DT":
@@ -370,5 +395,5 @@ def _clean(elem: DataElement, context: _Context) -> DataElement:
         values = [descriptors.clean(str(v), context.identifying) for v in values]
         values = values if any(values) else ([DUMMY_TEXT] if values else [])  # a Type 1 label stays non-empty
     else:
-        return DataElement(elem.tag, vr, copy.deepcopy(elem.value))
-    return DataElement(elem.tag, vr, _one_or_many(values) if values else elem.empty_value)
+        return DataElement(elem.tag, elem.VR, copy.deepcopy(elem.value))
+    return DataElement(elem.tag, elem.VR, _one_or_many(values) if values else elem.empty_value)
