@@ -38,7 +38,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
 
-import dcmnode
+from dcmnode import __version__
 from dcmnode.deid import dates, descriptors, pixels
 from dcmnode.deid.keys import ProjectKey
 from dcmnode.deid.options import BASIC_PROFILE_CODE, CODES, Option
@@ -205,7 +205,7 @@ def method_codes(options: frozenset[Option]) -> list[tuple[str, str]]:
 
 def method_values(edition: str, options: frozenset[Option]) -> list[str]:
     """De-identification Method (0012,0063): LO values of at most 64 characters each."""
-    values = [f"dcmnode {dcmnode.__version__} PS3.15 {edition} Basic Profile"]
+    values = [f"dcmnode {__version__} PS3.15 {edition} Basic Profile"]
     values += [f"+ {option.value}" for option in _ordered(options)]
     return [value[:METHOD_MAX] for value in values]
 
@@ -219,7 +219,7 @@ def _file_meta(original: Dataset, out: Dataset) -> FileMetaDataset:
     syntax = source_meta.get("TransferSyntaxUID") if source_meta is not None else None
     meta.TransferSyntaxUID = syntax or pydicom.uid.ExplicitVRLittleEndian
     meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = f"DCMNODE_{dcmnode.__version__}"[:16]
+    meta.ImplementationVersionName = f"DCMNODE_{__version__}"[:16]
     return meta
 
 
