@@ -259,7 +259,7 @@ def test_overlays_go_as_a_group_or_stay_with_clean_graphics() -> None:
     assert any(e.tag.group == 0x6000 for e in ds)
     assert not any(e.tag.group in (0x5000, 0x6000) for e in _apply(ds))
     kept = _apply(ds, Option.CLEAN_GRAPHICS)
-    assert "OverlayData" in kept[0x6000, 0x0010].keyword or (0x6000, 0x3000) in kept
+    assert (0x6000, 0x3000) in kept and (0x6000, 0x0010) in kept and (0x5000, 0x3000) in kept
 
 
 def test_private_attributes_go_unless_safe_and_retained() -> None:
