@@ -35,7 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     "part10": {"errors"},
     "imaging": {"errors"},
     "sr": {"errors"},
-    "deid": {"errors", "part10", "imaging"},
+    "deid": {"errors", "part10", "imaging", "__version__"},  # __version__: De-identification Method names it
     "core": {"errors", "model", "config", "store", "part10", "imaging", "sr", "deid"},
     "dimse": {"errors", "model", "config", "status", "core"},
     "dicomweb": {"errors", "model", "config", "status", "core", "part10"},
