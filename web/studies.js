@@ -2,6 +2,7 @@
 
 import { deleteResource, may, qido } from "./api.js";
 import { TAG, formatDate, formatName, number, text, value } from "./dicom.js";
+import { openDeidentify } from "./deidentify.js";
 import { showError, toast } from "./toast.js";
 
 const INCLUDE = ["StudyDescription", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "ModalitiesInStudy"];
@@ -45,7 +46,9 @@ export class StudiesView {
     this.canDelete = false;
     this.body.addEventListener("click", (event) => {
       const button = event.target.closest("button[data-action=delete]");
+      const deid = event.target.closest("button[data-action=deidentify]");
       if (button) this.remove(button.closest("tr")).catch((err) => showError(err, "Delete"));
+      else if (deid) this.deidentify(deid.closest("tr"));
       else this.open(event.target.closest("tr"));
     });
     this.body.addEventListener("keydown", (event) => {
@@ -66,12 +69,14 @@ export class StudiesView {
 
   async enter() {
     this.canDelete = await may("delete");
-    for (const th of this.root.querySelectorAll("th[data-can=delete]")) th.hidden = !this.canDelete;
+    this.canDeidentify = await may("deidentify");
+    const actions = this.canDelete || this.canDeidentify;
+    for (const th of this.root.querySelectorAll("th.actions")) th.hidden = !actions;
     if (!this.loaded) await this.search();
   }
 
   get columns() {
-    return this.canDelete ? 9 : 8;
+    return this.canDelete || this.canDeidentify ? 9 : 8;
   }
 
   /** The Delete action of a row: asks, deletes the study (DELETE /dicom-web/studies/{uid}), searches again. */
@@ -83,6 +88,12 @@ export class StudiesView {
     await deleteResource(`studies/${encodeURIComponent(s.uid)}`);
     toast(`Deleted ${what}.`);
     await this.search();
+  }
+
+  /** The De-identify action of a row: the dialog (deidentify.js). */
+  deidentify(tr) {
+    const s = this.rows.find((row) => row.uid === tr?.dataset.study);
+    if (s) openDeidentify(s);
   }
 
   onKey(event) {
@@ -168,6 +179,15 @@ export class StudiesView {
         td.textContent = v ?? "";
         if (i >= 6) td.className = "num";
       });
+      const actions = this.canDelete || this.canDeidentify ? tr.insertCell() : null;
+      if (this.canDeidentify) {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.dataset.action = "deidentify";
+        button.textContent = "De-identify";
+        button.title = "Make a de-identified copy of this study (a new study, or a ZIP)";
+        actions.append(button);
+      }
       if (this.canDelete) {
         const button = document.createElement("button");
         button.type = "button";
@@ -175,7 +195,7 @@ export class StudiesView {
         button.dataset.action = "delete";
         button.textContent = "Delete";
         button.title = "Delete this study from the node";
-        tr.insertCell().append(button);
+        actions.append(button);
       }
     }
     const first = this.rows.length ? this.offset + 1 : 0;
