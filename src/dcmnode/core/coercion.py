@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from pydicom.dataset import Dataset
 
 from dcmnode.config import Peer, Settings
-from dcmnode.core import deidentify
+from dcmnode.core.deid.keys import KeyStore
 from dcmnode.deid.options import Option, parse_options
 from dcmnode.errors import ConfigError, InvalidRequest
 
@@ -51,13 +51,13 @@ def check(settings: Settings) -> None:
 
 def for_peer(settings: Settings, peer: Peer | None) -> Coercion | None:
     """The coercion for what is sent to ``peer`` (None: it receives the stored instances unchanged). Its project's
-    key is made on first use (``core/deidentify.py``)."""
+    key is made on first use (``core/deid/keys.py``)."""
     if peer is None or not peer.deidentify:
         return None
     from dcmnode.deid.engine import Deidentifier, Profile
 
     try:
-        key = deidentify.project_key(settings.data_dir, peer.deidentify_project)
+        key = KeyStore(settings.data_dir / "secrets" / "deid").get(peer.deidentify_project)
     except OSError as err:
         raise ConfigError(f"cannot read or make the key of project {peer.deidentify_project}: {err.strerror}") from None
     return Coercion(peer.ae_title, peer.deidentify_project, Deidentifier(key, Profile(options=_options(peer))))
