@@ -11,7 +11,7 @@ import logging
 import re
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -24,10 +24,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dcmnode import nodeapi
-from dcmnode.config import Settings
+from dcmnode.config import Peer, Settings
 from dcmnode.core import metadata
 from dcmnode.core import tls as pki
 from dcmnode.core.limits import retry_after
+from dcmnode.core.retrieve import StoredFile
 from dcmnode.core.services import Services
 from dcmnode.dicomweb import routes as dicomweb_routes
 from dcmnode.dicomweb.access import AccessControl
@@ -37,6 +38,7 @@ from dcmnode.dicomweb.fastpath import RenderedFastPath
 from dcmnode.dicomweb.headers import SecurityHeaders
 from dcmnode.dicomweb.paths import RequestGuard
 from dcmnode.dimse import scp, tls
+from dcmnode.dimse import send as dimse_send
 from dcmnode.errors import (
     AuditUnavailable,
     Conflict,
@@ -123,7 +125,8 @@ class Node:
         if not self.precomputer.started:
             self.services.catalog.metadata.start_workers()
             self.precomputer.start()
-        self.http = http = HttpServices.build(self.services, self.dimse_port, self.dimse_tls_port)
+        send = functools.partial(send_files, self.settings)  # de-identification jobs' output "send"
+        self.http = http = HttpServices.build(self.services, self.dimse_port, self.dimse_tls_port, send)
         dicomweb = dicomweb_routes.routes()
         dicomweb_middleware = dicomweb_routes.middleware(self.settings.http.cors_origins)
         app = Starlette(
@@ -158,6 +161,12 @@ class Node:
             self.scp.shutdown()
             self.scp = None
         self.services.close()
+
+
+def send_files(settings: Settings, files: Sequence[StoredFile], peer: Peer) -> list[dimse_send.Sent]:
+    """C-STORE ``files`` to ``peer`` with the retries of ``[sr] send_*`` (as the SR worker sends: ``worker.py``)."""
+    retry = dimse_send.Retry(settings.sr.send_attempts, settings.sr.send_backoff, settings.sr.send_backoff_max)
+    return dimse_send.send(files, peer, settings.node.ae_title, retry)
 
 
 def listen_dimse(settings: Settings) -> tuple[socket.socket | None, socket.socket | None]:

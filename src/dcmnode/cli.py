@@ -1,5 +1,6 @@
 """Command line: serve | import | status | reindex | delete | render | export | sr | worker | send | token | user |
-label | audit | tls."""
+label | audit | tls |
+deidentify | deid-key."""
 
 from __future__ import annotations
 
@@ -168,6 +169,7 @@ def _parser() -> argparse.ArgumentParser:
     snd.add_argument("series", help="Series Instance UID")
     snd.add_argument("ae_title", metavar="AET", help="the peer's AE title")
     snd.set_defaults(func=cmd_send)
+    _deid_parsers(sub, common)
     _principal_parsers(sub, common)
     _tls_parser(sub, common)
 
@@ -531,6 +533,129 @@ def _scopes(text: str) -> Any:
         return parse_scopes(text)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
+
+
+def _deid_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    deid = sub.add_parser(
+        "deidentify",
+        parents=[common],
+        help="de-identify stored studies (PS3.15 Basic Profile and options) into a new study, a ZIP or a peer",
+        description="De-identify stored studies (or series, --series) with a project's key: the same project gives "
+        "the same new UIDs every time. Default output: a new study in this node; the source is untouched.",
+    )
+    deid.add_argument("uids", nargs="+", metavar="UID", help="Study Instance UIDs (Series Instance UIDs with --series)")
+    deid.add_argument("--option", action="append", default=[], metavar="NAME", help="a profile option (repeatable)")
+    deid.add_argument("--project", required=True, help="the project whose key de-identifies (letters, digits, -_.)")
+    deid.add_argument("--patient-id", help="the replacement Patient ID (default: derived from the key)")
+    deid.add_argument("--patient-name", help="the replacement Patient Name (default: derived from the key)")
+    deid.add_argument("--series", action="store_true", help="the UIDs are Series Instance UIDs")
+    out = deid.add_mutually_exclusive_group()
+    out.add_argument("--zip", type=Path, metavar="FILE", help="write a ZIP of the de-identified files")
+    out.add_argument("--send-to", metavar="AET", help="C-STORE the de-identified files to a declared peer")
+    deid.add_argument("--no-progress", action="store_true", help="no progress bar")
+    deid.set_defaults(func=cmd_deidentify)
+
+    key = sub.add_parser("deid-key", help="move a de-identification project key between nodes")
+    ksub = key.add_subparsers(required=True, metavar="ACTION")
+    exp = ksub.add_parser("export", parents=[common], help="print the project's key (base64) or write it to a file")
+    exp.add_argument("project")
+    exp.add_argument("--out", type=Path, metavar="FILE", help="write it to FILE (mode 0600) instead of stdout")
+    exp.set_defaults(func=cmd_deid_key_export)
+    imp = ksub.add_parser("import", parents=[common], help="install a key exported on another node")
+    imp.add_argument("project")
+    imp.add_argument("file", metavar="FILE", help="the exported key, or - for stdin")
+    imp.add_argument("--force", action="store_true", help="replace a different key (changes every new UID)")
+    imp.set_defaults(func=cmd_deid_key_import)
+
+
+def cmd_deidentify(args: argparse.Namespace, settings: config.Settings) -> int:
+    import functools
+    import shutil
+
+    from tqdm import tqdm
+
+    from dcmnode import worker
+    from dcmnode.core.audit import Actor
+    from dcmnode.core.deid import DeidJob, DeidRequest, KeyStore
+    from dcmnode.core.deid.job import DONE, resolve
+    from dcmnode.core.services import Services
+
+    output = "zip" if args.zip else "send" if args.send_to else "store"
+    body: dict[str, Any] = {
+        "series" if args.series else "studies": args.uids,
+        "options": args.option,
+        "project": args.project,
+        "patient_id": args.patient_id,
+        "patient_name": args.patient_name,
+        "output": output,
+    }
+    if args.send_to:
+        body["send_to"] = args.send_to
+    request = DeidRequest.parse(body, settings.peers)
+    logging.getLogger("dcmnode.core.ingest").setLevel(logging.WARNING)  # the bar and summary say it all
+    with Services.open(settings) as services:
+        files = resolve(services.catalog, request, None)
+        keys = KeyStore(services.store.root / "secrets" / "deid")
+        peer = settings.peers.get(args.send_to) if args.send_to else None
+        send = functools.partial(worker.send_series, settings) if peer is not None else None
+        with tqdm(total=len(files), unit="instance", disable=args.no_progress, file=sys.stderr, mininterval=0.5) as bar:
+
+            def progress(job: DeidJob) -> None:
+                bar.n = job.done + job.failed
+                bar.set_postfix(done=job.done, failed=job.failed, refresh=False)
+
+            job = DeidJob(
+                0, request, files, keys.get(request.project), services.ingest, services.audit, Actor.local(),
+                send=send, peer=peer, progress=progress,
+            )  # fmt: skip
+            job.run()
+            bar.n = job.done + job.failed
+            bar.refresh()
+        if job.archive is not None and args.zip:
+            shutil.move(job.archive, args.zip)
+    print(f"de-identified {job.done} of {len(files)} instance(s) ({job.state}), project {request.project}")
+    for source, new in sorted(job.studies.items()):
+        print(f"  study {source} -> {new}")
+    for failure in job.failures:
+        print(f"  failed: {failure['sop']}: {failure['reason']}")
+    if job.error:
+        print(f"  {job.error}")
+    if args.zip and job.state == DONE:
+        print(f"  archive: {args.zip}")
+    return 0 if job.state == DONE and not job.failures else 1
+
+
+def cmd_deid_key_export(args: argparse.Namespace, settings: config.Settings) -> int:
+    from dcmnode.core.deid import KeyStore
+
+    text = KeyStore(Path(settings.data_dir) / "secrets" / "deid").export(args.project)
+    if args.out is None:
+        print(text)
+        return 0
+    try:
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise InvalidRequest(
+            f"cannot create {args.out}: {exc.strerror} (an existing file is never overwritten)"
+        ) from None
+    with os.fdopen(fd, "w") as fp:
+        fp.write(text + "\n")
+    print(f"key of project {args.project} written to {args.out} (mode 0600): keep it secret", file=sys.stderr)
+    return 0
+
+
+def cmd_deid_key_import(args: argparse.Namespace, settings: config.Settings) -> int:
+    from dcmnode.core.deid import KeyStore
+    from dcmnode.core.deid.keys import parse_key_text
+
+    try:
+        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read {args.file}: {exc.strerror}") from None
+    keys = KeyStore(Path(settings.data_dir) / "secrets" / "deid")
+    changed = keys.import_key(args.project, parse_key_text(data), force=args.force)
+    print(f"project {args.project}: {'key imported' if changed else 'the same key was already here'}")
+    return 0
 
 
 def cmd_token_create(args: argparse.Namespace, settings: config.Settings) -> int:

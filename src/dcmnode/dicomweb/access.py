@@ -103,6 +103,11 @@ ROUTE_SCOPES: dict[tuple[str, str], Need | None] = {
     ("POST", "/api/imports/{job}/finish"): Need.WRITE,
     ("GET", "/api/imports/{job}/events"): Need.WRITE,
     ("PUT", "/api/imports/{job}/files/{path:path}"): Need.WRITE,
+    ("POST", "/api/deidentify"): Need.DEIDENTIFY,  # de-identified data may leave the node: its own scope
+    ("GET", "/api/deidentify"): Need.DEIDENTIFY,
+    ("GET", "/api/deidentify/{job}"): Need.DEIDENTIFY,
+    ("DELETE", "/api/deidentify/{job}"): Need.DEIDENTIFY,
+    ("GET", "/api/deidentify/{job}/archive"): Need.DEIDENTIFY,
     # the viewer's static files (Mount "/"): the sign-in page must load without credentials
     ("GET", "/{path:path}"): PUBLIC,
 }

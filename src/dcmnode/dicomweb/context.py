@@ -22,10 +22,12 @@ from dcmnode.core import access
 from dcmnode.core.audit import Audit
 from dcmnode.core.auth import Authenticator
 from dcmnode.core.catalog import Catalog
+from dcmnode.core.deid import DeidRegistry, KeyStore
 from dcmnode.core.deletion import Deletion
 from dcmnode.core.importing.registry import Registry
 from dcmnode.core.ingest import Ingest
 from dcmnode.core.jobs.queue import Jobs
+from dcmnode.core.jobs.worker import Sender
 from dcmnode.core.labels import Labels
 from dcmnode.core.limits import Buckets, Quota
 from dcmnode.core.render import Renderer
@@ -93,13 +95,17 @@ class HttpServices:
     auth: Authenticator  # local users and the viewer's sessions (``nodeapi/session.py``)
     expensive: Buckets  # per-client rate of the expensive requests (``dicomweb/throttle.py``)
     sr_jobs: Quota[int]  # SR jobs queued or running per client, submitted here (``nodeapi/sr_jobs.py``)
+    deidentify: DeidRegistry  # the de-identification jobs of this process (``/api/deidentify``)
     prefix: str = DICOMWEB_PREFIX
     dimse_tls_port: int = 0  # where DIMSE listens over TLS; 0 = no TLS listener (``/api/status``)
     gzip: GzipCache = field(default_factory=GzipCache)
     cache_writer: concurrent.futures.ThreadPoolExecutor = field(default_factory=_cache_writer)
 
     @classmethod
-    def build(cls, services: Services, dimse_port: int, dimse_tls_port: int = 0) -> HttpServices:
+    def build(
+        cls, services: Services, dimse_port: int, dimse_tls_port: int = 0, send: Sender | None = None
+    ) -> HttpServices:
+        """``send``: how de-identification jobs C-STORE to a peer (the composition's DIMSE SCU; None: they cannot)."""
         http = services.settings.http
         return cls(
             settings=services.settings,
@@ -122,12 +128,21 @@ class HttpServices:
             sr_jobs=Quota(
                 services.settings.sr.max_jobs_per_client, "SR jobs queued or running", "sr.max_jobs_per_client", 60.0
             ),
+            deidentify=DeidRegistry(
+                services.catalog,
+                services.ingest,
+                KeyStore(services.store.root / "secrets" / "deid"),
+                services.settings.peers,
+                services.audit,
+                send,
+            ),
         )
 
     def close(self) -> None:
         """Cancel the open uploads (between members: what was stored stays stored), let the renderings already
         handed to the cache writer reach the cache, then stop it."""
         self.imports.cancel_all()
+        self.deidentify.cancel_all()
         self.cache_writer.shutdown(wait=True)
 
 

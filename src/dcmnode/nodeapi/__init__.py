@@ -6,8 +6,16 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from dcmnode.nodeapi import audit, imports, labels, session, sr_jobs, status
+from dcmnode.nodeapi import audit, deidentify, imports, labels, session, sr_jobs, status
 
 
 def routes() -> list[Route]:
-    return status.routes() + sr_jobs.routes() + imports.routes() + labels.routes() + audit.routes() + session.routes()
+    return (
+        status.routes()
+        + sr_jobs.routes()
+        + imports.routes()
+        + labels.routes()
+        + audit.routes()
+        + session.routes()
+        + deidentify.routes()
+    )
