@@ -16,53 +16,36 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove  # type: ignore[attr-defined]
 
 from dcmnode import config
 from dcmnode.app import Node
 from dcmnode.errors import ConfigError
+from tests import deid_fixtures as fx
 from tests.conftest import HOST, make_settings, run_cli
-from tests.factories import ct_series, write_series
+from tests.factories import write_series
+from tests.leakscan import leaks
 from tests.test_dimse_access import fill, wait_until
 
 Factory = Callable[..., Node]
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
-PATIENT = ("Sentinelova^Rosalind^Quentin", "PID-774411", "19610923")
+OPTIONS = '"basic", "retain-longitudinal-modified-dates", "clean-descriptors"'
+SERIES = (fx.CT_SERIES_A, fx.RT_SERIES, fx.SR_SERIES, fx.CT_SERIES_B)
 
 
-def identity_study() -> tuple[list[Dataset], Dataset, list[str]]:
-    """Three CT slices that carry identity (names, IDs, dates, UIDs in a nested sequence, a private element), one
-    secondary capture of the same study that may carry burned-in text, and the identifying values."""
-    name, patient_id, birth = PATIENT
-    series = ct_series(3, rows=8, cols=8, patient_id=patient_id, patient_name=name)
-    for ds in series:
-        ds.PatientBirthDate = birth
-        ds.BurnedInAnnotation = "NO"
-        ds.InstitutionName = "Hospital Quendolyn Memorial"
-        ds.AccessionNumber = "ACCQ88231"
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = ds.SOPClassUID
-        ref.ReferencedSOPInstanceUID = series[0].SOPInstanceUID
-        ds.ReferencedImageSequence = [ref]
-        block = ds.private_block(0x0011, "SENTINEL CORP", create=True)
-        block.add_new(0x01, "LO", f"{patient_id} {name}")
-    study = series[0].StudyInstanceUID
-    capture = ct_series(1, rows=8, cols=8, study=study, patient_id=patient_id, patient_name=name)[0]
+def study(tmp_path: Path) -> tuple[list[Path], Dataset, list[str]]:
+    """The identity fixture's files (two studies, tests/deid_fixtures.py), a secondary capture in study A that may
+    carry burned-in text (the profile refuses it without Clean Pixel Data), and the values that must not leak
+    (times stay with Modified Dates, PS3.15 E.3.6)."""
+    capture = fx.identity_datasets()["ct_a0"]
     capture.SOPClassUID = capture.file_meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
+    capture.SOPInstanceUID = capture.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    capture.SeriesInstanceUID = generate_uid()
     capture.Modality = "OT"
     capture.BurnedInAnnotation = "YES"
-    values = [*name.split("^"), patient_id, birth, "Quendolyn", "ACCQ88231", series[0].StudyInstanceUID]
-    values += [u for ds in series for u in (ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID)]
-    return series, capture, values
-
-
-def leaks(files: list[Path], values: list[str]) -> list[str]:
-    found = []
-    for path in files:
-        data = path.read_bytes().lower()
-        found += [f"{path.name}: {v}" for v in values if len(v) >= 4 and v.lower().encode() in data]
-    return found
+    return fx.identity_study(tmp_path), capture, fx.identifying_values(exclude={"times"})
 
 
 class Storescp:
@@ -107,7 +90,7 @@ def peers(tmp_path: Path) -> Iterator[tuple[Storescp, Storescp]]:
     plain.stop()
 
 
-def peers_toml(research: int, plain: int, options: str = '"basic", "retain-longitudinal-modified-dates"') -> str:
+def peers_toml(research: int, plain: int, options: str = OPTIONS) -> str:
     return (
         f'[peers.RESEARCH]\nhost = "{HOST}"\nport = {research}\ndeidentify = [{options}]\n'
         f'deidentify_project = "trial-42"\n[peers.PLAIN]\nhost = "{HOST}"\nport = {plain}\n'
@@ -129,7 +112,7 @@ def assert_deidentified(files: list[Path], values: list[str]) -> None:
         ds = pydicom.dcmread(path)
         assert ds.PatientIdentityRemoved == "YES"
         codes = [item.CodeValue for item in ds.DeidentificationMethodCodeSequence]
-        assert codes[0] == "113100" and "113107" in codes, codes  # Basic Profile, Modified Dates
+        assert codes[0] == "113100" and {"113105", "113107"} <= set(codes), codes  # Basic, the two options
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
         assert ds.SOPInstanceUID.startswith("2.25.") and ds.StudyInstanceUID.startswith("2.25.")
 
@@ -138,9 +121,9 @@ def test_dcmnode_send_to_a_coerced_peer_delivers_no_identity_and_the_same_uids_t
     tmp_path: Path, peers: tuple[Storescp, Storescp]
 ) -> None:
     research, plain = peers
-    series, capture, values = identity_study()
+    files, capture, values = study(tmp_path)
     data = tmp_path / "data"
-    files = write_series(tmp_path / "in", [*series, capture])
+    files += write_series(tmp_path / "capture", [capture])
     assert run_cli("import", "--data", str(data), "--no-progress", *map(str, files)).returncode == 0
     cfg = tmp_path / "dcmnode.toml"
     cfg.write_text(peers_toml(research.port, plain.port) + "[sr]\nsend_attempts = 1\n")
@@ -148,36 +131,36 @@ def test_dcmnode_send_to_a_coerced_peer_delivers_no_identity_and_the_same_uids_t
     def send(uid: str, to: str) -> subprocess.CompletedProcess[str]:
         return run_cli("send", "--config", str(cfg), "--data", str(data), uid, to)
 
-    first = send(series[0].SeriesInstanceUID, "RESEARCH")
-    assert first.returncode == 0 and "sent 3 of 3" in first.stdout, first.stdout + first.stderr
+    for series in SERIES:  # CT A (3), the RT structure set, the SR, CT B (2)
+        sent = send(series, "RESEARCH")
+        assert sent.returncode == 0 and "sent " in sent.stdout, sent.stdout + sent.stderr
+    assert len(research.received()) == 7
     assert_deidentified(research.received(), values)
     before = uids(research.received())
-    assert len(before) == 3
     key = data / "secrets" / "deid" / "trial-42.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_bytes()) == 32
-    assert not any(key.read_bytes().hex() in text for text in (first.stdout, first.stderr))
 
     research.clear()
-    again = send(series[0].SeriesInstanceUID, "RESEARCH")
-    assert again.returncode == 0, again.stdout + again.stderr
+    for series in SERIES:
+        assert send(series, "RESEARCH").returncode == 0
     assert uids(research.received()) == before  # keyed: a second send is a duplicate, not a second study
 
     research.clear()
     refused = send(capture.SeriesInstanceUID, "RESEARCH")
     assert refused.returncode == 1 and "sent 0 of 1" in refused.stdout, refused.stdout + refused.stderr
-    assert f"failed: {capture.SOPInstanceUID}: " in refused.stdout and "burned-in" in refused.stdout.lower()
-    assert "not sent to RESEARCH" in refused.stderr and PATIENT[0].split("^")[0] not in refused.stderr
+    assert f"failed: {capture.SOPInstanceUID}: " in refused.stdout and "burned" in refused.stdout.lower()
+    assert "not sent to RESEARCH" in refused.stderr
+    assert not any(part in refused.stdout + refused.stderr for part in fx.PATIENT_NAME_PARTS)  # no names in logs
     assert research.received() == []
 
     # A peer declared without deidentify receives the stored instances unchanged.
-    unchanged = send(series[0].SeriesInstanceUID, "PLAIN")
+    unchanged = send(fx.CT_SERIES_A, "PLAIN")
     assert unchanged.returncode == 0, unchanged.stdout + unchanged.stderr
     received = {ds.SOPInstanceUID: ds for ds in map(pydicom.dcmread, plain.received())}
-    originals = {ds.SOPInstanceUID: pydicom.dcmread(p) for ds, p in zip(series, files, strict=False)}
-    assert received.keys() == originals.keys()
+    originals = {ds.SOPInstanceUID: ds for ds in map(pydicom.dcmread, files[:3])}
+    assert received.keys() == originals.keys() == set(fx.CT_A)
     for sop, ds in received.items():
         assert ds == originals[sop]
-        assert ds.PatientName == PATIENT[0]
 
 
 def move(port: int, study: str, destination: str) -> list[tuple[Dataset, Any]]:
@@ -200,32 +183,31 @@ def move(port: int, study: str, destination: str) -> list[tuple[Dataset, Any]]:
 
 
 def test_c_move_to_a_coerced_peer_delivers_no_identity_and_counts_the_refused_instance(
-    node_factory: Factory, peers: tuple[Storescp, Storescp]
+    node_factory: Factory, peers: tuple[Storescp, Storescp], tmp_path: Path
 ) -> None:
     research, plain = peers
     node = node_factory(peers_toml=peers_toml(research.port, plain.port))
-    series, capture, values = identity_study()
-    fill(node, [*series, capture])
-    study = series[0].StudyInstanceUID
+    files, capture, values = study(tmp_path)
+    fill(node, [*map(pydicom.dcmread, files), capture])
 
-    responses = move(node.dimse_port, study, "RESEARCH")
-    final, answer = responses[-1]
+    responses = move(node.dimse_port, fx.STUDY_A, "RESEARCH")
+    final, _ = responses[-1]
     # PS3.4 C.4.2.1.4.2: one or more sub-operations failed -> warning, with the failed instance listed.
     assert final.Status == 0xB000, responses
-    assert final.NumberOfCompletedSuboperations == 3 and final.NumberOfFailedSuboperations == 1
-    assert answer.FailedSOPInstanceUIDList == capture.SOPInstanceUID
+    assert final.NumberOfCompletedSuboperations == 5 and final.NumberOfFailedSuboperations == 1
+    assert responses[-1][1].FailedSOPInstanceUIDList == capture.SOPInstanceUID
     received = research.received()
-    assert len(received) == 3 and all(pydicom.dcmread(p).SOPClassUID != SECONDARY_CAPTURE for p in received)
+    assert len(received) == 5 and all(pydicom.dcmread(p).SOPClassUID != SECONDARY_CAPTURE for p in received)
     assert_deidentified(received, values)
     before = uids(received)
 
     research.clear()
-    assert move(node.dimse_port, study, "RESEARCH")[-1][0].Status == 0xB000
+    assert move(node.dimse_port, fx.STUDY_A, "RESEARCH")[-1][0].Status == 0xB000
     assert uids(research.received()) == before  # the same study moved twice: the same new UIDs
 
-    assert move(node.dimse_port, study, "PLAIN")[-1][0].Status == 0x0000
+    assert move(node.dimse_port, fx.STUDY_A, "PLAIN")[-1][0].Status == 0x0000
     names = {str(pydicom.dcmread(p).PatientName) for p in plain.received()}
-    assert len(plain.received()) == 4 and names == {PATIENT[0]}
+    assert len(plain.received()) == 6 and names == {fx.PATIENT_NAME.rstrip("^")}
 
 
 def test_an_unknown_option_stops_serve_at_start(tmp_path: Path) -> None:
