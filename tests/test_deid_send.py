@@ -45,7 +45,10 @@ def study(tmp_path: Path) -> tuple[list[Path], Dataset, list[str]]:
     capture.SeriesInstanceUID = generate_uid()
     capture.Modality = "OT"
     capture.BurnedInAnnotation = "YES"
-    return fx.identity_study(tmp_path), capture, fx.identifying_values(exclude={"times"})
+    # "Imaging" of the department "Zephyrine Imaging Wing" is also a word of the SR's title (LOINC 18748-4,
+    # "Diagnostic Imaging Report"), which stays: the department is searched by its distinctive word.
+    values = [v for v in fx.identifying_values(exclude={"times"}) if v != "Zephyrine Imaging Wing"]
+    return fx.identity_study(tmp_path), capture, [*values, "Zephyrine"]
 
 
 class Storescp:
