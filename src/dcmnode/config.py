@@ -6,7 +6,8 @@ two in step. Environment variables are ``DCMNODE_<SECTION>_<KEY>`` (section name
 the file, one table per AE title: ``[peers.PACS1]`` with ``host`` and ``port``, and optionally ``labels`` (study
 labels attached to what the peer sends by C-STORE), ``groups`` (the studies its C-FIND/C-MOVE/C-GET see), and,
 for DIMSE access control, ``allow`` and ``hosts``; for TLS to it, ``tls = true`` with ``tls_ca``, ``tls_cert``,
-``tls_key`` and ``tls_server_name``.
+``tls_key`` and ``tls_server_name``; ``deidentify`` (the PS3.15 profile applied to everything sent to it) and
+``deidentify_project``.
 """
 
 from __future__ import annotations
@@ -261,6 +262,8 @@ class Peer:
     tls_cert: str = ""  # this node's client certificate for it (PEM), when it asks for one
     tls_key: str = ""  # the private key of tls_cert
     tls_server_name: str = ""  # the name its certificate must carry; empty = host
+    deidentify: tuple[str, ...] = ()  # de-identification option names applied to all sent to it; empty = none
+    deidentify_project: str = ""  # the project whose key maps its UIDs and dates (set from the table's name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,9 +298,11 @@ NESTED = {"oidc": ("http", "oidc")}  # sections written as a table inside anothe
 AUTH_MODES = ("none", "on")
 TLS_CLIENT_CERT = ("none", "optional", "required")
 SR_WORKERS = ("process", "thread", "off")
-PEER_KEYS = {"host", "port", "description", "ae_title", "labels", "groups", "allow", "hosts"}
+PEER_KEYS = {"host", "port", "description", "ae_title", "labels", "groups", "allow", "hosts", "deidentify",
+             "deidentify_project"}  # fmt: skip
 PEER_TLS_KEYS = {"tls_ca", "tls_cert", "tls_key", "tls_server_name"}  # strings; and tls, a boolean
 TLS_CLIENT_CERT = ("required", "optional", "none")
+PROJECT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")  # a de-identification project (its key's file name)
 LABEL = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # a study label (core.labels); "*" is a group, never a label
 
 
@@ -417,11 +422,27 @@ def _build_peers(tables: dict[str, Any]) -> dict[str, Peer]:
         hosts = tuple(_network(h, ae_title) for h in _peer_list(table, "hosts", ae_title, ()))
         description = str(table.get("description", ""))
         tls = _peer_tls(table, ae_title)
+        deid = _peer_deid(table, ae_title)
         peers[title] = Peer(
             title, str(table["host"]), int(table["port"]), description,
-            labels=labels, groups=groups, allow=allow, hosts=hosts, **tls,
+            labels=labels, groups=groups, allow=allow, hosts=hosts, **tls, **deid,
         )  # fmt: skip
     return peers
+
+
+def _peer_deid(table: dict[str, Any], ae_title: str) -> dict[str, Any]:
+    """A peer's ``deidentify`` (option names, checked against the profile's by ``core.coercion.check`` when the
+    services open) and ``deidentify_project`` (default: the table's name), which needs ``deidentify``."""
+    options = _peer_list(table, "deidentify", ae_title, ())
+    project = table.get("deidentify_project", ae_title)
+    if "deidentify_project" in table and not options:
+        raise ConfigError(f"[peers.{ae_title}] deidentify_project is set but deidentify is empty")
+    if options and (not isinstance(project, str) or not PROJECT.match(project)):
+        raise ConfigError(
+            f"[peers.{ae_title}] deidentify_project {project!r} must be 1-64 characters of A-Z a-z 0-9 _ . - "
+            "(it defaults to the table's name)"
+        )
+    return {"deidentify": options, "deidentify_project": project if options else ""}
 
 
 def _peer_tls(table: dict[str, Any], ae_title: str) -> dict[str, Any]:

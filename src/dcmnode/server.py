@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from dcmnode import __version__, worker
 from dcmnode.app import HttpsRedirect, Node, https_context, listen_dimse
 from dcmnode.config import Settings
-from dcmnode.core import tls
+from dcmnode.core import coercion, tls
 from dcmnode.errors import DcmnodeError
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ READY_TIMEOUT = 60.0
 
 def run(settings: Settings) -> int:
     https = https_context(settings)  # a certificate that cannot be loaded stops the node before it listens
+    coercion.check(settings)  # so does an unknown [peers.X] deidentify option (before any child is forked)
     http_sock = _listen_http(settings.http.host, settings.http.port)
     redirect = settings.http.redirect_port
     redirect_sock = _listen_http(settings.http.host, redirect) if redirect and settings.http.tls_cert else None

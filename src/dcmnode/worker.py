@@ -14,6 +14,7 @@ import threading
 from collections.abc import Sequence
 
 from dcmnode.config import Peer, Settings
+from dcmnode.core import coercion
 from dcmnode.core.jobs.worker import Worker
 from dcmnode.core.retrieve import StoredFile
 from dcmnode.core.services import Services
@@ -21,9 +22,10 @@ from dcmnode.dimse import send
 
 
 def send_series(settings: Settings, files: Sequence[StoredFile], peer: Peer) -> list[send.Sent]:
-    """C-STORE ``files`` to ``peer`` with the retries of ``[sr] send_*``."""
+    """C-STORE ``files`` to ``peer`` with the retries of ``[sr] send_*``, de-identified when the peer is declared
+    with ``deidentify`` (SR send-back and ``dcmnode send``)."""
     retry = send.Retry(settings.sr.send_attempts, settings.sr.send_backoff, settings.sr.send_backoff_max)
-    return send.send(files, peer, settings.node.ae_title, retry)
+    return send.send(files, peer, settings.node.ae_title, retry, coercion=coercion.for_peer(settings, peer))
 
 
 def worker_for(services: Services) -> Worker:

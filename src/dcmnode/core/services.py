@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from dcmnode.config import Settings
+from dcmnode.core import coercion
 from dcmnode.core import query as q
 from dcmnode.core.access import Principal
 from dcmnode.core.audit import Actor, Audit
@@ -43,6 +44,7 @@ class Services:
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
+        coercion.check(settings)  # [peers.X] deidentify: an unknown option stops the node before it serves
         store = Store.open(settings.data_dir, fsync=settings.store.fsync)
         renderer = Renderer(store.root / "cache" / "rendered", store.files.tmp_dir, settings.http.render_cache_mb * MIB)
         catalog = Catalog(store, settings.http.metadata_workers)

@@ -30,11 +30,11 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dcmnode import status
 from dcmnode.config import Peer, Settings
-from dcmnode.core import access, retrieve
+from dcmnode.core import access, coercion, retrieve
 from dcmnode.core import query as q
 from dcmnode.core.audit import Actor, Audit
 from dcmnode.core.catalog import Catalog
-from dcmnode.dimse import audit, send, tls
+from dcmnode.dimse import audit, coerce, send, tls
 from dcmnode.errors import AuditUnavailable, DcmnodeError, InvalidRequest
 from dcmnode.status import CANCEL, MOVE_DESTINATION_UNKNOWN, PENDING, SUB_OPERATIONS_WARNING, SUCCESS, Service
 
@@ -283,6 +283,7 @@ def handle_move(
         files = _retrieve_files(event, catalog, settings, principal)
         contexts = _proposal(files)
         over = _over(peer)  # TLS to the destination: pynetdicom passes tls_args on to AE.associate
+        coerced = coercion.for_peer(settings, peer)  # [peers.X] deidentify: it receives the profile's output
     except Exception as exc:
         refusal = _refusal(exc, Service.MOVE, event)
         _audit_retrieve(trail, event, {}, int(refusal.Status), destination)
@@ -296,7 +297,7 @@ def handle_move(
     )
     yield len(files)
     log.info("C-MOVE from %s: %d instances to %s", event.assoc.requestor.ae_title, len(files), _described(peer))
-    final = yield from _sub_operations(event, files, accepted)
+    final = yield from _sub_operations(event, files, accepted, coerced)
     _audit_retrieve(trail, event, audit.studies_of(files), final, destination)
 
 
@@ -358,10 +359,15 @@ def _remember(event: evt.Event, accepted: dict[str, list[str]]) -> None:
 
 
 def _sub_operations(
-    event: evt.Event, files: list[retrieve.StoredFile], accepted: dict[str, list[str]]
+    event: evt.Event,
+    files: list[retrieve.StoredFile],
+    accepted: dict[str, list[str]],
+    coerced: coercion.Coercion | None = None,
 ) -> Generator[Response, None, int]:
-    """The sub-operations; returns the final status as far as this side knows (0xFE00 on a cancel, 0xB000 when
-    an instance could not be offered; the destination's own refusals are counted by pynetdicom)."""
+    """The sub-operations, one data set at a time (de-identified with ``coerced``); returns the final status as
+    far as this side knows (0xFE00 on a cancel, 0xB000 when an instance could not be offered, e.g. one the
+    profile refused: it lands in FailedSOPInstanceUIDList; the destination's own refusals are counted by
+    pynetdicom)."""
     final = SUCCESS
     for item in files:
         if event.is_cancelled:
@@ -374,7 +380,7 @@ def _sub_operations(
             yield PENDING, _unsendable(item)
             continue
         try:
-            ds = retrieve.dataset(item, how)
+            ds = coerce.outgoing(item, how, accepted.get(item.sop_class, []), coerced)
         except (DcmnodeError, OSError) as err:
             log.warning("cannot send %s: %s", item.sop, getattr(err, "reason", err))
             final = SUB_OPERATIONS_WARNING
@@ -431,6 +437,7 @@ def handle_get(
         if trail is not None:
             trail.guard()
         files = _retrieve_files(event, catalog, settings, principal)
+        coerced = coercion.for_peer(settings, settings.peers.get(str(requestor.ae_title).strip()))
     except Exception as exc:
         refusal = _refusal(exc, Service.GET, event)
         _audit_retrieve(trail, event, {}, int(refusal.Status), None)
@@ -443,5 +450,5 @@ def handle_get(
             accepted.setdefault(str(cx.abstract_syntax), []).extend(str(ts) for ts in cx.transfer_syntax)
     yield len(files)
     log.info("C-GET from %s: %d instances", requestor.ae_title, len(files))
-    final = yield from _sub_operations(event, files, accepted)
+    final = yield from _sub_operations(event, files, accepted, coerced)
     _audit_retrieve(trail, event, audit.studies_of(files), final, None)

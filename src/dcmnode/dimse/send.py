@@ -19,7 +19,8 @@ from pynetdicom.presentation import PresentationContext, build_context
 
 from dcmnode.config import Peer
 from dcmnode.core import retrieve
-from dcmnode.dimse import tls
+from dcmnode.core.coercion import Coercion
+from dcmnode.dimse import coerce, tls
 from dcmnode.errors import DcmnodeError, InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -69,15 +70,17 @@ def send(
     retry: Retry = Retry(),
     on_progress: Callable[[int, int], None] | None = None,
     timeout: float = 30.0,
+    coercion: Coercion | None = None,
 ) -> list[Sent]:
-    """Send ``files`` to ``peer``; one ``Sent`` per file, in order."""
+    """Send ``files`` to ``peer``; one ``Sent`` per file, in order. With ``coercion`` (``[peers.X] deidentify``,
+    ``core.coercion.for_peer``) each is de-identified first; one the profile refuses is "failed" with the reason."""
     outcomes = {f.sop: Sent(f.sop, "pending") for f in files}
     delay = retry.backoff
     for attempt in range(1, retry.attempts + 1):
         todo = [f for f in files if outcomes[f.sop].status == "pending"]
         if not todo:
             break
-        reason = _one_association(todo, peer, calling_ae, outcomes, timeout, on_progress, len(files))
+        reason = _one_association(todo, peer, calling_ae, outcomes, timeout, on_progress, len(files), coercion)
         if reason is None or attempt == retry.attempts:
             if reason is not None:
                 for f in todo:
@@ -102,6 +105,7 @@ def _one_association(
     timeout: float,
     on_progress: Callable[[int, int], None] | None,
     total: int,
+    coercion: Coercion | None = None,
 ) -> str | None:
     """Send what is pending over one association; a reason when the association failed (worth retrying)."""
     ae = AE(ae_title=calling_ae)
@@ -122,9 +126,11 @@ def _one_association(
                 outcomes[item.sop] = Sent(item.sop, "failed", None, "the peer accepted no transfer syntax for it")
                 continue
             try:
-                ds = retrieve.dataset(item, how)
+                ds = coerce.outgoing(item, how, accepted.get(item.sop_class, []), coercion)
             except (DcmnodeError, OSError) as err:
-                outcomes[item.sop] = Sent(item.sop, "failed", None, str(getattr(err, "reason", err)))
+                reason = str(getattr(err, "reason", err))
+                log.warning("%s not sent to %s: %s", item.sop, peer.ae_title, reason)
+                outcomes[item.sop] = Sent(item.sop, "failed", None, reason)
                 continue
             status = assoc.send_c_store(ds)
             if not assoc.is_established and not status:
