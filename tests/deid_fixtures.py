@@ -138,7 +138,7 @@ IDENTITY = Identity(
         "Hawthorn Mews 4, Brackenfold",
         "+44 1947 600101",
     ),
-    institution=("Wenceslas Kettleby Infirmary", "Ravensworth Lane 9, Kettleby", "Zephyrine Imaging Wing"),
+    institution=("Wenceslas Kettleby Infirmary", "Ravensworth Lane 9, Kettleby", "Zephyrine Quillbrook Wing"),
     device=("ZEPHYRSTATION7", "SNZ558213"),
     uids=(
         STUDY_A,
@@ -253,7 +253,7 @@ def _patient_and_study(ds: Dataset, later: bool) -> None:
     ds.Manufacturer = "Generated"
     ds.InstitutionName = "Wenceslas Kettleby Infirmary"
     ds.InstitutionAddress = "Ravensworth Lane 9, Kettleby"
-    ds.InstitutionalDepartmentName = "Zephyrine Imaging Wing"
+    ds.InstitutionalDepartmentName = "Zephyrine Quillbrook Wing"
     ds.StationName = "ZEPHYRSTATION7"
     ds.DeviceSerialNumber = "SNZ558213"
     ds.DateOfLastCalibration = CALIBRATION_DATE

@@ -54,6 +54,11 @@ def _patterns(needle: str) -> list[tuple[str, re.Pattern[bytes]]]:
     out = []
     variants = {needle, needle.lower(), needle.upper()}
     for encoding in ENCODINGS:
+        # No DICOM character set is UTF-16 (PS3.3 C.12.1.1.2): it is searched as a belt and braces for text, but not
+        # for a needle without letters, whose UTF-16 form is just as much four 16-bit pixel values ("6270" at
+        # 54, 50, 55, 48 in a CT's pixel data, deid-data's cat).
+        if encoding.startswith("utf-16") and not any(c.isalpha() for c in needle):
+            continue
         alternatives = set()
         for variant in variants:
             try:

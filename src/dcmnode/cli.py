@@ -597,7 +597,8 @@ def cmd_deidentify(args: argparse.Namespace, settings: config.Settings) -> int:
         files = resolve(services.catalog, request, None)
         keys = KeyStore(services.store.root / "secrets" / "deid")
         peer = settings.peers.get(args.send_to) if args.send_to else None
-        send = functools.partial(worker.send_series, settings) if peer is not None else None
+        # The job's files are de-identified already: not again for a peer declared with deidentify.
+        send = functools.partial(worker.send_series, settings, coerce=False) if peer is not None else None
         with tqdm(total=len(files), unit="instance", disable=args.no_progress, file=sys.stderr, mininterval=0.5) as bar:
 
             def progress(job: DeidJob) -> None:

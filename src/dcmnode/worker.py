@@ -21,11 +21,13 @@ from dcmnode.core.services import Services
 from dcmnode.dimse import send
 
 
-def send_series(settings: Settings, files: Sequence[StoredFile], peer: Peer) -> list[send.Sent]:
+def send_series(settings: Settings, files: Sequence[StoredFile], peer: Peer, *, coerce: bool = True) -> list[send.Sent]:
     """C-STORE ``files`` to ``peer`` with the retries of ``[sr] send_*``, de-identified when the peer is declared
-    with ``deidentify`` (SR send-back and ``dcmnode send``)."""
+    with ``deidentify`` (SR send-back and ``dcmnode send``). ``coerce=False`` for files a de-identification job
+    made already: a second pass would map their new UIDs again, away from the mapping the job reported."""
     retry = send.Retry(settings.sr.send_attempts, settings.sr.send_backoff, settings.sr.send_backoff_max)
-    return send.send(files, peer, settings.node.ae_title, retry, coercion=coercion.for_peer(settings, peer))
+    how = coercion.for_peer(settings, peer) if coerce else None
+    return send.send(files, peer, settings.node.ae_title, retry, coercion=how)
 
 
 def worker_for(services: Services) -> Worker:
