@@ -237,3 +237,32 @@ def test_cli_zip_output_and_usage(tmp_path: Path) -> None:
         assert len(z.namelist()) == 2
     bad = run_cli("deidentify", "--data", str(data), study, "--project", "p", "--option", "nope")
     assert bad.returncode == 2 and "nope" in bad.stderr
+
+
+def test_cli_fills_the_configured_pixel_masks_on_every_frame(tmp_path: Path) -> None:
+    """``[[deid.pixel_masks]]`` reaches the job: with clean-pixel-data the rule's rectangle, which holds no text
+    for OCR to find, is black on both frames of the stored result; the rest of the speckle is kept."""
+    from tests.test_deid_pixels import _frame, _frames, _us
+
+    frames = [_frame(seed, [], rgb=True) for seed in (1, 2)]
+    ds = _us(frames, BurnedInAnnotation="YES", PatientName="Mask^Test", PatientID="MASK-1")
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    data = tmp_path / "data"
+    files = write_series(tmp_path / "in", [ds])
+    assert run_cli("import", "--data", str(data), "--no-progress", str(files[0])).returncode == 0
+    cfg = tmp_path / "dcmnode.toml"
+    rule = 'manufacturer = "acme"\nrectangles = [[300, 200, 40, 30]]\n'
+    cfg.write_text(f"[[deid.pixel_masks]]\n{rule}")
+    out = tmp_path / "out.zip"
+    done = run_cli(
+        "deidentify", "--config", str(cfg), "--data", str(data), ds.StudyInstanceUID, "--project", "p",
+        "--option", "clean-pixel-data", "--zip", str(out), "--no-progress",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    with zipfile.ZipFile(out) as z:
+        [name] = z.namelist()
+        result = pydicom.dcmread(io.BytesIO(z.read(name)))
+    for before, after in zip(frames, _frames(result), strict=True):
+        assert (after[200:230, 300:340] == 0).all()
+        assert before[200:230, 300:340].any()  # there was speckle there to fill
+        assert (after[:, :290] == before[:, :290]).all()

@@ -576,7 +576,7 @@ def cmd_deidentify(args: argparse.Namespace, settings: config.Settings) -> int:
 
     from dcmnode import worker
     from dcmnode.core.audit import Actor
-    from dcmnode.core.deid import DeidJob, DeidRequest, KeyStore
+    from dcmnode.core.deid import DeidJob, DeidRequest, KeyStore, pixel_masks
     from dcmnode.core.deid.job import DONE, resolve
     from dcmnode.core.services import Services
 
@@ -607,7 +607,7 @@ def cmd_deidentify(args: argparse.Namespace, settings: config.Settings) -> int:
 
             job = DeidJob(
                 0, request, files, keys.get(request.project), services.ingest, services.audit, Actor.local(),
-                send=send, peer=peer, progress=progress,
+                send=send, peer=peer, progress=progress, masks=pixel_masks(settings),
             )  # fmt: skip
             job.run()
             bar.n = job.done + job.failed

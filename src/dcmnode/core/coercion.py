@@ -54,13 +54,15 @@ def for_peer(settings: Settings, peer: Peer | None) -> Coercion | None:
     key is made on first use (``core/deid/keys.py``)."""
     if peer is None or not peer.deidentify:
         return None
+    from dcmnode.core.deid.job import pixel_masks
     from dcmnode.deid.engine import Deidentifier, Profile
 
     try:
         key = KeyStore(settings.data_dir / "secrets" / "deid").get(peer.deidentify_project)
     except OSError as err:
         raise ConfigError(f"cannot read or make the key of project {peer.deidentify_project}: {err.strerror}") from None
-    return Coercion(peer.ae_title, peer.deidentify_project, Deidentifier(key, Profile(options=_options(peer))))
+    profile = Profile(options=_options(peer), pixel_masks=pixel_masks(settings))
+    return Coercion(peer.ae_title, peer.deidentify_project, Deidentifier(key, profile))
 
 
 def _options(peer: Peer) -> frozenset[Option]:

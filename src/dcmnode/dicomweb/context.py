@@ -22,7 +22,7 @@ from dcmnode.core import access
 from dcmnode.core.audit import Audit
 from dcmnode.core.auth import Authenticator
 from dcmnode.core.catalog import Catalog
-from dcmnode.core.deid import DeidRegistry, KeyStore
+from dcmnode.core.deid import DeidRegistry, KeyStore, pixel_masks
 from dcmnode.core.deletion import Deletion
 from dcmnode.core.importing.registry import Registry
 from dcmnode.core.ingest import Ingest
@@ -135,6 +135,7 @@ class HttpServices:
                 services.settings.peers,
                 services.audit,
                 send,
+                pixel_masks(services.settings),
             ),
         )
 

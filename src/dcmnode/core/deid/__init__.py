@@ -3,8 +3,8 @@
 process (``registry``). The HTTP routes are ``nodeapi/deidentify.py``; the CLI's ``dcmnode deidentify`` runs a
 job in its own process."""
 
-from dcmnode.core.deid.job import ENDED, DeidJob, DeidRequest
+from dcmnode.core.deid.job import ENDED, DeidJob, DeidRequest, pixel_masks
 from dcmnode.core.deid.keys import KeyStore, check_project
 from dcmnode.core.deid.registry import DeidRegistry
 
-__all__ = ["ENDED", "DeidJob", "DeidRegistry", "DeidRequest", "KeyStore", "check_project"]
+__all__ = ["ENDED", "DeidJob", "DeidRegistry", "DeidRequest", "KeyStore", "check_project", "pixel_masks"]

@@ -27,7 +27,7 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 
-from dcmnode.config import Peer
+from dcmnode.config import Peer, Settings
 from dcmnode.core import query as q
 from dcmnode.core.audit import Actor, Audit, Transfers
 from dcmnode.core.catalog import Catalog
@@ -38,11 +38,21 @@ from dcmnode.core.retrieve import StoredFile
 from dcmnode.deid.engine import Deidentifier, Profile
 from dcmnode.deid.keys import ProjectKey
 from dcmnode.deid.options import Option, parse_options
+from dcmnode.deid.pixels import PixelMask
 from dcmnode.errors import AuditUnavailable, Cancelled, DcmnodeError, InvalidRequest, NotFound
 from dcmnode.model import UID_PATTERN, Outcome, Source, SourceKind
 from dcmnode.store.index import now
 
 log = logging.getLogger(__name__)
+
+
+def pixel_masks(settings: Settings) -> tuple[PixelMask, ...]:
+    """The ``[[deid.pixel_masks]]`` rules as the engine's masks (Clean Pixel Data fills them on every frame)."""
+    return tuple(
+        PixelMask(rule.manufacturer, rule.model, rule.rows, rule.columns, rule.rectangles)
+        for rule in settings.deid.pixel_masks
+    )
+
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 ENDED = (DONE, FAILED, CANCELLED)
@@ -272,12 +282,18 @@ class DeidJob:
         send: Sender | None = None,
         peer: Peer | None = None,
         progress: Progress | None = None,
+        masks: tuple[PixelMask, ...] = (),
     ) -> None:
         self.id = job_id
         self.request, self.files, self.ingest = request, list(files), ingest
         self.audit, self.who, self.owner, self.groups = audit, who or Actor.local(), owner, groups
         self.send, self.peer, self._progress = send, peer, progress
-        profile = Profile(options=request.options, patient_id=request.patient_id, patient_name=request.patient_name)
+        profile = Profile(
+            options=request.options,
+            patient_id=request.patient_id,
+            patient_name=request.patient_name,
+            pixel_masks=masks,
+        )
         self.engine = Deidentifier(key, profile)
         self.state = QUEUED
         self.done = 0

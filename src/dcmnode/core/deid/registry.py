@@ -22,6 +22,7 @@ from dcmnode.core.deid.job import DeidJob, DeidRequest, resolve
 from dcmnode.core.deid.keys import KeyStore
 from dcmnode.core.ingest import Ingest
 from dcmnode.core.jobs.worker import Sender
+from dcmnode.deid.pixels import PixelMask
 from dcmnode.errors import NotFound
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,10 @@ class DeidRegistry:
         peers: Mapping[str, Peer],
         audit: Audit | None = None,
         send: Sender | None = None,
+        masks: tuple[PixelMask, ...] = (),
     ) -> None:
         self.catalog, self.ingest, self.keys, self.peers = catalog, ingest, keys, peers
-        self.audit, self.send = audit, send
+        self.audit, self.send, self.masks = audit, send, masks
         self._jobs: dict[int, DeidJob] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -56,8 +58,9 @@ class DeidRegistry:
         with self._lock:
             self._prune()
             job = DeidJob(
-                next(self._ids), request, files, key, self.ingest, self.audit, who, owner, groups, self.send, peer
-            )
+                next(self._ids), request, files, key, self.ingest, self.audit, who, owner, groups, self.send, peer,
+                masks=self.masks,
+            )  # fmt: skip
             self._jobs[job.id] = job
         threading.Thread(target=self._run, args=(job,), name=f"deidentify-{job.id}", daemon=True).start()
         return job
