@@ -137,6 +137,27 @@ def test_cancel_a_waiting_job_stores_nothing(live: LiveServer) -> None:
     assert live.node.services.catalog.counts()["instances"] == 4
 
 
+def test_a_client_with_too_many_open_jobs_gets_429(live: LiveServer) -> None:
+    from dcmnode.core.deid.registry import MAX_OPEN_PER_CLIENT
+
+    datasets = ct_series(1, seed=13)
+    put(live, datasets)
+    registry = live.node.http.deidentify if live.node.http else None
+    assert registry is not None
+    body = {"studies": [str(datasets[0].StudyInstanceUID)], "project": "p"}
+    registry._running.acquire()  # nothing runs: every job stays queued
+    try:
+        ids = [httpx.post(f"{live.url}/api/deidentify", json=body).json()["id"] for _ in range(MAX_OPEN_PER_CLIENT)]
+        refused = httpx.post(f"{live.url}/api/deidentify", json=body)
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "30"
+        assert "queued or running" in refused.json()["error"]
+        for job_id in ids:
+            httpx.delete(f"{live.url}/api/deidentify/{job_id}")
+        assert httpx.post(f"{live.url}/api/deidentify", json=body).status_code == 202  # cancelled ones free places
+    finally:
+        registry._running.release()
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
     [

@@ -23,12 +23,13 @@ from dcmnode.core.deid.keys import KeyStore
 from dcmnode.core.ingest import Ingest
 from dcmnode.core.jobs.worker import Sender
 from dcmnode.deid.pixels import PixelMask
-from dcmnode.errors import NotFound
+from dcmnode.errors import NotFound, TooManyRequests
 
 log = logging.getLogger(__name__)
 
 KEEP_ENDED_SECONDS = 3600.0
 MAX_RUNNING = 1  # one instance at a time per job, and one job at a time: the node keeps serving meanwhile
+MAX_OPEN_PER_CLIENT = 20  # queued or running jobs of one client (principal, else address): one more is 429
 
 
 class DeidRegistry:
@@ -52,6 +53,14 @@ class DeidRegistry:
     def submit(self, request: DeidRequest, who: Actor, owner: str, groups: frozenset[str] | None = None) -> DeidJob:
         """Resolve the source (NotFound for a study or series the principal does not see), take the project's
         key (made on first use) and start the job."""
+        with self._lock:
+            waiting = sum(1 for j in self._jobs.values() if j.owner == owner and not j.ended)
+        if waiting >= MAX_OPEN_PER_CLIENT:  # each job holds a thread until it runs: a flood would pile them up
+            raise TooManyRequests(
+                f"{waiting} de-identification jobs of this client are queued or running (at most "
+                f"{MAX_OPEN_PER_CLIENT}); wait for one to end",
+                retry_after=30.0,
+            )
         files = resolve(self.catalog, request, groups)
         key = self.keys.get(request.project)
         peer = self.peers.get(request.send_to) if request.send_to else None
