@@ -429,3 +429,23 @@ def test_bombs_peak_memory_of_dcmnode_import(tmp_path: Path) -> None:
     assert "4 stored" in result.stdout and "214 failed" in result.stdout, result.stdout
     assert peak < 256 * MIB, f"peak RSS {peak / MIB:.1f} MiB"
     assert_nothing_outside(tmp_path, before, data)
+
+
+def test_refused_tar_gz_members_count_against_the_cap(live_factory: Any, tmp_path: Path) -> None:
+    """Members refused by name are still decompressed by tarfile to skip them: their bytes count, so three
+    6 MiB members named `../x` stop the archive at a 5 MiB cap instead of being inflated whole for nothing."""
+    live = live_factory(http={"max_archive_expanded_mb": 5})
+    archive = tmp_path / "skipped.tar.gz"
+    with tarfile.open(archive, "w:gz", compresslevel=1) as out:
+        for i in range(3):
+            info = tarfile.TarInfo(f"../escape{i}.dcm")
+            info.size = 6 * MIB
+            out.addfile(info, io.BufferedReader(Zeros(info.size, dicm=True)))
+    job = open_job(live, name="skipped")
+    assert put(live, job["id"], "skipped.tar.gz", archive).status_code == 202
+    finish(live, job["id"])
+    job = wait_ended(live, job["id"])
+    reasons = {f["path"]: f["reason"] for f in job["failed"]}
+    assert "the archive expands to more than 5242880 bytes" in reasons["skipped.tar.gz"], reasons
+    assert "skipped.tar.gz/../escape2.dcm" not in reasons  # the third member was never read
+    assert temp_files(live.node.services.store.root) == []

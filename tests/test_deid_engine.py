@@ -355,3 +355,18 @@ def test_outcome_type() -> None:
     assert isinstance(outcome, Outcome) and outcome.masked == []
     assert isinstance(outcome.dataset.file_meta, FileMetaDataset)
     assert Deidentifier(KEY, Profile()).edition == "2024b"
+
+
+def test_unknown_tags_go_safe_text_is_cleaned_and_retain_uids_keeps_every_uid() -> None:
+    ds = identity_datasets()["ct_a0"]
+    family = str(ds.PatientName).split("^")[0]
+    ds.add_new(0x00100099, "CS", family.upper())  # public tags no dictionary knows: not known safe (E.1.1)
+    ds.add_new(0x00180099, "OB", f"{family} {ds.PatientID}".encode())
+    ds.WindowCenterWidthExplanation = f"Dr {family} window"
+    ds.TableFrameOfReferenceUID = ds.FrameOfReferenceUID  # an unlisted UID pointing at a listed one
+    out = Deidentifier(KEY, Profile()).apply(ds).dataset
+    assert 0x00100099 not in out and 0x00180099 not in out
+    assert family.lower() not in str(out.WindowCenterWidthExplanation).lower()
+    assert "window" in str(out.WindowCenterWidthExplanation)
+    kept = Deidentifier(KEY, Profile(options=frozenset({Option.RETAIN_UIDS}))).apply(ds).dataset
+    assert kept.FrameOfReferenceUID == ds.FrameOfReferenceUID == kept.TableFrameOfReferenceUID

@@ -271,3 +271,22 @@ def test_a_deidentify_job_sent_to_a_coerced_peer_is_deidentified_once(
     received = research.received()
     assert_deidentified(received, values)
     assert {pydicom.dcmread(path).StudyInstanceUID for path in received} == {new_study}
+
+
+def test_a_job_cannot_send_a_weaker_profile_to_a_coerced_peer(tmp_path: Path) -> None:
+    """A job sending to a peer declared with ``deidentify`` must use that peer's project and retain nothing the
+    peer's profile does not: else a caller could send original UIDs or dates to the research PACS."""
+    files, _, _ = study(tmp_path)
+    data = tmp_path / "data"
+    assert run_cli("import", "--data", str(data), "--no-progress", *map(str, files)).returncode == 0
+    cfg = tmp_path / "dcmnode.toml"
+    cfg.write_text(peers_toml(11112, 11113))  # never connected: the job is refused before it runs
+
+    def job(*extra: str) -> subprocess.CompletedProcess[str]:
+        common = ("--send-to", "RESEARCH", "--config", str(cfg), "--data", str(data), "--no-progress")
+        return run_cli("deidentify", fx.STUDY_A, *extra, *common)
+
+    weaker = job("--project", "trial-42", "--option", "retain-uids")
+    assert weaker.returncode == 2 and "does not retain retain-uids" in weaker.stderr, weaker.stderr
+    other_key = job("--project", "elsewhere")
+    assert other_key.returncode == 2 and "project 'trial-42' only" in other_key.stderr, other_key.stderr

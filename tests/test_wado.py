@@ -262,6 +262,8 @@ def test_frames_in_the_compressed_media_type_and_errors(wado_live: Any, copies: 
     assert httpx.get(url(live, series[0], "/frames/2")).status_code == 404
     assert httpx.get(url(live, series[0], "/frames/0")).status_code == 400
     assert httpx.get(url(live, series[0], "/frames/a,b")).status_code == 400
+    repeated = httpx.get(url(live, series[0], "/frames/" + ",".join(["1"] * 1000)))  # not 1000 copies of a frame
+    assert repeated.status_code == 400 and "more than once" in repeated.json()["error"]
     # OHIF's unquoted Accept header (omitQuotationForMultipartRequest)
     ohif = httpx.get(
         url(live, series[0], "/frames/1"),

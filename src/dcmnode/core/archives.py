@@ -412,12 +412,14 @@ def _tar_member(
         # never followed, never made: remembered so that a later member written "through" it is refused
         # (a symlink then a file below it; a hard link to a deeper symlink, CVE-2025-4517)
         links.add(info.name)
-    if reason:
-        return _refused(name, reason)
+    if reason or (info.isreg() and info.size > limits.max_member_bytes):
+        # tarfile still reads past a member it is not asked for (a TAR.GZ stream decompresses all of it):
+        # those bytes count against the archive's budget like any other
+        if info.isreg():
+            budget.take(info.size)
+        return _refused(name, reason or f"{info.size} bytes, more than the limit of {limits.max_member_bytes}")
     if not info.isreg() or info.issparse():
         return _skipped(name, f"{_tar_type(info)}: not imported")
-    if info.size > limits.max_member_bytes:
-        return _refused(name, f"{info.size} bytes, more than the limit of {limits.max_member_bytes}")
     src = archive.extractfile(info)
     assert src is not None  # a regular file always has a reader
     start = counting.count if counting is not None else 0

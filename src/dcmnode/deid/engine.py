@@ -287,6 +287,8 @@ def _vr(elem: DataElement) -> str:
 
 
 def _unlisted(elem: DataElement, context: _Context) -> str:
+    if _dictionary_vr(elem.tag) == "UN":
+        return "X"  # a public tag no dictionary knows: nothing says it is safe, whatever VR the file claims (E.1.1)
     vr = _vr(elem)
     if vr == "UN":
         known = _dictionary_vr(elem.tag)
@@ -295,12 +297,15 @@ def _unlisted(elem: DataElement, context: _Context) -> str:
         if Option.RETAIN_LONGITUDINAL_FULL_DATES in context.options:
             return "K"
         return "C" if Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in context.options else "X"
-    if vr == "UI":
-        return "K" if keyword_for_tag(elem.tag) in SAFE_UIDS else "U"
+    if vr == "UI":  # with Retain UIDs every UID stays, so that references to the kept ones still resolve
+        keep = keyword_for_tag(elem.tag) in SAFE_UIDS or Option.RETAIN_UIDS in context.options
+        return "K" if keep else "U"
     if vr == "SQ":
         return "R"  # its items processed by the same rules, inside a cleaned sequence still cleaned
-    if vr in SAFE_VRS or keyword_for_tag(elem.tag) in SAFE_TEXT:
+    if vr in SAFE_VRS:
         return "K"
+    if keyword_for_tag(elem.tag) in SAFE_TEXT:
+        return "C"  # kept, with the patient's name parts, IDs and dates taken out (a "Dr DOE window" label)
     if context.cleaning:
         return "C"
     return "Z"  # emptied, not removed: as protective, and a Type 2 attribute stays present

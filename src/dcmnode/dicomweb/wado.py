@@ -244,6 +244,11 @@ def frame_list(text: str) -> list[int]:
     numbers = [rendered.frame_number(n.strip(), "frame list") for n in text.split(",") if n.strip()]
     if not numbers:
         raise InvalidRequest(f"frame list {text[:40]!r}: expected comma-separated frame numbers from 1")
+    seen: set[int] = set()
+    for number in numbers:  # each frame once: a list of repeats would make the answer as large as one likes
+        if number in seen:
+            raise InvalidRequest(f"frame list: frame {number} is listed more than once")
+        seen.add(number)
     return numbers
 
 

@@ -64,6 +64,21 @@ SEND_BATCH = 64
 FIELDS = {"studies", "series", "options", "project", "patient_id", "patient_name", "output", "send_to"}
 
 
+def _check_peer_profile(peer: Peer, project: str, options: frozenset[Option]) -> None:
+    """A peer declared with ``deidentify`` receives only its own profile's output: a job sending to it uses that
+    project's key and keeps nothing the peer's profile does not (no ``retain-*`` option beyond the peer's)."""
+    if not peer.deidentify:
+        return
+    declared = parse_options(list(peer.deidentify))
+    extra = sorted(o.value for o in options - declared if o.value.startswith("retain-"))
+    if project != peer.deidentify_project:
+        raise InvalidRequest(
+            f"send_to {peer.ae_title}: that peer receives project {peer.deidentify_project!r} only ([peers] deidentify)"
+        )
+    if extra:
+        raise InvalidRequest(f"send_to {peer.ae_title}: its profile does not retain {', '.join(extra)}")
+
+
 def _uids(name: str, value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or len(value) > MAX_UIDS:
         raise InvalidRequest(f"{name}: a list of 1 to {MAX_UIDS} UIDs")
@@ -122,11 +137,14 @@ class DeidRequest:
             raise InvalidRequest('send_to goes with output "send"')
         if "project" not in body:
             raise InvalidRequest("project: the project whose key de-identifies (letters, digits, -_.)")
+        options = parse_options(names)
+        if output == "send":
+            _check_peer_profile(peers[send_to], str(body["project"]), options)
         return cls(
             project=check_project(body["project"]),
             studies=studies,
             series=series,
-            options=parse_options(names),
+            options=options,
             patient_id=_text("patient_id", body.get("patient_id"), "LO"),
             patient_name=_text("patient_name", body.get("patient_name"), "PN"),
             output=output,
@@ -340,7 +358,13 @@ class DeidJob:
             self.id, len(self.files), self.request.output, self.request.project,
             ",".join(self.request.option_names()) or "basic",
         )  # fmt: skip
-        output = self._output()
+        try:
+            output = self._output()
+        except (DcmnodeError, OSError) as err:  # no output could be opened (disk, a peer this process lacks)
+            self.error = err.reason if isinstance(err, DcmnodeError) else f"cannot open the output: {err}"
+            log.warning("deidentify %d failed: %s", self.id, self.error)
+            self._finish(FAILED)
+            return
         try:
             for item in self.files:
                 if self._cancel.is_set():

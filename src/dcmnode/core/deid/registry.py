@@ -49,28 +49,35 @@ class DeidRegistry:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._running = threading.Semaphore(MAX_RUNNING)
+        self._reserved: dict[str, int] = {}  # places taken by submits in progress, by owner
 
     def submit(self, request: DeidRequest, who: Actor, owner: str, groups: frozenset[str] | None = None) -> DeidJob:
         """Resolve the source (NotFound for a study or series the principal does not see), take the project's
         key (made on first use) and start the job."""
-        with self._lock:
-            waiting = sum(1 for j in self._jobs.values() if j.owner == owner and not j.ended)
-        if waiting >= MAX_OPEN_PER_CLIENT:  # each job holds a thread until it runs: a flood would pile them up
-            raise TooManyRequests(
-                f"{waiting} de-identification jobs of this client are queued or running (at most "
-                f"{MAX_OPEN_PER_CLIENT}); wait for one to end",
-                retry_after=30.0,
-            )
-        files = resolve(self.catalog, request, groups)
-        key = self.keys.get(request.project)
-        peer = self.peers.get(request.send_to) if request.send_to else None
-        with self._lock:
-            self._prune()
-            job = DeidJob(
-                next(self._ids), request, files, key, self.ingest, self.audit, who, owner, groups, self.send, peer,
-                masks=self.masks,
-            )  # fmt: skip
-            self._jobs[job.id] = job
+        with self._lock:  # a place is reserved at once, so that concurrent submits cannot all pass the check
+            open_jobs = sum(1 for j in self._jobs.values() if j.owner == owner and not j.ended)
+            waiting = open_jobs + self._reserved.get(owner, 0)
+            if waiting >= MAX_OPEN_PER_CLIENT:  # each job holds a thread until it runs: a flood would pile them up
+                raise TooManyRequests(
+                    f"{waiting} de-identification jobs of this client are queued or running (at most "
+                    f"{MAX_OPEN_PER_CLIENT}); wait for one to end",
+                    retry_after=30.0,
+                )
+            self._reserved[owner] = self._reserved.get(owner, 0) + 1
+        try:
+            files = resolve(self.catalog, request, groups)
+            key = self.keys.get(request.project)
+            peer = self.peers.get(request.send_to) if request.send_to else None
+            with self._lock:
+                self._prune()
+                job = DeidJob(
+                    next(self._ids), request, files, key, self.ingest, self.audit, who, owner, groups, self.send,
+                    peer, masks=self.masks,
+                )  # fmt: skip
+                self._jobs[job.id] = job
+        finally:
+            with self._lock:
+                self._reserved[owner] -= 1
         threading.Thread(target=self._run, args=(job,), name=f"deidentify-{job.id}", daemon=True).start()
         return job
 
