@@ -4,6 +4,7 @@ compressed input, the check after masking, and no OCR engine → refused. Images
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import time
@@ -245,3 +246,12 @@ def test_mask_rules_match_like_ctp() -> None:
     assert PixelMask("ACME", "sono", 4, 6, ()).matches(ds)
     assert not PixelMask("ACME", "sono", 4, 7, ()).matches(ds)
     assert not PixelMask("GE", None, None, None, ()).matches(ds)
+
+
+def test_looking_for_tesseract_leaves_the_environment_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process environment is every later child's: an OMP_THREAD_LIMIT=1 set for tesseract reached the SR
+    worker's torch, whose training then hung (the learned SR tests timed out after the pixel tests had run)."""
+    monkeypatch.delenv("OMP_THREAD_LIMIT", raising=False)
+    before = dict(os.environ)
+    pixels._tesseract()
+    assert dict(os.environ) == before

@@ -13,7 +13,6 @@ Work is frame by frame: one decoded frame (and its OCR images) in memory at a ti
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -166,8 +165,8 @@ def _tesseract() -> Any:
         raise DeidentificationRefused(
             "Clean Pixel Data: the OCR engine is not available (the Python package pytesseract is not installed)"
         ) from exc
-    # tesseract's OpenMP threads slow it down when several run at once (its FAQ); one thread each here.
-    os.environ.setdefault("OMP_THREAD_LIMIT", "1")
+    # No OMP_THREAD_LIMIT set here: the process's environment is everyone's (it reached the SR worker's torch,
+    # which then trained on one thread).
     try:
         pytesseract.get_tesseract_version()
     except Exception as exc:  # TesseractNotFoundError, or a binary that does not run
