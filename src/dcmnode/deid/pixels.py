@@ -166,7 +166,7 @@ def _tesseract() -> Any:
             "Clean Pixel Data: the OCR engine is not available (the Python package pytesseract is not installed)"
         ) from exc
     # No OMP_THREAD_LIMIT set here: the process's environment is everyone's (it reached the SR worker's torch,
-    # which then trained on one thread).
+    # whose training then hung here).
     try:
         pytesseract.get_tesseract_version()
     except Exception as exc:  # TesseractNotFoundError, or a binary that does not run
