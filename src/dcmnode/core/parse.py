@@ -167,22 +167,24 @@ def _meta_uid(meta: dict[int, bytes], tag: int) -> str | None:
         return None
 
 
-def _check_meta_head(fp: BinaryIO) -> None:
-    """The File Meta Information's transfer syntax checked before pydicom reads on with it."""
+def _check_head(fp: BinaryIO) -> None:
+    """The File Meta Information, read and walked once before pydicom reads on: its transfer syntax checked
+    (``check_transfer_syntax``), and a deflated data set's inflated size bounded (``_check_inflated``)."""
     start = fp.tell()
     head = fp.read(META_HEAD)
     fp.seek(start)
+    try:
+        meta, pos = walk.file_meta(head)
+    except walk.Unsupported:
+        return  # pydicom decides (a meta longer than the head, or one that runs past the end)
     if len(head) >= 144 and head[128:132] == b"DICM":
-        try:
-            meta, _ = walk.file_meta(head)
-        except walk.Unsupported:
-            return  # pydicom decides (a meta longer than the head, or one that runs past the end)
         check_transfer_syntax(meta)
+    if meta.get(0x00020010, b"").rstrip(b"\x00 ") == b"1.2.840.10008.1.2.1.99":
+        _check_inflated(fp, start, start + pos)
 
 
 def _parse(fp: BinaryIO, size: int, expected: Expected | None) -> Parsed:
-    _check_meta_head(fp)
-    _check_inflated(fp)
+    _check_head(fp)
     guard = _TruncationGuard(fp, size)
     try:
         ds = pydicom.dcmread(guard, defer_size=DEFER_SIZE)
@@ -203,18 +205,10 @@ def _parse(fp: BinaryIO, size: int, expected: Expected | None) -> Parsed:
     return _check(ds, size, expected or Expected())
 
 
-def _check_inflated(fp: BinaryIO) -> None:
+def _check_inflated(fp: BinaryIO, start: int, data_set: int) -> None:
     """A deflated data set (PS3.5 A.5) inflating past ``limits.MAX_INFLATED``: refused before pydicom inflates
-    it whole in memory. Inflates in bounded steps, keeping nothing."""
-    head = fp.read(64 * 1024)
-    fp.seek(0)
-    try:
-        meta, pos = walk.file_meta(head)
-    except walk.Unsupported:
-        return
-    if meta.get(0x00020010, b"").rstrip(b"\x00 ") != b"1.2.840.10008.1.2.1.99":
-        return
-    fp.seek(pos)
+    it whole in memory. Inflates from ``data_set`` in bounded steps, keeping nothing; ``fp`` back at ``start``."""
+    fp.seek(data_set)
     inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
     try:
         while chunk := fp.read(1024 * 1024):
@@ -228,7 +222,7 @@ def _check_inflated(fp: BinaryIO) -> None:
     except zlib.error:
         pass  # pydicom decides (and explains)
     finally:
-        fp.seek(0)
+        fp.seek(start)
 
 
 def _check_limits(ds: Dataset) -> None:
