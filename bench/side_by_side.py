@@ -369,6 +369,7 @@ def bench_node(a: argparse.Namespace, node: Orthanc | Dcmnode, phase: str, rdir:
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [
         str(a.bench_python),
+        *([] if a.stock_client else [str(HERE / "bench_node_client.py")]),
         str(a.shared / "bench_node.py"),
         "--dataset",
         str(a.dataset),
@@ -739,8 +740,9 @@ def markdown(a: argparse.Namespace, s: dict[str, Any], rounds: list[dict[str, An
         f"dcmnode: {env['dcmnode']}  ",
         f"Orthanc: {env['orthanc']} (ORTHANC_TCP_NODELAY=1)  ",
         f"Data set: {env['dataset']}  ",
-        f"Client: bench_node.py, `--accept-encoding identity --client-nodelay`, "
-        f"one invocation per phase; machine: {env['machine']}",
+        "Client: bench_node.py, `--accept-encoding identity --client-nodelay`, one invocation per phase, "
+        + ("stock" if a.stock_client else "with bench_node_client.py's fix of pynetdicom's reactor race")
+        + f"; machine: {env['machine']}",
         "",
         "| line (dcmnode / Orthanc) | dcmnode | Orthanc | ratio | target | met? |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -946,16 +948,19 @@ def version_of(python: Path, module: str, env: dict[str, str] | None = None) -> 
 
 
 def git_rev(path: Path) -> str:
-    p = subprocess.run(
-        ["git", "-C", str(path), "describe", "--always", "--dirty", "--abbrev=12"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    branch = subprocess.run(
-        ["git", "-C", str(path), "rev-parse", "--abbrev-ref", "HEAD"], capture_output=True, text=True, timeout=30
-    )
-    return f"{branch.stdout.strip()} {p.stdout.strip()}" if p.returncode == 0 else "not a git checkout"
+    """Branch, HEAD, and the last commit that changed the node's code (``path``, a checkout's src/)."""
+
+    def git(*args: str) -> str:
+        p = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, timeout=30)
+        return p.stdout.strip() if p.returncode == 0 else ""
+
+    head = git("rev-parse", "--short=12", "HEAD")
+    if not head:
+        return "not a git checkout"
+    src, _, subject = git("log", "-1", "--format=%h %s", "--", ".").partition(" ")
+    subject = subject if len(subject) <= 60 else subject[:57] + "..."
+    dirty = " + uncommitted changes" if git("status", "--porcelain", "--", ".") else ""
+    return f'{head} ({git("rev-parse", "--abbrev-ref", "HEAD")}), src/ as of {src} "{subject}"{dirty}'
 
 
 def preflight(a: argparse.Namespace) -> None:
@@ -1038,6 +1043,11 @@ def parse() -> argparse.Namespace:
         type=int,
         default=11113,
         help="the harness's C-MOVE destination (peer BENCH); a free one if in use",
+    )
+    ap.add_argument(
+        "--stock-client",
+        action="store_true",
+        help="run bench_node.py as it is, without bench_node_client.py's fix of pynetdicom's reactor race",
     )
     ap.add_argument("--setup", action="store_true", help="(side_by_side.sh) run setup.sh first when needed")
     a = ap.parse_args()
