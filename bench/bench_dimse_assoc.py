@@ -13,6 +13,8 @@ Targets (each measured round by round, interleaved, so that the machine's drift 
   --host/--port/--aet   an SCP that is already running (``--server-pid`` for its idle CPU figure)
   --dcmnode P           a fresh ``dcmnode serve`` (empty data folder under ``--work``, default settings) with
                         ``dimse.processes = P``; repeatable (``--dcmnode 2 --dcmnode 0``)
+  --baseline SRC        beside each ``--dcmnode P``, the same from another source tree (before/after in one run:
+                        ``git worktree add /tmp/before <commit>`` then ``--baseline /tmp/before/src``)
   --bare                a bare pynetdicom SCP (one ``AE.start_server`` with a C-ECHO handler) started here, in a
                         subprocess, as the yardstick
   --ideal               the client's floor: a raw-socket responder started here, in a subprocess, that answers
@@ -185,13 +187,14 @@ class Target:
             self.proc.wait()
 
 
-def start_dcmnode(work: Path, processes: int) -> Target:
-    data = work / f"dcmnode-p{processes}"
+def start_dcmnode(work: Path, processes: int, src: Path, label: str = "") -> Target:
+    stem = f"dcmnode{label and '-' + label}-p{processes}"
+    data = work / stem
     shutil.rmtree(data, ignore_errors=True)
-    log = open(work / f"dcmnode-p{processes}.log", "w")  # noqa: SIM115 (open for the server's lifetime)
+    log = open(work / f"{stem}.log", "w")  # noqa: SIM115 (open for the server's lifetime)
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT / "src"),
+        "PYTHONPATH": str(src),
         "DCMNODE_DIMSE_PROCESSES": str(processes),
         "DCMNODE_SR_WORKER": "off",
     }
@@ -211,7 +214,8 @@ def start_dcmnode(work: Path, processes: int) -> Target:
     if found is None:
         proc.kill()
         raise SystemExit(f"dcmnode serve did not start: {line!r}\n{(work / log.name).read_text()[-2000:]}")
-    return Target(f"dcmnode (dimse.processes={processes})", int(found[2]), found[1], proc.pid, proc)
+    name = f"dcmnode{label and ' ' + label} (dimse.processes={processes})"
+    return Target(name, int(found[2]), found[1], proc.pid, proc)
 
 
 def start_bare() -> Target:
@@ -377,7 +381,9 @@ def main() -> int:
     targets: list[Target] = []
     try:
         for processes in ARGS.dcmnode:
-            targets.append(start_dcmnode(work, processes))
+            if ARGS.baseline:
+                targets.append(start_dcmnode(work, processes, Path(ARGS.baseline), "baseline"))
+            targets.append(start_dcmnode(work, processes, ROOT / "src"))
         if ARGS.bare:
             targets.append(start_bare())
         if ARGS.ideal:
@@ -463,6 +469,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--server-pid", type=int, default=0, help="its pid, for the idle CPU figure")
     parser.add_argument("--calling-aet", default="BENCH")
     parser.add_argument("--dcmnode", type=int, action="append", default=[], metavar="PROCESSES")
+    parser.add_argument(
+        "--baseline", help="a dcmnode src folder (e.g. an older commit's) to run beside each --dcmnode, interleaved"
+    )
     parser.add_argument("--bare", action="store_true", help="also measure a bare pynetdicom SCP")
     parser.add_argument("--ideal", action="store_true", help="also measure the client's floor (canned answers)")
     parser.add_argument("--new", type=int, default=100, help="new associations per round")
