@@ -28,6 +28,9 @@ Metrics per target, per round:
   in_association    ``send_c_echo`` ``--inside`` times in one association: median and p95 in ms
   server_cpu        the server's CPU time (its whole process tree, from /proc: 10 ms ticks, so over the round)
                     per new association and per C-ECHO inside one (a figure scheduling noise does not move)
+  client sleeps     with ``--client-sleeps N``, after the rounds: the client's ``time.sleep`` calls per calling
+                    line and thread (main, the DUL's, the association reactor's) over N new associations and 3N
+                    echoes: the client's own floor, whatever the server does
   idle_cpu          ``--idle`` associations opened and left idle for ``--idle-seconds``: the server's CPU time
                     over that span (its whole process tree, from /proc), in % of one core
 
@@ -51,6 +54,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -407,11 +411,43 @@ def main() -> int:
                     row["idle_cpu"] = idle_cpu(ae, target, ARGS.idle, ARGS.idle_seconds)
                 rounds[target.name].append(row)
                 print(f"round {r + 1} {target.name}: {json.dumps(row)}", flush=True)
+        sleeps = {t.name: client_sleeps(ae, t, ARGS.client_sleeps) for t in targets} if ARGS.client_sleeps else {}
     finally:
         for target in targets:
             target.stop()
-    report(rounds)
+    report(rounds, sleeps)
     return 0
+
+
+def client_sleeps(ae: AE, target: Target, n: int) -> dict[str, dict[str, list[float]]]:
+    """Where the pynetdicom client sleeps: ``time.sleep`` counted per calling line over ``n`` new associations
+    and ``3n`` echoes in one association (per association / per echo: [calls, ms slept])."""
+    real = time.sleep
+    tally: dict[str, list[float]] = {}
+
+    def counting(seconds: float) -> None:
+        frame = sys._getframe(1)
+        thread = threading.current_thread().name.split("@")[0].split("-")[0]
+        where = f"{thread}: {frame.f_code.co_name} ({Path(frame.f_code.co_filename).name}:{frame.f_lineno})"
+        t0 = time.perf_counter()
+        real(seconds)
+        entry = tally.setdefault(where, [0, 0.0])
+        entry[0] += 1
+        entry[1] += time.perf_counter() - t0
+
+    out: dict[str, dict[str, list[float]]] = {}
+    time.sleep = counting
+    try:
+        for phase, count, run in (
+            ("per new association", n, lambda: new_association(ae, target, n)),
+            ("per echo in one association", 3 * n, lambda: in_association(ae, target, 3 * n)),
+        ):
+            tally.clear()
+            run()
+            out[phase] = {k: [round(v[0] / count, 2), round(v[1] * 1000 / count, 3)] for k, v in tally.items()}
+    finally:
+        time.sleep = real
+    return out
 
 
 def median_of(rows: list[dict[str, Any]], phase: str, key: str) -> float | None:
@@ -419,7 +455,7 @@ def median_of(rows: list[dict[str, Any]], phase: str, key: str) -> float | None:
     return round(statistics.median(values), 2) if values else None
 
 
-def report(rounds: dict[str, list[dict[str, Any]]]) -> None:
+def report(rounds: dict[str, list[dict[str, Any]]], sleeps: dict[str, Any]) -> None:
     head = (
         f"C-ECHO, {ARGS.rounds} rounds (median of the rounds' figures), {ARGS.new} new associations and "
         f"{ARGS.inside} echoes in one association per round; client pynetdicom, Nagle "
@@ -452,13 +488,19 @@ def report(rounds: dict[str, list[dict[str, Any]]]) -> None:
         f"{stalls}; of them, the pynetdicom client's own pause race (its reactor took the response): "
         f"{RACES.count}.",
     ]
+    for name, phases in sleeps.items():
+        lines += ["", f"Client sleeps against {name} (``time.sleep`` calls / ms slept, by thread and line):", ""]
+        lines += ["| phase | where | calls | ms |", "| --- | --- | --- | --- |"]
+        for phase, found in phases.items():
+            for where, (calls, ms) in sorted(found.items(), key=lambda item: -item[1][1]):
+                lines.append(f"| {phase} | {where} | {calls} | {ms} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if ARGS.out_md:
         Path(ARGS.out_md).parent.mkdir(parents=True, exist_ok=True)
         Path(ARGS.out_md).write_text(text)
     if ARGS.out_json:
-        Path(ARGS.out_json).write_text(json.dumps(rounds, indent=1))
+        Path(ARGS.out_json).write_text(json.dumps({"rounds": rounds, "client_sleeps": sleeps}, indent=1))
 
 
 def parse_args() -> argparse.Namespace:
@@ -479,6 +521,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--idle", type=int, default=0, help="idle associations for the CPU figure (0: skip)")
     parser.add_argument("--idle-seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--client-sleeps", type=int, default=0, metavar="N", help="then profile the client's sleeps over N associations"
+    )
     parser.add_argument("--client-nagle", action="store_true", help="leave Nagle on in the client")
     parser.add_argument("--work", help="folder for the started nodes' data and logs (default: a new temp dir)")
     parser.add_argument("--out-md")
