@@ -31,6 +31,9 @@ Metrics per target, per round:
   client sleeps     with ``--client-sleeps N``, after the rounds: the client's ``time.sleep`` calls per calling
                     line and thread (main, the DUL's, the association reactor's) over N new associations and 3N
                     echoes: the client's own floor, whatever the server does
+  dcmtk             with ``--dcmtk N``, after the rounds, per round: N runs of dcmtk's ``echoscu`` (a process each:
+                    start, associate, C-ECHO, release) and the per-echo time of ``echoscu --repeat 10N``: a client
+                    that blocks in its socket instead of polling, so the server's own latency shows
   idle_cpu          ``--idle`` associations opened and left idle for ``--idle-seconds``: the server's CPU time
                     over that span (its whole process tree, from /proc), in % of one core
 
@@ -317,16 +320,18 @@ def new_association(ae: AE, target: Target, n: int) -> dict[str, Any]:
 def in_association(ae: AE, target: Target, n: int) -> dict[str, Any]:
     assoc = associate(ae, target)
     try:
-        for _ in range(min(20, n)):  # warm-up
-            echo(assoc, target)
         times: list[float] = []
-        cpu0 = tree_cpu_seconds(target.pid) if target.pid else 0.0
-        while len(times) < n:
+        warm_up = min(20, n)
+        cpu0 = 0.0
+        while len(times) < warm_up + n:
             if not assoc.is_established:  # aborted after a stall
                 assoc = associate(ae, target)
+            if len(times) == warm_up:
+                cpu0 = tree_cpu_seconds(target.pid) if target.pid else 0.0
             t0 = time.perf_counter()
             if echo(assoc, target):
                 times.append(time.perf_counter() - t0)
+        times = times[warm_up:]
         cpu = (tree_cpu_seconds(target.pid) - cpu0) * 1000 / n if target.pid else None
     finally:
         if assoc.is_established:
@@ -411,11 +416,18 @@ def main() -> int:
                     row["idle_cpu"] = idle_cpu(ae, target, ARGS.idle, ARGS.idle_seconds)
                 rounds[target.name].append(row)
                 print(f"round {r + 1} {target.name}: {json.dumps(row)}", flush=True)
+                if ARGS.out_json:  # so far, in case a later round fails
+                    Path(ARGS.out_json).write_text(json.dumps({"rounds": rounds}, indent=1))
         sleeps = {t.name: client_sleeps(ae, t, ARGS.client_sleeps) for t in targets} if ARGS.client_sleeps else {}
+        dcmtk: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets} if ARGS.dcmtk else {}
+        for _ in range(ARGS.rounds if ARGS.dcmtk else 0):
+            for target in targets:
+                dcmtk[target.name].append(dcmtk_echo(target, ARGS.dcmtk))
+                print(f"dcmtk {target.name}: {json.dumps(dcmtk[target.name][-1])}", flush=True)
     finally:
         for target in targets:
             target.stop()
-    report(rounds, sleeps)
+    report(rounds, sleeps, dcmtk)
     return 0
 
 
@@ -450,12 +462,38 @@ def client_sleeps(ae: AE, target: Target, n: int) -> dict[str, dict[str, list[fl
     return out
 
 
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # dcmtk's own switch for Nagle (as ../shared/bench sets it)
+
+
+def dcmtk_echo(target: Target, n: int) -> dict[str, Any]:
+    """dcmtk's echoscu (C, blocking I/O: no polling of its own): ``n`` runs of one association with one C-ECHO
+    (process start included; the ideal responder's figure is that floor), and ``--repeat 10n`` in one association
+    against ``--repeat 1`` for the per-echo time inside it."""
+    host = HOST if target.proc else ARGS.host
+    base = ["echoscu", "-aet", ARGS.calling_aet, "-aec", target.aet, host, str(target.port)]
+
+    def run(*extra: str) -> float:
+        t0 = time.perf_counter()
+        done = subprocess.run([*base, *extra], capture_output=True, text=True, env=DCMTK_ENV)
+        if done.returncode != 0:
+            raise SystemExit(f"{target.name}: echoscu failed: {done.stdout}{done.stderr}")
+        return time.perf_counter() - t0
+
+    runs = [run() for _ in range(n)]
+    single = statistics.median(run() for _ in range(5))
+    repeated = statistics.median(run("--repeat", str(10 * n)) for _ in range(3))
+    return {
+        "new_association_process_median_ms": round(statistics.median(runs) * 1000, 3),
+        "in_association_ms": round((repeated - single) * 1000 / (10 * n - 1), 3),
+    }
+
+
 def median_of(rows: list[dict[str, Any]], phase: str, key: str) -> float | None:
     values = [row[phase][key] for row in rows if key in row.get(phase, {})]
     return round(statistics.median(values), 2) if values else None
 
 
-def report(rounds: dict[str, list[dict[str, Any]]], sleeps: dict[str, Any]) -> None:
+def report(rounds: dict[str, list[dict[str, Any]]], sleeps: dict[str, Any], dcmtk: dict[str, Any]) -> None:
     head = (
         f"C-ECHO, {ARGS.rounds} rounds (median of the rounds' figures), {ARGS.new} new associations and "
         f"{ARGS.inside} echoes in one association per round; client pynetdicom, Nagle "
@@ -488,6 +526,20 @@ def report(rounds: dict[str, list[dict[str, Any]]], sleeps: dict[str, Any]) -> N
         f"{stalls}; of them, the pynetdicom client's own pause race (its reactor took the response): "
         f"{RACES.count}.",
     ]
+    if dcmtk:
+        lines += [
+            "",
+            f"dcmtk echoscu, {ARGS.rounds} rounds (medians): {ARGS.dcmtk} runs of one association with one C-ECHO "
+            f"(a new echoscu process each, its start included), and the time per echo of "
+            f"``--repeat {10 * ARGS.dcmtk}``:",
+            "",
+            "| target | echoscu run (new association + C-ECHO + release) | C-ECHO inside one association |",
+            "| --- | --- | --- |",
+        ]
+        for name, rows in dcmtk.items():
+            new = statistics.median(r["new_association_process_median_ms"] for r in rows)
+            inside = statistics.median(r["in_association_ms"] for r in rows)
+            lines.append(f"| {name} | {new:.2f} ms | {inside:.3f} ms |")
     for name, phases in sleeps.items():
         lines += ["", f"Client sleeps against {name} (``time.sleep`` calls / ms slept, by thread and line):", ""]
         lines += ["| phase | where | calls | ms |", "| --- | --- | --- | --- |"]
@@ -500,7 +552,8 @@ def report(rounds: dict[str, list[dict[str, Any]]], sleeps: dict[str, Any]) -> N
         Path(ARGS.out_md).parent.mkdir(parents=True, exist_ok=True)
         Path(ARGS.out_md).write_text(text)
     if ARGS.out_json:
-        Path(ARGS.out_json).write_text(json.dumps({"rounds": rounds, "client_sleeps": sleeps}, indent=1))
+        result = {"rounds": rounds, "client_sleeps": sleeps, "dcmtk": dcmtk}
+        Path(ARGS.out_json).write_text(json.dumps(result, indent=1))
 
 
 def parse_args() -> argparse.Namespace:
@@ -521,6 +574,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--idle", type=int, default=0, help="idle associations for the CPU figure (0: skip)")
     parser.add_argument("--idle-seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--dcmtk", type=int, default=0, metavar="N", help="then time dcmtk's echoscu per round: N runs, 10N echoes"
+    )
     parser.add_argument(
         "--client-sleeps", type=int, default=0, metavar="N", help="then profile the client's sleeps over N associations"
     )
