@@ -100,6 +100,8 @@ class Node:
     def start_dimse(self, sock: socket.socket | None = None, tls_sock: socket.socket | None = None) -> scp.Scp:
         """Serve DIMSE in this process (threads), on ``sock`` and ``tls_sock`` (``dcmnode serve`` shares them
         with its DIMSE processes), else on new sockets from the settings (``listen_dimse``)."""
+        # sockets handed in with dimse.processes > 1: this is one of the DIMSE processes sharing them
+        shared = (sock is not None or tls_sock is not None) and self.settings.dimse.processes > 1
         if sock is None and tls_sock is None:
             sock, tls_sock = listen_dimse(self.settings)
         services = self.services
@@ -112,6 +114,7 @@ class Node:
             authenticator=services.auth,
             associations=services.associations,
             tls_sock=tls_sock,
+            shared=shared,
         )
         self.dimse_port, self.dimse_tls_port = self.scp.port, self.scp.tls_port
         return self.scp
