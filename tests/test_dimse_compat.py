@@ -17,11 +17,12 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 from pynetdicom import AE, dimse_messages, evt, service_class
 from pynetdicom._handlers import standard_dimse_sent_handler
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_CANCEL, C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode as pydicom_encode
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
-from pynetdicom.transport import AssociationSocket
+from pynetdicom.transport import AssociationServer, AssociationSocket
 
 from dcmnode.app import Node
 from dcmnode.core import retrieve
@@ -78,14 +79,18 @@ def test_the_retrieve_patches_are_in_force() -> None:
     assert Association.send_c_store is compat.send_c_store
     assert service_class.encode is compat.encode_identifier  # type: ignore[attr-defined]
     assert Association._bind_defaults is compat.bind_defaults_where_logged
+    assert AssociationServer._bind_defaults is compat.bind_defaults_where_logged
     assert dimse_messages.encode is compat.encode_command_set  # type: ignore[attr-defined]
+    assert DIMSEServiceProvider.send_msg is compat.send_msg
 
 
 def test_the_pynetdicom_code_the_retrieve_patches_mirror_is_unchanged() -> None:
     """On an upgrade: re-read each against patches 10-13 (a copy of part of it, or what they rely on), then move
     the pins."""
     assert source_hash(compat.PYNETDICOM_SEND_C_STORE) == "fa5a8127f349f8e7"  # 10: the chunked-file branch copied
-    assert source_hash(compat.PYNETDICOM_BIND_DEFAULTS) == "4cada43c3a193724"  # 12: its first loop copied
+    binds = compat.PYNETDICOM_BIND_DEFAULTS
+    assert source_hash(binds[Association]) == "4cada43c3a193724"  # 12: their first loop copied
+    assert source_hash(binds[AssociationServer]) == "4cada43c3a193724"
     get_move = inspect.getsource(service_class.QueryRetrieveServiceClass._get_scp) + inspect.getsource(
         service_class.QueryRetrieveServiceClass._move_scp
     )
@@ -95,6 +100,9 @@ def test_the_pynetdicom_code_the_retrieve_patches_mirror_is_unchanged() -> None:
     find = inspect.getsource(service_class.ServiceClass._c_find_scp)
     assert "enc = encode(\n                    dataset," in find  # 11: the yielded match goes to encode
     assert inspect.getsource(dimse_messages).count("encode(self.command_set, True, True)") == 2  # 13
+    message = dimse_messages.DIMSEMessage  # 14: what send_msg writes in their stead
+    assert source_hash(message.primitive_to_message) == "71fd61d5997f0f0c"
+    assert source_hash(message.encode_msg) == "73000c902c52832d"
 
 
 def test_a_stored_file_goes_as_its_bytes_from_the_data_set_offset(tmp_path: Path) -> None:
@@ -152,6 +160,13 @@ def test_the_standard_log_handlers_are_bound_only_while_pynetdicom_logs_info() -
         quiet = Association(AE(), "requestor")
         assert not quiet.get_handlers(evt.EVT_DIMSE_SENT) and not quiet.get_handlers(evt.EVT_PDU_RECV)
         assert quiet.get_handlers(evt.EVT_C_STORE)  # the intervention handlers still are
+        scp = AE()
+        scp.add_supported_context(CTImageStorage)
+        server = scp.make_server((HOST, 0))  # a server passes its handlers on to the associations it accepts
+        try:
+            assert not server.get_handlers(evt.EVT_DIMSE_SENT) and server.get_handlers(evt.EVT_C_STORE)
+        finally:
+            server.server_close()  # never served: nothing to shut down but its socket
         logger.setLevel(logging.DEBUG)
         verbose = Association(AE(), "requestor")
         assert (standard_dimse_sent_handler, None) in verbose.get_handlers(evt.EVT_DIMSE_SENT)
@@ -224,3 +239,89 @@ def test_command_sets_are_the_bytes_pydicom_writes(monkeypatch: pytest.MonkeyPat
     data_set = Dataset()
     data_set.PatientName = "Doe^John"  # not a command set: pydicom's business
     assert compat.encode_command_set(data_set, True, True) == pydicom_encode(data_set, True, True)
+
+
+class Recorder:
+    """What a DIMSE provider hands its DUL: the P-DATA primitives, as lists of PDVs; ``limit`` is the peer's
+    maximum PDU length."""
+
+    def __init__(self, limit: int, handlers: list[Any] | None = None) -> None:
+        self.sent: list[list[tuple[int, bytes]]] = []
+        self.is_requestor = True
+        self.acceptor = type("Acceptor", (), {"maximum_length": limit})()
+        self.dul = self
+        self.handlers = handlers or []
+
+    def send_pdu(self, primitive: Any) -> None:
+        self.sent.append(list(primitive.presentation_data_value_list))
+
+    def get_handlers(self, event: Any) -> list[Any]:
+        return self.handlers if event is evt.EVT_DIMSE_SENT else []
+
+    def _abort_nonblocking(self) -> None:  # evt.trigger swaps these in and out around notification handlers
+        raise AssertionError("aborted")
+
+    _abort_blocking = _abort_nonblocking
+
+
+def pynetdicom_pdvs(primitive: Any, context_id: int, limit: int) -> list[tuple[int, bytes]]:
+    """The PDVs pynetdicom's own message encoding gives (``DIMSEMessage.encode_msg``), in order."""
+    message = {
+        C_FIND: dimse_messages.C_FIND_RSP,
+        C_GET: dimse_messages.C_GET_RSP,
+        C_MOVE: dimse_messages.C_MOVE_RSP,
+        C_STORE: dimse_messages.C_STORE_RQ,
+    }[type(primitive)]()
+    message.primitive_to_message(primitive)
+    return [pdv for p_data in message.encode_msg(context_id, limit) for pdv in p_data.presentation_data_value_list]
+
+
+def retrieve_primitives(tmp_path: Path) -> list[Any]:
+    sop, find = "1.2.826.0.1.3680043.8.498.1179865808968550219530976125747497719", "1.2.840.10008.5.1.4.1.2.2.1"
+    identifier = BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY " * 40)
+    path = tmp_path / "data.dcm"
+    path.write_bytes(b"\0" * 100 + bytes(range(256)) * 200)
+    out: list[Any] = []
+    for status, data in ((0xFF00, identifier), (0x0000, None), (0xB000, BytesIO(b"\x08\x00\x58\x00\x00\x00\x00\x00"))):
+        for cls in (C_FIND, C_GET, C_MOVE):
+            rsp = cls()
+            rsp.MessageIDBeingRespondedTo, rsp.AffectedSOPClassUID, rsp.Status = 3, find, status
+            rsp.Identifier = data
+            if cls is not C_FIND and status != 0xFF00:
+                rsp.NumberOfCompletedSuboperations, rsp.NumberOfFailedSuboperations = 39, 1
+                rsp.NumberOfWarningSuboperations = 0
+            out.append(rsp)
+    for data, file in ((BytesIO(b"\x10\x00\x10\x00\x04\x00\x00\x00DOE^" * 1000), None), (None, (path, 100))):
+        req = C_STORE()
+        req.MessageID, req.Priority, req.AffectedSOPClassUID, req.AffectedSOPInstanceUID = 9, 2, find, sop
+        req.MoveOriginatorApplicationEntityTitle, req.MoveOriginatorMessageID = "DCMNODE", 3
+        req.DataSet = data
+        req._dataset_path = file
+        out.append(req)
+    return out
+
+
+@pytest.mark.parametrize("limit", [0, 16382, 200, 128])
+def test_query_retrieve_messages_go_as_pynetdicom_sends_them_in_fewer_pdus(limit: int, tmp_path: Path) -> None:
+    """Patch 14: the same PDVs in the same order as pynetdicom's encoding, each P-DATA within the peer's limit,
+    and the command with the data set's first fragment in one P-DATA where they fit."""
+    for primitive in retrieve_primitives(tmp_path):
+        recorder = Recorder(limit)
+        provider = DIMSEServiceProvider(recorder)  # type: ignore[arg-type]
+        compat.send_msg(provider, primitive, 5)
+        sent = [pdv for p_data in recorder.sent for pdv in p_data]
+        assert sent == pynetdicom_pdvs(primitive, 5, limit), primitive
+        for p_data in recorder.sent:
+            assert not limit or sum(4 + 1 + len(value) for _, value in p_data) <= limit
+        fits = not limit or sum(4 + 1 + len(value) for _, value in sent[:2]) <= limit
+        assert len(recorder.sent[0]) == (2 if len(sent) > 1 and fits else 1)
+
+
+def test_a_bound_dimse_sent_handler_gets_pynetdicom_s_message(tmp_path: Path) -> None:
+    seen: list[Any] = []
+    recorder = Recorder(0, handlers=[(lambda event: seen.append(event.message), None)])
+    primitive = retrieve_primitives(tmp_path)[0]
+    provider = DIMSEServiceProvider(recorder)  # type: ignore[arg-type]
+    compat.send_msg(provider, primitive, 5)
+    assert [type(m) for m in seen] == [dimse_messages.C_FIND_RSP]  # pynetdicom's send_msg made and announced it
+    assert [len(p) for p in recorder.sent] == [1, 1]  # and sent command and identifier apart, as it does

@@ -42,11 +42,13 @@ Patches 10-13 (retrieve and query: C-MOVE, C-GET, C-FIND and ``dimse.send``), pu
     identifier is returned as is (deflated when the context is deflated, as ``dsutils.encode`` does) and anything
     else, or an identifier encoded for another syntax, goes to pydicom (``EncodedIdentifier.dataset``).
     *Upstream:* accept ``bytes`` as a yielded C-FIND identifier.
-12. **Log handlers only where they log** (``Association._bind_defaults``). With ``_config.LOG_HANDLER_LEVEL``
-    "standard" (the default) every association binds four handlers that format every DIMSE message and every PDU
-    sent and received into DEBUG and INFO lines, whether or not anything is logged (~6 % of a C-FIND's CPU). The
-    node keeps pynetdicom's logger at WARNING unless ``node.log_level = "DEBUG"`` (``cli._logging``): an
-    association now binds them only while that logger is enabled for INFO, so that DEBUG still shows them.
+12. **Log handlers only where they log** (``Association._bind_defaults``, ``AssociationServer._bind_defaults``).
+    With ``_config.LOG_HANDLER_LEVEL`` "standard" (the default) every association, and every server for the
+    associations it accepts, binds four handlers that format every DIMSE message and every PDU sent and received
+    into DEBUG and INFO lines, whether or not anything is logged (~8 % of a C-FIND's CPU). The node keeps
+    pynetdicom's logger at WARNING unless ``node.log_level = "DEBUG"`` (``cli._logging``): an association (a
+    server) made while that logger is not enabled for INFO binds only the intervention handlers, so that DEBUG
+    still shows every line.
     *Upstream:* check ``LOGGER.isEnabledFor`` in the standard handlers before formatting.
 13. **Command sets encoded directly** (``dimse_messages.encode``). A DIMSE message's command set is encoded with
     pydicom twice (``_set_command_group_length`` to measure it, ``encode_msg`` to send it): ~0.15 ms per message,
@@ -55,6 +57,19 @@ Patches 10-13 (retrieve and query: C-MOVE, C-GET, C-FIND and ``dimse.send``), pu
     ``encode_command_set`` writes it with ``struct`` (the bytes pydicom writes, tests/test_dimse_compat.py), and
     hands anything else (a multi-valued AT, a non-ASCII text) to pydicom. *Upstream:* a small command-set encoder
     in ``dimse_messages``, the group length computed from the encoded bytes instead of a second encode.
+14. **Query/retrieve messages sent straight from the primitive** (``DIMSEServiceProvider.send_msg``). For every
+    message pynetdicom builds a ``DIMSEMessage`` whose command set is a pydicom ``Dataset`` (each element created,
+    each value set and validated: ~0.15 ms, paid per C-FIND match and twice per sub-operation), then sends the
+    command and the data set as separate P-DATA PDUs. For the messages of this node's query/retrieve SCP (C-FIND,
+    C-GET and C-MOVE responses, C-STORE requests), when no ``EVT_DIMSE_SENT`` handler is bound (patch 12: none is,
+    at the node's usual log level), the replacement writes the command set from the primitive with patch 13's
+    encoder (the elements pynetdicom's ``primitive_to_message`` sets, the same bytes) and sends it with the data
+    set's first fragment in one P-DATA (PS3.8 Annex E.1: the PDVs of one P-DATA shall belong to one message; one
+    PDU instead of two for the peer to read), fragmenting as pynetdicom does within the peer's maximum PDU length;
+    a C-STORE from a file (patch 10) reads the file in those fragments. Anything else (another message, a bound
+    handler, a value the encoder leaves to pydicom) goes to the ``send_msg`` in force before (pynetdicom's, or
+    another patch's). *Upstream:* a fixed-layout command-set encoder in ``DIMSEMessage``, the message object
+    built only for ``EVT_DIMSE_SENT`` handlers, command and first data fragment in one P-DATA.
 """
 
 from __future__ import annotations
@@ -65,18 +80,21 @@ import ssl
 import struct
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import dimse_messages, evt, service_class
 from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode as pydicom_encode
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.transport import AssociationSocket
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.transport import AssociationServer, AssociationSocket
 
 PYNETDICOM_VERSION = "3.0.4"
 REACTOR_DELAY = 0.001  # seconds: pynetdicom's own DULServiceProvider._run_loop_delay
@@ -118,7 +136,12 @@ def apply() -> None:
     Association.send_c_store = send_c_store  # type: ignore[method-assign]  # 10
     service_class.encode = encode_identifier  # type: ignore[attr-defined]  # 11
     Association._bind_defaults = bind_defaults_where_logged  # type: ignore[method-assign]  # 12
+    AssociationServer._bind_defaults = bind_defaults_where_logged  # type: ignore[method-assign]
     dimse_messages.encode = encode_command_set  # type: ignore[attr-defined]  # 13
+    global NEXT_SEND_MSG
+    if DIMSEServiceProvider.send_msg is not send_msg:  # 14, over whatever send_msg is in force
+        NEXT_SEND_MSG = DIMSEServiceProvider.send_msg
+        DIMSEServiceProvider.send_msg = send_msg  # type: ignore[method-assign]
 
 
 def can_set_reactor_delay(dul: DULServiceProvider) -> bool:
@@ -238,14 +261,17 @@ def encode_identifier(
 # -- 12. log handlers only where they log ---------------------------------------------------------------------
 
 PYNETDICOM_LOGGER = logging.getLogger("pynetdicom")
-PYNETDICOM_BIND_DEFAULTS = Association._bind_defaults
+PYNETDICOM_BIND_DEFAULTS: dict[type, Callable[[Any], None]] = {
+    Association: Association._bind_defaults,
+    AssociationServer: AssociationServer._bind_defaults,
+}
 
 
-def bind_defaults_where_logged(self: Association) -> None:
-    """``Association._bind_defaults``: the intervention handlers always, the standard logging handlers only while
-    pynetdicom's logger is enabled for INFO (they log at INFO and DEBUG only)."""
+def bind_defaults_where_logged(self: Association | AssociationServer) -> None:
+    """``_bind_defaults`` of an association or a server: the intervention handlers always, the standard logging
+    handlers only while pynetdicom's logger is enabled for INFO (they log at INFO and DEBUG only)."""
     if PYNETDICOM_LOGGER.isEnabledFor(logging.INFO):
-        PYNETDICOM_BIND_DEFAULTS(self)
+        PYNETDICOM_BIND_DEFAULTS[Association if isinstance(self, Association) else AssociationServer](self)
         return
     for event in evt._INTERVENTION_EVENTS:
         self.bind(event, evt.get_default_handler(event))
@@ -286,3 +312,125 @@ def encode_command_set(
         out.append(_TAG.pack(tag >> 16, tag & 0xFFFF, len(data)))
         out.append(data)
     return b"".join(out)
+
+
+# -- 14. query/retrieve messages sent straight from the primitive ---------------------------------------------
+
+NEXT_SEND_MSG = DIMSEServiceProvider.send_msg
+
+
+def _layout(name: str) -> tuple[tuple[str, int, str], ...]:
+    """The command elements of a message type after the group length, in tag order: (keyword, tag, VR)."""
+    out = []
+    for keyword in dimse_messages._COMMAND_SET_KEYWORDS[name]:
+        tag = tag_for_keyword(keyword)
+        assert tag is not None
+        if keyword != "CommandGroupLength":
+            out.append((keyword, tag, dictionary_VR(tag)))
+    return tuple(sorted(out, key=lambda x: x[1]))
+
+
+# primitive class, is a response -> (command field, the message's layout, the primitive's data set attribute)
+DIRECT: dict[tuple[type, bool], tuple[int, tuple[tuple[str, int, str], ...], str]] = {
+    (C_FIND, True): (0x8020, _layout("C-FIND-RSP"), "Identifier"),
+    (C_GET, True): (0x8010, _layout("C-GET-RSP"), "Identifier"),
+    (C_MOVE, True): (0x8021, _layout("C-MOVE-RSP"), "Identifier"),
+    (C_STORE, False): (0x0001, _layout("C-STORE-RQ"), "DataSet"),
+}
+_GROUP_LENGTH = struct.Struct("<HHII")
+
+
+def direct_command_set(primitive: Any) -> tuple[bytes, Any, Any] | None:
+    """The primitive's command set as pynetdicom would encode it, its data set (a BytesIO or None) and file
+    (``(path, offset)`` or None); None where pynetdicom's own path must send it."""
+    found = DIRECT.get((type(primitive), primitive.MessageIDBeingRespondedTo is not None))
+    if found is None:
+        return None
+    field, layout, data_keyword = found
+    data = getattr(primitive, data_keyword)
+    path = getattr(primitive, "_dataset_path", None)
+    if data is not None and not data.getvalue():
+        return None  # an empty data set: pynetdicom announces one and sends none; leave that to it
+    present = data is not None or path is not None
+    parts = []
+    for keyword, tag, vr in layout:
+        if keyword == "CommandField":
+            value: Any = field
+        elif keyword == "CommandDataSetType":
+            value = 0x0001 if present else 0x0101
+        else:
+            value = getattr(primitive, keyword)
+            if value is None:
+                continue
+        encoded = _command_value(vr, value)
+        if encoded is None:
+            return None
+        parts.append(_TAG.pack(0, tag & 0xFFFF, len(encoded)))
+        parts.append(encoded)
+    body = b"".join(parts)
+    return _GROUP_LENGTH.pack(0, 0, 4, len(body)) + body, data, path
+
+
+def _command_value(vr: str, value: Any) -> bytes | None:
+    """A command element's value as pydicom writes it (implicit VR little endian); None for anything else."""
+    if vr == "US" and type(value) is int and 0 <= value <= 0xFFFF:
+        return _US.pack(value)
+    if vr == "UL" and type(value) is int and 0 <= value <= 0xFFFFFFFF:
+        return _UL.pack(value)
+    if vr in ("UI", "AE", "LO") and isinstance(value, str) and value.isascii() and "\\" not in value:
+        data = value.encode("ascii")
+        return data + (b"\x00" if vr == "UI" else b" ") if len(data) % 2 else data
+    return None
+
+
+def send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
+    """``DIMSEServiceProvider.send_msg`` for the query/retrieve messages, from the primitive (patch 14)."""
+    direct = direct_command_set(primitive) if not self.assoc.get_handlers(evt.EVT_DIMSE_SENT) else None
+    limit = self.maximum_pdu_size  # the peer's maximum length of a P-DATA-TF's variable field; 0: none
+    if direct is None or (limit and len(direct[0]) + 6 > limit):
+        NEXT_SEND_MSG(self, primitive, context_id)
+        return
+    command, data, path = direct
+    head = (context_id, b"\x03" + command)  # a PDV item: 4 bytes of length, the context ID, the value
+    fragments = _fragments(data, path, limit)
+    first = next(fragments, None)
+    if first is None:
+        self.dul.send_pdu(_p_data(head))
+    elif not limit or len(command) + 6 + len(first) + 5 <= limit:
+        self.dul.send_pdu(_p_data(head, (context_id, first)))
+    else:
+        self.dul.send_pdu(_p_data(head))
+        self.dul.send_pdu(_p_data((context_id, first)))
+    for fragment in fragments:
+        self.dul.send_pdu(_p_data((context_id, fragment)))
+
+
+def _p_data(*pdvs: tuple[int, bytes]) -> P_DATA:
+    pdata = P_DATA()
+    pdata.presentation_data_value_list.extend(pdvs)
+    return pdata
+
+
+def _fragments(data: Any, path: Any, limit: int) -> Iterator[bytes]:
+    """The data set's PDV values (message control header + fragment), each within ``limit`` (0: one), read from
+    the BytesIO or from the file at its offset as pynetdicom's ``encode_msg`` does."""
+    size = limit - 6 if limit else 0
+    if data is not None:
+        raw = data.getvalue()
+        chunks = [raw] if not size else [raw[i : i + size] for i in range(0, len(raw), size)]
+        for n, chunk in enumerate(chunks):
+            yield (b"\x02" if n == len(chunks) - 1 else b"\x00") + chunk
+        return
+    if path is None:
+        return
+    with open(path[0], "rb") as fp:
+        length = fp.seek(0, 2) - fp.seek(path[1])
+        size = size or length
+        left = length
+        while True:
+            chunk = fp.read(size)
+            left -= len(chunk)
+            if left <= 0 or not chunk:
+                yield b"\x02" + chunk
+                return
+            yield b"\x00" + chunk
