@@ -9,7 +9,6 @@ import itertools
 from typing import Any
 
 import pytest
-from pydicom.dataset import Dataset
 from pynetdicom.dsutils import encode
 
 from dcmnode.core import query as q
@@ -64,13 +63,6 @@ def rows(level: q.Level, non_ascii: bool = False) -> list[dict[str, Any]]:
     return out
 
 
-def static(level: q.Level) -> Dataset:
-    ds = Dataset()
-    ds.QueryRetrieveLevel = str(level)
-    ds.RetrieveAETitle = AE
-    return ds
-
-
 def pydicom_bytes(row: dict[str, Any], level: q.Level, unknown: list[int], implicit: bool) -> bytes:
     data = encode(row_to_dataset(row, level, unknown, AE), implicit, True)
     assert data is not None
@@ -81,7 +73,7 @@ def pydicom_bytes(row: dict[str, Any], level: q.Level, unknown: list[int], impli
     ("level", "implicit", "non_ascii"), list(itertools.product(list(q.Level), [True, False], [False, True]))
 )
 def test_every_level_and_vr_encodes_as_pydicom_does(level: q.Level, implicit: bool, non_ascii: bool) -> None:
-    encoder = identifier.Identifiers(names(level), UNKNOWN, static(level), implicit)
+    encoder = identifier.Identifiers(names(level), UNKNOWN, str(level), AE, implicit)
     fast = 0
     for row in rows(level, non_ascii):
         data = encoder.encode(row)
@@ -100,7 +92,7 @@ def test_a_non_ascii_row_carries_specific_character_set_and_utf8() -> None:
         "StudyInstanceUID": "1.2.3",
         "NumberOfStudyRelatedInstances": 4,
     }
-    data = identifier.Identifiers(keys, [], static(level), implicit=False).encode(row)
+    data = identifier.Identifiers(keys, [], str(level), AE, implicit=False).encode(row)
     assert data == pydicom_bytes(row, level, [], False)
     assert b"CS\x0a\x00ISO_IR 192" in data and "Müller^Jürgen".encode() in data
 
@@ -119,13 +111,13 @@ def test_values_only_pydicom_writes_exactly_are_left_to_it(key: str, value: Any)
     level = q.Level.SERIES
     keys = ["SeriesInstanceUID", key] if key != "SeriesInstanceUID" else [key]
     row = {"SeriesInstanceUID": "1.2.3", key: value}
-    assert identifier.Identifiers(keys, [], static(level), implicit=True).encode(row) is None
+    assert identifier.Identifiers(keys, [], str(level), AE, implicit=True).encode(row) is None
 
 
 def test_an_ambiguous_vr_among_the_unknown_keys_leaves_explicit_vr_to_pydicom() -> None:
     level = q.Level.IMAGE
     unknown = [0x00280106]  # Smallest Image Pixel Value, "US or SS"
     row = {"SOPInstanceUID": "1.2.3"}
-    assert identifier.Identifiers(["SOPInstanceUID"], unknown, static(level), implicit=False).encode(row) is None
-    data = identifier.Identifiers(["SOPInstanceUID"], unknown, static(level), implicit=True).encode(row)
+    assert identifier.Identifiers(["SOPInstanceUID"], unknown, str(level), AE, implicit=False).encode(row) is None
+    data = identifier.Identifiers(["SOPInstanceUID"], unknown, str(level), AE, implicit=True).encode(row)
     assert data == pydicom_bytes(row, level, unknown, True)

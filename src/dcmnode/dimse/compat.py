@@ -223,28 +223,26 @@ def send_c_store(
 # -- 11. pre-encoded C-FIND identifiers -----------------------------------------------------------------------
 
 
-class EncodedIdentifier(Dataset):
+class EncodedIdentifier:
     """A C-FIND match encoded already: ``data`` in implicit (``implicit``) or explicit VR little endian;
-    ``dataset()`` builds the same match as a ``Dataset`` for any other transfer syntax."""
+    ``dataset()`` builds the same match as a ``Dataset`` for any other transfer syntax. Not a Dataset (building
+    one costs more than encoding the match): pynetdicom's C-FIND loop only hands it to ``encode`` and, with
+    ``_config.LOG_RESPONSE_IDENTIFIERS``, iterates it for DEBUG lines (no elements: no patient name logged)."""
+
+    __slots__ = ("data", "implicit", "_dataset")
 
     def __init__(self, data: bytes, implicit: bool, dataset: Callable[[], Dataset]) -> None:
-        super().__init__()
-        object.__setattr__(self, "encoded", (data, implicit, dataset))
-
-    @property
-    def data(self) -> bytes:
-        return self.encoded[0]  # type: ignore[no-any-return]
-
-    @property
-    def implicit(self) -> bool:
-        return self.encoded[1]  # type: ignore[no-any-return]
+        self.data, self.implicit, self._dataset = data, implicit, dataset
 
     def dataset(self) -> Dataset:
-        return self.encoded[2]()  # type: ignore[no-any-return]
+        return self._dataset()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(())
 
 
 def encode_identifier(
-    ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False
+    ds: Dataset | EncodedIdentifier, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False
 ) -> bytes | None:
     """``dsutils.encode`` as service_class.py calls it, passing an ``EncodedIdentifier``'s bytes through."""
     if not isinstance(ds, EncodedIdentifier):

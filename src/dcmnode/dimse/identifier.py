@@ -15,9 +15,10 @@ multi-value (the same bytes, joined again), and a row holding any non-ASCII text
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
@@ -39,31 +40,16 @@ _US = struct.Struct("<H")
 CHARSET_TAG = 0x00080005
 UTF8 = "ISO_IR 192"
 
-Writer = Callable[[Any], "bytes | None"]
-
 
 class Identifiers:
     """The matches of one C-FIND, encoded per row: ``names`` are the row's keys (``core.query.Query.returned``),
-    ``unknown`` the requested tags the index does not hold, ``static`` the elements every match carries
-    (Query/Retrieve Level, Retrieve AE Title) as a Dataset, ``implicit`` the context's VR encoding (little
-    endian; a big-endian context keeps pydicom)."""
+    ``unknown`` the requested tags the index does not hold, ``level`` and ``ae_title`` the Query/Retrieve Level and
+    Retrieve AE Title every match carries, ``implicit`` the context's VR encoding (little endian; a big-endian
+    context keeps pydicom)."""
 
-    def __init__(self, names: Sequence[str], unknown: Sequence[int], static: Dataset, implicit: bool) -> None:
+    def __init__(self, names: Sequence[str], unknown: Sequence[int], level: str, ae_title: str, implicit: bool) -> None:
         self.implicit = implicit
-        fixed: list[tuple[int, bytes]] = []
-        shared = Dataset()
-        for elem in static:
-            shared.add(elem)
-        for tag in unknown:
-            shared.add_new(tag, vr_of(tag), None)
-        self.fast = implicit or not any(" or " in elem.VR for elem in shared)  # explicit VR: pydicom decides those
-        for elem in shared:
-            one = Dataset()
-            one.add(elem)
-            fixed.append((int(elem.tag), pydicom_encode(one, implicit, True) or b""))
-        charset = Dataset()
-        charset.SpecificCharacterSet = UTF8
-        self._charset = pydicom_encode(charset, implicit, True) or b""
+        fixed, self._charset, self.fast = shared_elements(level, ae_title, tuple(unknown), implicit)
         plan: list[tuple[int, str | None, bytes, str, bool]] = [(tag, None, data, "", False) for tag, data in fixed]
         for name in names:
             attr = q.ATTRIBUTES[name]
@@ -102,6 +88,30 @@ class Identifiers:
     def _position_of_charset(self) -> int:
         """Where (0008,0005) goes among the parts: a fixed element is one part, a row element two."""
         return sum(1 if step[1] is None else 2 for step in self._plan[: self._before_charset])
+
+
+@functools.lru_cache(maxsize=256)
+def shared_elements(
+    level: str, ae_title: str, unknown: tuple[int, ...], implicit: bool
+) -> tuple[tuple[tuple[int, bytes], ...], bytes, bool]:
+    """What every match of a query shares, encoded by pydicom once (and kept for the next query of the same
+    shape): each element's bytes by tag (Query/Retrieve Level, Retrieve AE Title, the unknown keys empty),
+    Specific Character Set "ISO_IR 192", and whether the rows may be encoded here (not in explicit VR when an
+    unknown key has an ambiguous VR: pydicom decides it from the rest of the data set)."""
+    shared = Dataset()
+    shared.QueryRetrieveLevel = level
+    shared.RetrieveAETitle = ae_title
+    for tag in unknown:
+        shared.add_new(tag, vr_of(tag), None)
+    fast = implicit or not any(" or " in elem.VR for elem in shared)
+    fixed = []
+    for elem in shared:
+        one = Dataset()
+        one.add(elem)
+        fixed.append((int(elem.tag), pydicom_encode(one, implicit, True) or b""))
+    charset = Dataset()
+    charset.SpecificCharacterSet = UTF8
+    return tuple(fixed), pydicom_encode(charset, implicit, True) or b"", fast
 
 
 def _value(vr: str, value: Any, utf8: bool) -> bytes | None:

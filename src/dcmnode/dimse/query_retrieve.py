@@ -46,7 +46,7 @@ PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 INTERNAL_ERROR = "internal error; see the node's log"
 _SKIP = {0x00080005, 0x00080052, 0x00080054, 0x00080056}  # charset, level, retrieve AE, availability
 
-Response = tuple[int | Dataset, Dataset | None]
+Response = tuple[int | Dataset, Dataset | EncodedIdentifier | None]
 """(Status, data set): a status code or a status data set (Status, Error Comment), with the C-FIND match or the
 instance a C-MOVE/C-GET sub-operation sends (None with a final status)."""
 Destination = tuple[None, None] | tuple[str, int, dict[str, Any]]
@@ -191,12 +191,9 @@ class _Matches:
         self.implicit = syntax.is_implicit_VR and not syntax.is_deflated
         self.encoder: identifier.Identifiers | None = None
         if syntax.is_little_endian:
-            static = Dataset()
-            static.QueryRetrieveLevel = str(query.level)
-            static.RetrieveAETitle = ae_title
-            self.encoder = identifier.Identifiers(query.returned(), unknown, static, self.implicit)
+            self.encoder = identifier.Identifiers(query.returned(), unknown, str(query.level), ae_title, self.implicit)
 
-    def identifier(self, row: dict[str, Any]) -> Dataset:
+    def identifier(self, row: dict[str, Any]) -> Dataset | EncodedIdentifier:
         data = self.encoder.encode(row) if self.encoder is not None else None
         if data is None:
             return row_to_dataset(row, self.level, self.unknown, self.ae_title)
