@@ -17,7 +17,7 @@ makes someone re-check both patches (and drop those upstream made unnecessary).
    alert after the handshake): a stack trace in the node's log for an expected refusal. A filter on both loggers
    turns such a record into one line with the TLS reason, at the same level.
 
-Patches 10-13 (retrieve and query: C-MOVE, C-GET, C-FIND and ``dimse.send``), put in force by ``apply``:
+Patches 10-14 (retrieve and query: C-MOVE, C-GET, C-FIND and ``dimse.send``), put in force by ``apply``:
 
 10. **Stored files sent as stored** (``Association.send_c_store``, ``SendAsStored``). pynetdicom's C-GET and
     C-MOVE SCP loops (service_class.py ``_get_scp``/``_move_scp``) pass each yielded instance to ``send_c_store``
