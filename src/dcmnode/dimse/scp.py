@@ -18,6 +18,7 @@ import time
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -57,6 +58,7 @@ QUERY_RETRIEVE = (
     StudyRootQueryRetrieveInformationModelGet,
 )
 
+STORAGE_SYNTAXES = [ExplicitVRLittleEndian, *(ts for ts in ALL_TRANSFER_SYNTAXES if ts != ExplicitVRLittleEndian)]
 ACCEPT_YIELD = 0.002  # seconds a process sharing the listener waits per association it serves before accepting
 INTERNAL_ERROR = "internal error while storing; see the node's log"
 
@@ -73,8 +75,10 @@ def build_ae(settings: Settings, gate: Gate) -> AE:
     ae.add_supported_context(Verification)
     # Every storage SOP class, every transfer syntax pynetdicom knows: stored as received, never transcoded.
     # Both roles accepted in SCP/SCU role selection: a C-GET requestor acts as storage SCP (PS3.4 C.4.3).
+    # The acceptor's order picks a context's syntax: explicit VR little endian first (the VRs kept; what C-GET
+    # sends most files in as stored, query_retrieve), then pynetdicom's order.
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+        ae.add_supported_context(str(context.abstract_syntax), STORAGE_SYNTAXES, scu_role=True, scp_role=True)
     for sop_class in QUERY_RETRIEVE:
         ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
     return ae
