@@ -1,7 +1,8 @@
 """The one ingest path: every instance (C-STORE, STOW-RS, import, later archives and SR output) enters here.
 
 Order of work, so that an acknowledged instance is durable and a failed one leaves nothing behind:
-1. parse and check the bytes (``core.parse``): nothing is written for bad input;
+1. parse and check the bytes (``core.parse``): nothing is kept of bad input (a C-STORE's temp file is written
+   while its data set is checked, so that the disk is busy meanwhile, and removed if it is refused);
 2. write a temp file and fsync it (outside the index lock, so writers overlap);
 3. one index transaction: duplicate policy, upsert rows, ``os.replace`` the temp file into place, fsync the
    folders whose entries changed, COMMIT (durable: ``synchronous=FULL``); then answer success. Any failure
@@ -81,11 +82,24 @@ class Ingest:
     ) -> StoredInstance:
         """A C-STORE's data set as received (``data_set``, not copied) and the Part 10 head the SCP made for it
         (``head``: preamble, prefix, File Meta Information): checked where it lies, written with one ``writev``."""
-        parsed = parse_parts(head, data_set, expected)
-        kept = self._kept_duplicate(parsed, source)
-        if kept is not None:
-            return kept
-        temp = self.store.files.write_temp(head, data_set)
+        files, sop = self.store.files, expected.sop_instance if expected is not None else None
+        if self.on_duplicate == "keep" and sop is not None and self.store.index.instance(sop) is not None:
+            kept = self._kept_duplicate(parse_parts(head, data_set, expected), source)  # a re-send: not written
+            if kept is not None:
+                return kept
+        # Written first, then checked: the disk writes it back while the data set is scanned, so that the fsync
+        # before the COMMIT finds most of it done. Refused, or found stored meanwhile: the temp file goes.
+        temp = files.write_temp(head, data_set, sync=False)
+        try:
+            parsed = parse_parts(head, data_set, expected)
+            kept = self._kept_duplicate(parsed, source)
+            if kept is not None:
+                files.discard(temp)
+                return kept
+            files.sync_temp(temp)
+        except BaseException:
+            files.discard(temp)
+            raise
         return self._commit(temp, parsed, source)
 
     def store_temp(self, temp: Path, source: Source, expected: Expected | None = None) -> StoredInstance:
@@ -202,12 +216,20 @@ class Ingest:
         (one that fails is rolled back alone, with its ticket's error), then one fsync of each folder whose
         entries changed, then COMMIT. The folders are synced before the COMMIT, so that a committed row never
         points at a rename a power cut could still undo; with ``store.fsync`` the COMMIT itself is durable too
-        (SQLite synchronous FULL, ``store.index``)."""
+        (SQLite synchronous FULL, ``store.index``).
+
+        Before the first rename, the batch's places are noted in ``deleting/`` (``Files.write_journal``, the note a
+        delete leaves): a process killed between its renames and its COMMIT leaves files no row holds, and the next
+        ``Store.open`` removes them (``finish_deletes``), so that a crash leaves neither a row without its file nor
+        a file without its row. The note is not fsynced: a kill leaves the page cache whole, and a power cut before
+        the folders' fsync undoes the renames with it."""
         files, index = self.store.files, self.store.index
         batch: list[Ticket[_Pending]] = []
+        note: Path | None = None
         try:
             with index.write() as conn:
                 batch += take()
+                note = files.write_journal([files.relative(t.item.final) for t in batch], durable=False)
                 for ticket in batch:
                     try:
                         with index.savepoint(conn):
@@ -221,6 +243,9 @@ class Ingest:
                 if ticket.error is None:
                     self._undo(ticket.item)
             raise
+        finally:
+            if note is not None:
+                files.discard(note)
 
     def _stage(self, conn: sqlite3.Connection, pending: _Pending) -> None:
         """Inside the batch's transaction: the duplicate policy, the rows, the labels, and the file into place."""

@@ -13,14 +13,15 @@ never sees half a file. UIDs are validated (``model.check_uid``) before any path
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import itertools
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from dcmnode.errors import StorageFull
 from dcmnode.model import InstanceKey
@@ -78,10 +79,12 @@ class Files:
             self.discard(path)
             raise
 
-    def write_temp(self, *parts: bytes | memoryview) -> Path:
+    def write_temp(self, *parts: bytes | memoryview, sync: bool = True) -> Path:
         """A new temp file holding ``parts`` one after the other, fsynced (with ``fsync``). Written with ``writev``
         straight from the callers' buffers (a C-STORE's File Meta and its data set as received): no joined copy,
-        no buffered file object."""
+        no buffered file object. ``sync=False``: the kernel starts writing it back now (``sync_file_range``), and
+        the caller fsyncs it with ``sync_temp`` once it has done something else meanwhile (checked the data set):
+        most of that fsync's wait has then passed."""
         path = self.tmp_dir / f"{next(self._names)}.part"  # unique in this process's own tmp folder
         with disk_errors():
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -90,13 +93,27 @@ class Files:
                 try:
                     _write_all(fd, parts)
                     if self.fsync:
-                        os.fsync(fd)
+                        if sync:
+                            os.fsync(fd)
+                        else:
+                            start_writeback(fd)
                 finally:
                     os.close(fd)
         except BaseException:
             self.discard(path)
             raise
         return path
+
+    def sync_temp(self, path: Path) -> None:
+        """fsync a temp file ``write_temp(sync=False)`` wrote (with ``fsync``)."""
+        if not self.fsync:
+            return
+        with disk_errors():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def install(self, temp: Path, key: InstanceKey) -> list[Path]:
         """Atomically move a complete temp file to the instance's place (replacing any older copy). Returns the
@@ -135,18 +152,21 @@ class Files:
             except OSError:
                 break
 
-    def write_journal(self, relative_paths: list[str]) -> Path:
+    def write_journal(self, relative_paths: list[str], durable: bool = True) -> Path:
         """Note, durably, the files a delete is about to remove (written before its COMMIT): if the process dies
         between the COMMIT and the unlinks, the next ``Store.open`` finds the note and removes the files no row
-        holds any more (``stale_journals``)."""
-        self.deleting_dir.mkdir(exist_ok=True)
+        holds any more (``stale_journals``). Ingest notes where a batch places its files the same way, before the
+        renames (``durable=False``: no fsync, it only has to outlive the process)."""
+        if not self.deleting_dir.is_dir():
+            self.deleting_dir.mkdir(exist_ok=True)
         path = self.deleting_dir / f"{os.getpid()}-{next(self._names)}.txt"
         with disk_errors(), open(path, "w", encoding="ascii") as fp:
             fp.write("".join(f"{p}\n" for p in relative_paths))
             fp.flush()
-            if self.fsync:
+            if self.fsync and durable:
                 os.fsync(fp.fileno())
-        self.sync_dirs([self.deleting_dir])
+        if durable:
+            self.sync_dirs([self.deleting_dir])
         return path
 
     def stale_journals(self) -> list[Path]:
@@ -211,6 +231,27 @@ def _write_all(fd: int, parts: tuple[bytes | memoryview, ...]) -> None:
 
 
 IOV_MAX = 1024  # buffers per writev (Linux UIO_MAXIOV)
+_SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start writeback of the range's dirty pages, do not wait
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # not Linux: the later fsync does it all
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+    return cast("Callable[[int, int, int, int], int]", function)
+
+
+_SYNC_RANGE = _sync_file_range()
+
+
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing the file's dirty pages to disk now (asynchronously, Linux
+    ``sync_file_range(SYNC_FILE_RANGE_WRITE)``: not a durability step, only an early start for the fsync that
+    must follow). Nothing where the call does not exist."""
+    if _SYNC_RANGE is not None:
+        _SYNC_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 def _alive(pid: int) -> bool:
