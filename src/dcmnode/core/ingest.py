@@ -218,34 +218,38 @@ class Ingest:
         points at a rename a power cut could still undo; with ``store.fsync`` the COMMIT itself is durable too
         (SQLite synchronous FULL, ``store.index``).
 
-        Before the first rename, the batch's places are noted in ``deleting/`` (``Files.write_journal``, the note a
-        delete leaves): a process killed between its renames and its COMMIT leaves files no row holds, and the next
-        ``Store.open`` removes them (``finish_deletes``), so that a crash leaves neither a row without its file nor
-        a file without its row. The note is not fsynced: a kill leaves the page cache whole, and a power cut before
-        the folders' fsync undoes the renames with it."""
+        Before the first rename, the batch's places are noted in ``deleting/`` (``Files.note_places``, in the form of
+        a delete's note): a process killed between its renames and its COMMIT leaves files no row holds, and the
+        next ``Store.open`` removes them (``finish_deletes``), so that a crash leaves neither a row without its file
+        nor a file without its row. The note is not fsynced: a kill leaves the page cache whole, and a power cut
+        before the folders' fsync undoes the renames with it."""
         files, index = self.store.files, self.store.index
         batch: list[Ticket[_Pending]] = []
-        note: Path | None = None
         try:
-            with index.write() as conn:
+            with index.write(then=files.places_done) as conn:  # the note is emptied after COMMIT, under the lock
                 batch += take()
-                note = files.write_journal([files.relative(t.item.final) for t in batch], durable=False)
-                for ticket in batch:
-                    try:
-                        with index.savepoint(conn):
-                            self._stage(conn, ticket.item)
-                    except Exception as err:  # this instance alone: rolled back, its temp file (and file) gone
-                        self._undo(ticket.item)
-                        ticket.error = err
-                files.sync_dirs(sorted({d for t in batch if t.error is None for d in t.item.changed}))
+                files.note_places([files.relative(t.item.final) for t in batch])
+                try:
+                    for ticket in batch:
+                        try:
+                            with index.savepoint(conn):
+                                self._stage(conn, ticket.item)
+                        except Exception as err:  # this instance alone: rolled back, its temp file (and file) gone
+                            self._undo(ticket.item)
+                            ticket.error = err
+                    files.sync_dirs(sorted({d for t in batch if t.error is None for d in t.item.changed}))
+                except BaseException:
+                    self._undo_batch(batch)
+                    files.places_done()
+                    raise
         except BaseException:
-            for ticket in batch:
-                if ticket.error is None:
-                    self._undo(ticket.item)
+            self._undo_batch(batch)  # the COMMIT failed (what was undone already is not undone again)
             raise
-        finally:
-            if note is not None:
-                files.discard(note)
+
+    def _undo_batch(self, batch: list[Ticket[_Pending]]) -> None:
+        for ticket in batch:
+            if ticket.error is None and not ticket.item.undone:
+                self._undo(ticket.item)
 
     def _stage(self, conn: sqlite3.Connection, pending: _Pending) -> None:
         """Inside the batch's transaction: the duplicate policy, the rows, the labels, and the file into place."""
@@ -290,6 +294,7 @@ class Ingest:
             raise
 
     def _undo(self, pending: _Pending) -> None:
+        pending.undone = True
         self.store.files.discard(pending.temp)
         if pending.placed and pending.existing is None:
             self.store.files.remove(pending.final)  # not committed after the rename: never a file without a row
@@ -321,3 +326,4 @@ class _Pending:
     placed: bool = False  # its file was renamed into place
     duplicate: bool = False  # on_duplicate = keep found it stored: nothing written
     changed: list[Path] = field(default_factory=list)  # folders whose entries changed (synced before COMMIT)
+    undone: bool = False  # its temp file (and placed file) taken back

@@ -7,6 +7,7 @@ pydicom quietly accepts a truncated file, so the file object is wrapped to notic
 
 from __future__ import annotations
 
+import functools
 import io
 import mmap
 import os
@@ -169,13 +170,19 @@ def check_transfer_syntax(meta: dict[int, bytes]) -> None:
     if not raw:
         return
     syntax = raw.decode("ascii", "replace").strip("\x00 ")
-    if syntax.startswith("1.2.840.10008.") and UID(syntax).is_transfer_syntax:
+    if _is_transfer_syntax(syntax):
         return
     raise UnsupportedTransferSyntax(
         f"transfer syntax {syntax[:70]!r} (file meta) is not supported: not a DICOM transfer syntax",
         _meta_uid(meta, 0x00020002),
         _meta_uid(meta, 0x00020003),
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _is_transfer_syntax(syntax: str) -> bool:
+    """One of DICOM's transfer syntaxes (pydicom's ``UID`` validates the text on every make: looked up once)."""
+    return syntax.startswith("1.2.840.10008.") and UID(syntax).is_transfer_syntax
 
 
 def _meta_uid(meta: dict[int, bytes], tag: int) -> str | None:

@@ -47,6 +47,13 @@ makes someone re-check both patches (and drop those upstream made unnecessary).
     maximum PDU length, and no ``EVT_DIMSE_SENT`` handler but pynetdicom's standard logging one (which logs
     nothing for a C-STORE-RSP); anything else is pynetdicom's ``send_msg``. *Upstream:* a cached encoder for the
     fixed-layout command sets in ``DIMSEMessage``, skipping the message object when no handler needs it.
+23. **The C-STORE-RQ log lines only when they are logged** (``_handlers._recv_c_store_rq``). pynetdicom's
+    standard ``EVT_DIMSE_RECV`` handler formats ten lines for every C-STORE request (the SOP Class's name looked
+    up, each command element decoded from the command set) and hands them to ``LOGGER.info``/``debug``, which
+    drop them at the node's usual level (``pynetdicom`` at WARNING unless the node logs DEBUG, ``cli._logging``). The
+    replacement returns at once when ``pynetdicom._handlers``'s logger would not log INFO, else runs
+    pynetdicom's. *Upstream:* ``if not LOGGER.isEnabledFor(logging.INFO): return []`` at the top of each
+    standard handler.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ import ssl
 import struct
 from typing import Any, cast
 
+from pynetdicom import _handlers as pynetdicom_handlers
 from pynetdicom import evt
 from pynetdicom._handlers import standard_dimse_sent_handler
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -230,8 +238,21 @@ def send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> Non
     ORIGINAL_RECEIVE["DIMSEServiceProvider.send_msg"](self, primitive, context_id)
 
 
+# -- 23. the C-STORE-RQ log lines only when they are logged --------------------------------------------------
+
+ORIGINAL_RECEIVE["_handlers._recv_c_store_rq"] = pynetdicom_handlers._recv_c_store_rq
+
+
+def recv_c_store_rq(event: Any) -> list[str]:
+    """``_handlers._recv_c_store_rq``, skipped when its lines would be dropped."""
+    if not pynetdicom_handlers.LOGGER.isEnabledFor(logging.INFO):
+        return []
+    return ORIGINAL_RECEIVE["_handlers._recv_c_store_rq"](event)  # type: ignore[no-any-return]
+
+
 def apply_receive() -> None:
-    """Patches 20, 21 and 22 (idempotent)."""
+    """Patches 20 to 23 (idempotent)."""
     AssociationSocket.recv = recv_whole  # type: ignore[method-assign]
     DULServiceProvider._decode_pdu = decode_pdu  # type: ignore[method-assign]
     DIMSEServiceProvider.send_msg = send_msg  # type: ignore[method-assign]
+    pynetdicom_handlers._recv_c_store_rq = recv_c_store_rq

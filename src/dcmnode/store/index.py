@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import sqlite3
 import threading
@@ -47,6 +48,36 @@ class DeletedInstance:
 
 
 _CREATED = {Level.STUDY: ("studies", "StudyInstanceUID"), Level.SERIES: ("series", "SeriesInstanceUID")}
+
+
+@functools.lru_cache(maxsize=64)
+def _patient_upsert(cols: tuple[str, ...]) -> str:
+    """The patient upsert for these columns (made once: ingest runs it for every instance)."""
+    updates = ", ".join(
+        f"{c} = COALESCE(excluded.{c}, {c})" for c in cols if c not in ("PatientID", "IssuerOfPatientID")
+    )
+    return (
+        f"INSERT INTO patients ({', '.join(cols)}, created_at, updated_at) "
+        f"VALUES ({', '.join('?' * len(cols))}, ?, ?) "
+        f"ON CONFLICT (PatientID, IssuerOfPatientID) DO UPDATE SET {updates}, updated_at = excluded.updated_at "
+        "RETURNING id"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _upsert_sql(table: str, pk: str, cols: tuple[str, ...]) -> str:
+    """A study or series upsert for these columns (made once)."""
+    updates = ", ".join(f"{c} = COALESCE(excluded.{c}, {c})" for c in cols if c != pk and c != "source_ae")
+    return (
+        f"INSERT INTO {table} ({', '.join(cols)}, created_at, updated_at) "
+        f"VALUES ({', '.join('?' * len(cols))}, ?, ?) "
+        f"ON CONFLICT ({pk}) DO UPDATE SET {updates}, updated_at = excluded.updated_at"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _instance_insert(cols: tuple[str, ...]) -> str:
+    return f"INSERT OR REPLACE INTO instances ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
 
 
 def now() -> str:
@@ -161,35 +192,16 @@ class Index:
         if owner is not None and owner[0] != record.series["StudyInstanceUID"]:
             raise Conflict(f"series {series_uid} already belongs to study {owner[0]}")
         self._upsert(conn, "series", "SeriesInstanceUID", record.series, stamp)
-        columns = list(record.instance)
-        conn.execute(
-            f"INSERT OR REPLACE INTO instances ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-            [record.instance[c] for c in columns],
-        )
+        conn.execute(_instance_insert(tuple(record.instance)), list(record.instance.values()))
 
     def _upsert_patient(self, conn: sqlite3.Connection, values: Mapping[str, Any], stamp: str) -> int:
-        cols = [c for c in PATIENT_COLUMNS if c in values]
-        updates = ", ".join(
-            f"{c} = COALESCE(excluded.{c}, {c})" for c in cols if c not in ("PatientID", "IssuerOfPatientID")
-        )
-        row = conn.execute(
-            f"INSERT INTO patients ({', '.join(cols)}, created_at, updated_at) "
-            f"VALUES ({', '.join('?' * len(cols))}, ?, ?) "
-            f"ON CONFLICT (PatientID, IssuerOfPatientID) DO UPDATE SET {updates}, updated_at = excluded.updated_at "
-            "RETURNING id",
-            [values[c] for c in cols] + [stamp, stamp],
-        ).fetchone()
+        cols = tuple(c for c in PATIENT_COLUMNS if c in values)
+        row = conn.execute(_patient_upsert(cols), [values[c] for c in cols] + [stamp, stamp]).fetchone()
         return int(row[0])
 
     def _upsert(self, conn: sqlite3.Connection, table: str, pk: str, values: Mapping[str, Any], stamp: str) -> None:
-        cols = list(values)
-        updates = ", ".join(f"{c} = COALESCE(excluded.{c}, {c})" for c in cols if c != pk and c != "source_ae")
-        conn.execute(
-            f"INSERT INTO {table} ({', '.join(cols)}, created_at, updated_at) "
-            f"VALUES ({', '.join('?' * len(cols))}, ?, ?) "
-            f"ON CONFLICT ({pk}) DO UPDATE SET {updates}, updated_at = excluded.updated_at",
-            [values[c] for c in cols] + [stamp, stamp],
-        )
+        cols = tuple(values)
+        conn.execute(_upsert_sql(table, pk, cols), [*values.values(), stamp, stamp])
 
     def delete_instance(self, conn: sqlite3.Connection, sop_uid: str) -> None:
         """Remove an instance row and any series, study and patient rows it leaves empty (inside ``write()``).
