@@ -252,3 +252,36 @@ def test_parallel_acknowledged_instances_survive_kill_9(
     assert all((data / path).is_file() for path in rows.values())
     assert status["counts"]["instances"] == len(files) >= len(acknowledged)
     assert temp_files(data) == []
+
+
+def test_an_instance_that_changes_nothing_above_it_still_marks_its_series_changed(store: Store) -> None:
+    """The parents' upserts update only when a value changes (index.py: no rewrite of every index for each
+    instance); the series' updated_at moves all the same, and a new value (a NULL never blanks) is applied."""
+    ingest = Ingest(store)
+    first, second, third = ct_series(3, rows=8, cols=8, seed=6)
+    ingest.store_bytes(part10(first), SRC)
+    conn = store.index.connection()
+
+    def series_row() -> Any:
+        return conn.execute(
+            "SELECT * FROM series WHERE SeriesInstanceUID = ?", (str(first.SeriesInstanceUID),)
+        ).fetchone()
+
+    def study_row() -> Any:
+        return conn.execute(
+            "SELECT * FROM studies WHERE StudyInstanceUID = ?", (str(first.StudyInstanceUID),)
+        ).fetchone()
+
+    before, study_before = series_row(), study_row()
+    time.sleep(0.002)  # updated_at has millisecond resolution
+    ingest.store_bytes(part10(second), SRC)
+    after = series_row()
+    assert after["updated_at"] > before["updated_at"] and study_row()["updated_at"] > study_before["updated_at"]
+    assert dict(after) | {"updated_at": None} == dict(before) | {"updated_at": None}
+    assert [s for s, _ in store.index.series_changed(before["updated_at"], after["updated_at"])] == [
+        str(first.SeriesInstanceUID)
+    ]
+    third.SeriesDescription = "Renamed"
+    del third.Modality  # absent: the stored value stays
+    ingest.store_bytes(part10(third), SRC)
+    assert series_row()["SeriesDescription"] == "Renamed" and series_row()["Modality"] == "CT"

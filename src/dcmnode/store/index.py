@@ -50,28 +50,47 @@ class DeletedInstance:
 _CREATED = {Level.STUDY: ("studies", "StudyInstanceUID"), Level.SERIES: ("series", "SeriesInstanceUID")}
 
 
+# The patient, study and series of an instance are upserted for every instance, and most instances change nothing
+# in them: an UPDATE that sets every column (COALESCE(new, old)) would rewrite the row and every index over its
+# columns (SQLite updates an index whose columns the SET names, changed or not): ~25 pages of WAL for each
+# instance. So the upsert updates only when a value changes (the WHERE of its DO UPDATE), and otherwise a second
+# statement sets updated_at alone (the series' is what metadata and SR jobs look at: series_changed).
+
+
+def _changes(cols: tuple[str, ...], fixed: tuple[str, ...]) -> tuple[str, str]:
+    """(the SET list, the WHERE: some value would change) of an upsert over ``cols`` (``fixed`` never updated)."""
+    updated = [c for c in cols if c not in fixed]
+    sets = ", ".join(f"{c} = COALESCE(excluded.{c}, {c})" for c in updated)
+    where = " OR ".join(f"(excluded.{c} IS NOT NULL AND excluded.{c} IS NOT {c})" for c in updated) or "0"
+    return sets, where
+
+
 @functools.lru_cache(maxsize=64)
 def _patient_upsert(cols: tuple[str, ...]) -> str:
-    """The patient upsert for these columns (made once: ingest runs it for every instance)."""
-    updates = ", ".join(
-        f"{c} = COALESCE(excluded.{c}, {c})" for c in cols if c not in ("PatientID", "IssuerOfPatientID")
-    )
+    """The patient upsert for these columns (made once: ingest runs it for every instance). It returns the row's
+    id only when it inserted or changed the row (else ``_TOUCH_PATIENT``)."""
+    sets, where = _changes(cols, ("PatientID", "IssuerOfPatientID"))
     return (
         f"INSERT INTO patients ({', '.join(cols)}, created_at, updated_at) "
         f"VALUES ({', '.join('?' * len(cols))}, ?, ?) "
-        f"ON CONFLICT (PatientID, IssuerOfPatientID) DO UPDATE SET {updates}, updated_at = excluded.updated_at "
-        "RETURNING id"
+        f"ON CONFLICT (PatientID, IssuerOfPatientID) DO UPDATE SET {sets}, updated_at = excluded.updated_at "
+        f"WHERE {where} RETURNING id"
     )
 
 
+_TOUCH_PATIENT = "UPDATE patients SET updated_at = ? WHERE PatientID = ? AND IssuerOfPatientID = ? RETURNING id"
+
+
 @functools.lru_cache(maxsize=64)
-def _upsert_sql(table: str, pk: str, cols: tuple[str, ...]) -> str:
-    """A study or series upsert for these columns (made once)."""
-    updates = ", ".join(f"{c} = COALESCE(excluded.{c}, {c})" for c in cols if c != pk and c != "source_ae")
+def _upsert_sql(table: str, pk: str, cols: tuple[str, ...]) -> tuple[str, str]:
+    """A study or series upsert for these columns (made once), and the statement that only sets its updated_at
+    (run when the upsert changed nothing)."""
+    sets, where = _changes(cols, (pk, "source_ae"))
     return (
         f"INSERT INTO {table} ({', '.join(cols)}, created_at, updated_at) "
         f"VALUES ({', '.join('?' * len(cols))}, ?, ?) "
-        f"ON CONFLICT ({pk}) DO UPDATE SET {updates}, updated_at = excluded.updated_at"
+        f"ON CONFLICT ({pk}) DO UPDATE SET {sets}, updated_at = excluded.updated_at WHERE {where}",
+        f"UPDATE {table} SET updated_at = ? WHERE {pk} = ?",
     )
 
 
@@ -197,11 +216,14 @@ class Index:
     def _upsert_patient(self, conn: sqlite3.Connection, values: Mapping[str, Any], stamp: str) -> int:
         cols = tuple(c for c in PATIENT_COLUMNS if c in values)
         row = conn.execute(_patient_upsert(cols), [values[c] for c in cols] + [stamp, stamp]).fetchone()
+        if row is None:  # stored already, nothing changed: only its updated_at
+            row = conn.execute(_TOUCH_PATIENT, (stamp, values["PatientID"], values["IssuerOfPatientID"])).fetchone()
         return int(row[0])
 
     def _upsert(self, conn: sqlite3.Connection, table: str, pk: str, values: Mapping[str, Any], stamp: str) -> None:
-        cols = tuple(values)
-        conn.execute(_upsert_sql(table, pk, cols), [*values.values(), stamp, stamp])
+        upsert, touch = _upsert_sql(table, pk, tuple(values))
+        if conn.execute(upsert, [*values.values(), stamp, stamp]).rowcount == 0:  # stored, nothing changed
+            conn.execute(touch, (stamp, values[pk]))
 
     def delete_instance(self, conn: sqlite3.Connection, sop_uid: str) -> None:
         """Remove an instance row and any series, study and patient rows it leaves empty (inside ``write()``).
