@@ -83,16 +83,18 @@ class Ingest:
         """A C-STORE's data set as received (``data_set``, not copied) and the Part 10 head the SCP made for it
         (``head``: preamble, prefix, File Meta Information): checked where it lies, written with one ``writev``."""
         files, sop = self.store.files, expected.sop_instance if expected is not None else None
-        if self.on_duplicate == "keep" and sop is not None and self.store.index.instance(sop) is not None:
+        looked = self.on_duplicate == "keep" and sop is not None  # the data set's SOP Instance UID must be it
+        if looked and sop is not None and self.store.index.instance(sop) is not None:
             kept = self._kept_duplicate(parse_parts(head, data_set, expected), source)  # a re-send: not written
             if kept is not None:
                 return kept
         # Written first, then checked: the disk writes it back while the data set is scanned, so that the fsync
-        # before the COMMIT finds most of it done. Refused, or found stored meanwhile: the temp file goes.
+        # before the COMMIT finds most of it done. Refused: the temp file goes. (Stored by another writer
+        # meanwhile: the transaction finds it, ``_stage``.)
         temp = files.write_temp(head, data_set, sync=False)
         try:
             parsed = parse_parts(head, data_set, expected)
-            kept = self._kept_duplicate(parsed, source)
+            kept = None if looked else self._kept_duplicate(parsed, source)
             if kept is not None:
                 files.discard(temp)
                 return kept

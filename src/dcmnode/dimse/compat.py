@@ -45,15 +45,9 @@ makes someone re-check both patches (and drop those upstream made unnecessary).
     applies only where nothing could tell the difference: a C-STORE response without Offending Element or Error
     Comment (a failure's status data set goes through pynetdicom), ASCII UIDs, a command set within the peer's
     maximum PDU length, and no ``EVT_DIMSE_SENT`` handler but pynetdicom's standard logging one (which logs
-    nothing for a C-STORE-RSP); anything else is pynetdicom's ``send_msg``. *Upstream:* a cached encoder for the
-    fixed-layout command sets in ``DIMSEMessage``, skipping the message object when no handler needs it.
-23. **The C-STORE-RQ log lines only when they are logged** (``_handlers._recv_c_store_rq``). pynetdicom's
-    standard ``EVT_DIMSE_RECV`` handler formats ten lines for every C-STORE request (the SOP Class's name looked
-    up, each command element decoded from the command set) and hands them to ``LOGGER.info``/``debug``, which
-    drop them at the node's usual level (``pynetdicom`` at WARNING unless the node logs DEBUG, ``cli._logging``). The
-    replacement returns at once when ``pynetdicom._handlers``'s logger would not log INFO, else runs
-    pynetdicom's. *Upstream:* ``if not LOGGER.isEnabledFor(logging.INFO): return []`` at the top of each
-    standard handler.
+    nothing for a C-STORE-RSP); anything else goes to the ``send_msg`` in force before (pynetdicom's, or another
+    patch's: ``apply_receive`` chains over it). *Upstream:* a cached encoder for the fixed-layout command sets in
+    ``DIMSEMessage``, skipping the message object when no handler needs it.
 """
 
 from __future__ import annotations
@@ -64,7 +58,6 @@ import ssl
 import struct
 from typing import Any, cast
 
-from pynetdicom import _handlers as pynetdicom_handlers
 from pynetdicom import evt
 from pynetdicom._handlers import standard_dimse_sent_handler
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -130,8 +123,8 @@ def set_reactor_delay(dul: DULServiceProvider, seconds: float) -> None:
 ORIGINAL_RECEIVE: dict[str, Any] = {
     "AssociationSocket.recv": AssociationSocket.recv,
     "DULServiceProvider._decode_pdu": DULServiceProvider._decode_pdu,
-    "DIMSEServiceProvider.send_msg": DIMSEServiceProvider.send_msg,
 }
+NEXT_SEND_MSG_22 = DIMSEServiceProvider.send_msg  # what patch 22 hands other messages to (set by apply_receive)
 _ITEM_HEAD = struct.Struct(">LB").unpack_from  # PDV item: Item Length, Presentation Context ID (PS3.8 9.3.5.1)
 
 
@@ -222,9 +215,9 @@ def store_rsp_command_set(rsp: C_STORE) -> bytes | None:
     return _IMPLICIT.pack(0x0000, 0x0000, 4) + len(body).to_bytes(4, "little") + body
 
 
-def send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
+def send_store_rsp(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
     """``DIMSEServiceProvider.send_msg``: a plain C-STORE response written directly (patch 22), anything else by
-    pynetdicom."""
+    the ``send_msg`` in force before (pynetdicom's, or another patch's)."""
     if type(primitive) is C_STORE and primitive.MessageIDBeingRespondedTo is not None:
         sent = cast("list[tuple[Any, Any]]", self.assoc.get_handlers(evt.EVT_DIMSE_SENT))  # a notification event
         if all(handler is standard_dimse_sent_handler for handler, _ in sent):
@@ -235,24 +228,14 @@ def send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> Non
                 pdata.presentation_data_value_list.append((context_id, b"\x03" + encoded))  # last command fragment
                 self.dul.send_pdu(pdata)
                 return
-    ORIGINAL_RECEIVE["DIMSEServiceProvider.send_msg"](self, primitive, context_id)
-
-
-# -- 23. the C-STORE-RQ log lines only when they are logged --------------------------------------------------
-
-ORIGINAL_RECEIVE["_handlers._recv_c_store_rq"] = pynetdicom_handlers._recv_c_store_rq
-
-
-def recv_c_store_rq(event: Any) -> list[str]:
-    """``_handlers._recv_c_store_rq``, skipped when its lines would be dropped."""
-    if not pynetdicom_handlers.LOGGER.isEnabledFor(logging.INFO):
-        return []
-    return ORIGINAL_RECEIVE["_handlers._recv_c_store_rq"](event)  # type: ignore[no-any-return]
+    NEXT_SEND_MSG_22(self, primitive, context_id)
 
 
 def apply_receive() -> None:
-    """Patches 20 to 23 (idempotent)."""
+    """Patches 20 to 22 (idempotent)."""
+    global NEXT_SEND_MSG_22
     AssociationSocket.recv = recv_whole  # type: ignore[method-assign]
     DULServiceProvider._decode_pdu = decode_pdu  # type: ignore[method-assign]
-    DIMSEServiceProvider.send_msg = send_msg  # type: ignore[method-assign]
-    pynetdicom_handlers._recv_c_store_rq = recv_c_store_rq
+    if DIMSEServiceProvider.send_msg is not send_store_rsp:  # over whatever send_msg is in force
+        NEXT_SEND_MSG_22 = DIMSEServiceProvider.send_msg
+        DIMSEServiceProvider.send_msg = send_store_rsp  # type: ignore[method-assign]
