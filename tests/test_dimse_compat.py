@@ -199,11 +199,21 @@ def test_a_c_store_response_with_an_error_comment_goes_through_pynetdicom() -> N
     assert compat.store_rsp_command_set(rsp) is None
 
 
-def test_the_node_answers_c_stores_through_the_direct_encoder(node: Node) -> None:
-    """The SCU decodes the node's C-STORE-RSPs (patch 22's bytes), answer after answer."""
+def test_the_node_answers_c_stores_through_the_direct_encoder(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node's C-STORE-RSPs are patch 22's bytes (none reaches the send_msg it chains over), and the SCU
+    decodes them, answer after answer."""
+    passed_on: list[Any] = []
+    chained = compat.NEXT_SEND_MSG_22
+    monkeypatch.setattr(
+        compat,
+        "NEXT_SEND_MSG_22",
+        lambda dimse, primitive, cx: passed_on.append(primitive) or chained(dimse, primitive, cx),
+    )
     assoc = associate(node.dimse_port)
     try:
         for ds in ct_series(3, rows=16, cols=16):
             assert assoc.send_c_store(ds).Status == 0x0000  # pynetdicom checks Message ID Being Responded To
     finally:
         assoc.release()
+    responses = [p for p in passed_on if isinstance(p, C_STORE) and p.MessageIDBeingRespondedTo is not None]
+    assert responses == []  # (what reached it: the in-process SCU's C-STORE requests)

@@ -184,15 +184,15 @@ def decode_pdu(self: DULServiceProvider, bytestream: bytearray) -> tuple[Any, st
 
 # -- 22. C-STORE-RSP encoded directly ------------------------------------------------------------------------
 
-_IMPLICIT = struct.Struct("<HHL")  # Implicit VR Little Endian element header: group, element, value length
-_US = struct.Struct("<HHLH")  # an element of one US value
+_RSP_ELEMENT = struct.Struct("<HHL")  # Implicit VR Little Endian element header: group, element, value length
+_RSP_US = struct.Struct("<HHLH")  # an element of one US value
 
 
-def _ui(elem: int, uid: object) -> bytes:
+def _rsp_ui(elem: int, uid: object) -> bytes:
     raw = str(uid).encode("ascii")  # UnicodeEncodeError: not for this path
     if len(raw) % 2:
         raw += b"\0"
-    return _IMPLICIT.pack(0x0000, elem, len(raw)) + raw
+    return _RSP_ELEMENT.pack(0x0000, elem, len(raw)) + raw
 
 
 def store_rsp_command_set(rsp: C_STORE) -> bytes | None:
@@ -202,17 +202,17 @@ def store_rsp_command_set(rsp: C_STORE) -> bytes | None:
         return None
     try:
         parts = [
-            _ui(0x0002, rsp.AffectedSOPClassUID) if rsp.AffectedSOPClassUID is not None else b"",
-            _US.pack(0x0000, 0x0100, 2, 0x8001),  # Command Field: C-STORE-RSP
-            _US.pack(0x0000, 0x0120, 2, rsp.MessageIDBeingRespondedTo),
-            _US.pack(0x0000, 0x0800, 2, 0x0101),  # Command Data Set Type: no data set
-            _US.pack(0x0000, 0x0900, 2, rsp.Status),
-            _ui(0x1000, rsp.AffectedSOPInstanceUID) if rsp.AffectedSOPInstanceUID is not None else b"",
+            _rsp_ui(0x0002, rsp.AffectedSOPClassUID) if rsp.AffectedSOPClassUID is not None else b"",
+            _RSP_US.pack(0x0000, 0x0100, 2, 0x8001),  # Command Field: C-STORE-RSP
+            _RSP_US.pack(0x0000, 0x0120, 2, rsp.MessageIDBeingRespondedTo),
+            _RSP_US.pack(0x0000, 0x0800, 2, 0x0101),  # Command Data Set Type: no data set
+            _RSP_US.pack(0x0000, 0x0900, 2, rsp.Status),
+            _rsp_ui(0x1000, rsp.AffectedSOPInstanceUID) if rsp.AffectedSOPInstanceUID is not None else b"",
         ]
     except (UnicodeEncodeError, struct.error):
         return None
     body = b"".join(parts)
-    return _IMPLICIT.pack(0x0000, 0x0000, 4) + len(body).to_bytes(4, "little") + body
+    return _RSP_ELEMENT.pack(0x0000, 0x0000, 4) + len(body).to_bytes(4, "little") + body
 
 
 def send_store_rsp(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
