@@ -7,6 +7,7 @@ pydicom quietly accepts a truncated file, so the file object is wrapped to notic
 
 from __future__ import annotations
 
+import functools
 import io
 import mmap
 import os
@@ -90,6 +91,21 @@ def parse_bytes(raw: bytes | memoryview, expected: Expected | None = None) -> Pa
     return fast if fast is not None else _parse(io.BytesIO(raw), len(raw), expected)
 
 
+def parse_parts(head: bytes, data_set: memoryview, expected: Expected | None = None) -> Parsed:
+    """``parse_bytes`` of ``head + data_set`` (a C-STORE: the File Meta the SCP wrote, the data set as received),
+    without joining them: the scan reads the data set where it lies. Only what the scan declines (pydicom decides)
+    pays for one joined copy."""
+    try:
+        found = scan.scan_parts(head, data_set, _SCAN_TAGS, _SCAN_SEQUENCES)
+    except scan.Unsupported:
+        found = None
+    fast = _parsed(found, len(head) + len(data_set), expected) if found is not None else None
+    if fast is not None:
+        return fast
+    raw = b"".join((head, data_set))
+    return _parse(io.BytesIO(raw), len(raw), expected)
+
+
 def parse_file(path: Path, expected: Expected | None = None) -> Parsed:
     with open(path, "rb") as fp:
         size = os.fstat(fp.fileno()).st_size
@@ -107,6 +123,11 @@ def _parse_fast(raw: bytes | memoryview | mmap.mmap, expected: Expected | None) 
         found = scan.scan(raw, _SCAN_TAGS, _SCAN_SEQUENCES)  # type: ignore[arg-type]
     except scan.Unsupported:
         return None
+    return _parsed(found, len(raw), expected)
+
+
+def _parsed(found: scan.Scanned, size: int, expected: Expected | None) -> Parsed | None:
+    """The instance a scan found, checked; None when pydicom must decide."""
     check_transfer_syntax(found.meta)  # the scan takes any 1.2.840.10008.1.2.4.x as compressed
     try:
         values = _ScannedValues(found)
@@ -117,7 +138,6 @@ def _parse_fast(raw: bytes | memoryview | mmap.mmap, expected: Expected | None) 
         values.get("StudyInstanceUID"), values.get("SeriesInstanceUID"), values.get("SOPInstanceUID")
     )
     sop_class = check_uid(values.get("SOPClassUID"), "SOPClassUID")
-    size = len(raw)
     try:
         _check_expected(values.meta_text(0x00020002), sop_class, key, expected or Expected())
         pixel_header.check_promise(found)
@@ -150,13 +170,19 @@ def check_transfer_syntax(meta: dict[int, bytes]) -> None:
     if not raw:
         return
     syntax = raw.decode("ascii", "replace").strip("\x00 ")
-    if syntax.startswith("1.2.840.10008.") and UID(syntax).is_transfer_syntax:
+    if _is_transfer_syntax(syntax):
         return
     raise UnsupportedTransferSyntax(
         f"transfer syntax {syntax[:70]!r} (file meta) is not supported: not a DICOM transfer syntax",
         _meta_uid(meta, 0x00020002),
         _meta_uid(meta, 0x00020003),
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _is_transfer_syntax(syntax: str) -> bool:
+    """One of DICOM's transfer syntaxes (pydicom's ``UID`` validates the text on every make: looked up once)."""
+    return syntax.startswith("1.2.840.10008.") and UID(syntax).is_transfer_syntax
 
 
 def _meta_uid(meta: dict[int, bytes], tag: int) -> str | None:

@@ -15,6 +15,7 @@ import socket
 import socketserver
 import threading
 import time
+from io import BytesIO
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
@@ -43,6 +44,7 @@ from dcmnode.core.parse import Expected
 from dcmnode.core.query import study_filter
 from dcmnode.dimse import audit, compat, query_retrieve, tls
 from dcmnode.dimse.access import Gate
+from dcmnode.dimse.file_meta import head as part10_head
 from dcmnode.errors import AuditUnavailable, DcmnodeError, InvalidInstance
 from dcmnode.model import Source, SourceKind
 from dcmnode.status import SUCCESS, Service
@@ -269,16 +271,11 @@ def handle_echo(event: evt.Event) -> int:
     return SUCCESS
 
 
-def _refuse_file_meta(event: evt.Event) -> None:
+def _refuse_file_meta(data_set: memoryview) -> None:
     """A C-STORE data set carries no File Meta Information: group 0002 belongs to the Part 10 file (PS3.10 §7.1,
     PS3.5 §7.1), and the SCP writes it from the presentation context. A data set that starts with group 0002 would
     follow that meta with a second one (another transfer syntax, say), which readers take as the real one."""
-    data = cast(C_STORE, event.request).DataSet
-    if data is None:
-        return
-    with data.getbuffer() as view:  # no copy of the data set
-        head = bytes(view[:2])
-    if head in (b"\x02\x00", b"\x00\x02"):  # group 0002, little or big endian
+    if bytes(data_set[:2]) in (b"\x02\x00", b"\x00\x02"):  # group 0002, little or big endian
         raise InvalidInstance("the data set holds File Meta Information (group 0002): not allowed over DIMSE")
 
 
@@ -294,7 +291,7 @@ def handle_store(
     Parameters
     ----------
     event : pynetdicom.events.Event
-        The C-STORE request: its data set bytes (``encoded_dataset()``, not decoded), the presentation context's
+        The C-STORE request: its data set bytes (not decoded, not copied), the presentation context's
         SOP class and the request's Affected SOP Instance UID, which the data set must agree with.
     ingest : Ingest
         Where the instance goes; it returns only once the instance is durable.
@@ -321,15 +318,18 @@ def handle_store(
     source = Source(
         SourceKind.DIMSE, ae_title=requestor.ae_title, address=str(requestor.address), labels=labels, groups=groups
     )
-    expected = Expected(
-        sop_class=str(event.context.abstract_syntax),
-        sop_instance=str(cast(C_STORE, event.request).AffectedSOPInstanceUID or "") or None,
-    )
+    request = cast(C_STORE, event.request)
+    sop_instance = str(request.AffectedSOPInstanceUID or "")
+    expected = Expected(sop_class=str(event.context.abstract_syntax), sop_instance=sop_instance or None)
     try:
         if stores is not None:
             stores.audit.guard()
-        _refuse_file_meta(event)
-        stored = ingest.store_bytes(event.encoded_dataset(), source, expected)
+        # The File Meta written here and the data set as received, never joined into one copy (what
+        # encoded_dataset() would make): the data set is scanned and written (writev) where pynetdicom put it.
+        head = part10_head(str(request.AffectedSOPClassUID or ""), sop_instance, str(event.context.transfer_syntax))
+        with cast(BytesIO, request.DataSet).getbuffer() as data_set:
+            _refuse_file_meta(data_set)
+            stored = ingest.store_data_set(head, data_set, source, expected)
     except AuditUnavailable as err:
         log.error("C-STORE from %s refused 0x%04X: %s", source, err.status, err.reason)
         return status.failure(err, Service.STORE)

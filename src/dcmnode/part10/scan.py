@@ -28,7 +28,7 @@ from dcmnode.part10.walk import (
 EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
 IMPLICIT_LITTLE = "1.2.840.10008.1.2"
 
-__all__ = ["EXPLICIT_LITTLE", "IMPLICIT_LITTLE", "Scanned", "Unsupported", "scan"]
+__all__ = ["EXPLICIT_LITTLE", "IMPLICIT_LITTLE", "Scanned", "Unsupported", "scan", "scan_parts"]
 
 
 @dataclass(slots=True)
@@ -48,17 +48,41 @@ def scan(raw: bytes, wanted: Collection[int], sequences: Collection[int] = ()) -
     if len(raw) < 144 or raw[128:132] != b"DICM":
         raise Unsupported("no preamble and DICM prefix")
     meta, pos = file_meta(raw)
-    syntax = meta.get(0x00020010, b"").rstrip(b"\x00 ").decode("ascii", "replace")
-    compressed = syntax.startswith("1.2.840.10008.1.2.4.") or syntax == "1.2.840.10008.1.2.5"
-    if syntax not in (EXPLICIT_LITTLE, IMPLICIT_LITTLE) and not compressed:
-        raise Unsupported(f"transfer syntax {syntax!r}")
+    syntax = _syntax(meta)
     found, kept = Scanned(syntax, meta, {}), set(wanted)
     events = Walk(raw, syntax == IMPLICIT_LITTLE).elements(pos, len(raw), {*kept, *sequences, PIXEL_DATA})
     _keep(found, events, kept, set(sequences), raw)
     return found
 
 
-def _keep(found: Scanned, events: Walking, wanted: set[int], sequences: set[int], data: bytes) -> None:
+def scan_parts(head: bytes, data_set: memoryview, wanted: Collection[int], sequences: Collection[int] = ()) -> Scanned:
+    """``scan`` of a Part 10 file held in two pieces, as a C-STORE gives it: ``head`` (preamble, prefix and the File
+    Meta Information, ending where the data set starts) and ``data_set`` (the bytes as received, not copied). The
+    result is what ``scan`` gives for ``head + data_set``: offsets are file offsets, values are ``bytes``."""
+    if len(head) < 144 or head[128:132] != b"DICM":
+        raise Unsupported("no preamble and DICM prefix")
+    meta, pos = file_meta(head)
+    if pos != len(head):
+        raise Unsupported("the head holds more than the File Meta Information")
+    syntax = _syntax(meta)
+    found, kept = Scanned(syntax, meta, {}), set(wanted)
+    events = Walk(data_set, syntax == IMPLICIT_LITTLE).elements(0, len(data_set), {*kept, *sequences, PIXEL_DATA})
+    _keep(found, events, kept, set(sequences), data_set)
+    if found.pixel_offset is not None:
+        found.pixel_offset += pos
+    return found
+
+
+def _syntax(meta: dict[int, bytes]) -> str:
+    """The File Meta's transfer syntax, when the walk reads it (little endian, native or encapsulated)."""
+    syntax = meta.get(0x00020010, b"").rstrip(b"\x00 ").decode("ascii", "replace")
+    compressed = syntax.startswith("1.2.840.10008.1.2.4.") or syntax == "1.2.840.10008.1.2.5"
+    if syntax not in (EXPLICIT_LITTLE, IMPLICIT_LITTLE) and not compressed:
+        raise Unsupported(f"transfer syntax {syntax!r}")
+    return syntax
+
+
+def _keep(found: Scanned, events: Walking, wanted: set[int], sequences: set[int], data: bytes | memoryview) -> None:
     """Keep what ``scan`` was asked for from the walk's events (only those of ``wanted`` tags and sequences,
     and the first element of each group): top level (depth 0) values, groups and the native Pixel Data offset;
     the values directly in the items of a wanted top-level sequence."""
@@ -71,11 +95,11 @@ def _keep(found: Scanned, events: Walking, wanted: set[int], sequences: set[int]
             if depth == 0:
                 groups.add(tag >> 16)
                 if tag in wanted:
-                    values[tag] = (vr, data[start : start + length])
+                    values[tag] = (vr, bytes(data[start : start + length]))
                 if tag == PIXEL_DATA:
                     found.pixel_offset, found.pixel_length = start, length
             elif keep is not None and depth == 1 and tag in wanted:
-                keep[tag] = (vr, data[start : start + length])
+                keep[tag] = (vr, bytes(data[start : start + length]))
         elif kind == ITEM_START:
             if depth == 1 and collect is not None:
                 keep = {}
@@ -95,7 +119,7 @@ def _keep(found: Scanned, events: Walking, wanted: set[int], sequences: set[int]
                 found.fragments = _fragments(data, start)
 
 
-def _fragments(data: bytes, pos: int) -> int:
+def _fragments(data: bytes | memoryview, pos: int) -> int:
     """The fragments of encapsulated Pixel Data whose first item (the Basic Offset Table) starts at ``pos``; the
     walk has checked the items already."""
     items = -1  # the first item is the offset table

@@ -55,7 +55,7 @@ class Walk:
 
     __slots__ = ("data", "implicit", "little", "known_un", "signed", "_explicit", "_long", "_item")
 
-    def __init__(self, data: bytes, implicit: bool, little: bool = True, known_un: bool = False) -> None:
+    def __init__(self, data: bytes | memoryview, implicit: bool, little: bool = True, known_un: bool = False) -> None:
         self.data = data
         self.implicit = implicit
         self.little = little

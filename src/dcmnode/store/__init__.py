@@ -42,7 +42,7 @@ class Store:
             raise Conflict(f"data folder {root} is {held}; try again when it has finished") from exc
         files = Files(root, fsync=fsync)
         files.clean_temp()
-        index = Index(root / INDEX_NAME)
+        index = Index(root / INDEX_NAME, durable=fsync)
         index.migrate()
         store = cls(root, files, index, lock_fd)
         store.finish_deletes()

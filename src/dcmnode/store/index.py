@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import sqlite3
 import threading
@@ -49,14 +50,64 @@ class DeletedInstance:
 _CREATED = {Level.STUDY: ("studies", "StudyInstanceUID"), Level.SERIES: ("series", "SeriesInstanceUID")}
 
 
+# The patient, study and series of an instance are upserted for every instance, and most instances change nothing
+# in them: an UPDATE that sets every column (COALESCE(new, old)) would rewrite the row and every index over its
+# columns (SQLite updates an index whose columns the SET names, changed or not): ~25 pages of WAL for each
+# instance. So the upsert updates only when a value changes (the WHERE of its DO UPDATE), and otherwise a second
+# statement sets updated_at alone (the series' is what metadata and SR jobs look at: series_changed).
+
+
+def _changes(cols: tuple[str, ...], fixed: tuple[str, ...]) -> tuple[str, str]:
+    """(the SET list, the WHERE: some value would change) of an upsert over ``cols`` (``fixed`` never updated)."""
+    updated = [c for c in cols if c not in fixed]
+    sets = ", ".join(f"{c} = COALESCE(excluded.{c}, {c})" for c in updated)
+    where = " OR ".join(f"(excluded.{c} IS NOT NULL AND excluded.{c} IS NOT {c})" for c in updated) or "0"
+    return sets, where
+
+
+@functools.lru_cache(maxsize=64)
+def _patient_upsert(cols: tuple[str, ...]) -> str:
+    """The patient upsert for these columns (made once: ingest runs it for every instance). It returns the row's
+    id only when it inserted or changed the row (else ``_TOUCH_PATIENT``)."""
+    sets, where = _changes(cols, ("PatientID", "IssuerOfPatientID"))
+    return (
+        f"INSERT INTO patients ({', '.join(cols)}, created_at, updated_at) "
+        f"VALUES ({', '.join('?' * len(cols))}, ?, ?) "
+        f"ON CONFLICT (PatientID, IssuerOfPatientID) DO UPDATE SET {sets}, updated_at = excluded.updated_at "
+        f"WHERE {where} RETURNING id"
+    )
+
+
+_TOUCH_PATIENT = "UPDATE patients SET updated_at = ? WHERE PatientID = ? AND IssuerOfPatientID = ? RETURNING id"
+
+
+@functools.lru_cache(maxsize=64)
+def _upsert_sql(table: str, pk: str, cols: tuple[str, ...]) -> tuple[str, str]:
+    """A study or series upsert for these columns (made once), and the statement that only sets its updated_at
+    (run when the upsert changed nothing)."""
+    sets, where = _changes(cols, (pk, "source_ae"))
+    return (
+        f"INSERT INTO {table} ({', '.join(cols)}, created_at, updated_at) "
+        f"VALUES ({', '.join('?' * len(cols))}, ?, ?) "
+        f"ON CONFLICT ({pk}) DO UPDATE SET {sets}, updated_at = excluded.updated_at WHERE {where}",
+        f"UPDATE {table} SET updated_at = ? WHERE {pk} = ?",
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _instance_insert(cols: tuple[str, ...]) -> str:
+    return f"INSERT OR REPLACE INTO instances ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 class Index:
-    def __init__(self, path: Path, busy_timeout_ms: int = 30000) -> None:
+    def __init__(self, path: Path, busy_timeout_ms: int = 30000, durable: bool = True) -> None:
         self.path = path
         self._busy_timeout_ms = busy_timeout_ms
+        self.durable = durable  # store.fsync: a COMMIT survives power loss, not only the process
         self._local = threading.local()
         self._write_lock = threading.Lock()
         self._lock_fd = -1
@@ -68,7 +119,12 @@ class Index:
             conn = sqlite3.connect(self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            # https://www.sqlite.org/pragma.html#pragma_synchronous: in WAL mode NORMAL is consistent and survives
+            # an application crash, but "a transaction committed in WAL mode with synchronous=NORMAL might roll
+            # back following a power loss or system crash"; FULL syncs the WAL at every COMMIT, which is what an
+            # acknowledged C-STORE / STOW promises with store.fsync on. The group commit (core.group_commit)
+            # shares that sync between the instances that wait at the same moment.
+            conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
             self._local.conn = conn
@@ -120,6 +176,19 @@ class Index:
             if then is not None:
                 then()
 
+    @contextlib.contextmanager
+    def savepoint(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """Inside ``write()``: a part of the transaction that fails alone. An exception rolls back what the block
+        did (and re-raises); the rest of the transaction goes on (the group commit: one instance of a batch)."""
+        conn.execute("SAVEPOINT part")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK TO part")
+            conn.execute("RELEASE part")
+            raise
+        conn.execute("RELEASE part")
+
     # -- instances -----------------------------------------------------------------------------------------
     def instance(self, sop_uid: str, conn: sqlite3.Connection | None = None) -> sqlite3.Row | None:
         row: sqlite3.Row | None = (
@@ -142,35 +211,19 @@ class Index:
         if owner is not None and owner[0] != record.series["StudyInstanceUID"]:
             raise Conflict(f"series {series_uid} already belongs to study {owner[0]}")
         self._upsert(conn, "series", "SeriesInstanceUID", record.series, stamp)
-        columns = list(record.instance)
-        conn.execute(
-            f"INSERT OR REPLACE INTO instances ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-            [record.instance[c] for c in columns],
-        )
+        conn.execute(_instance_insert(tuple(record.instance)), list(record.instance.values()))
 
     def _upsert_patient(self, conn: sqlite3.Connection, values: Mapping[str, Any], stamp: str) -> int:
-        cols = [c for c in PATIENT_COLUMNS if c in values]
-        updates = ", ".join(
-            f"{c} = COALESCE(excluded.{c}, {c})" for c in cols if c not in ("PatientID", "IssuerOfPatientID")
-        )
-        row = conn.execute(
-            f"INSERT INTO patients ({', '.join(cols)}, created_at, updated_at) "
-            f"VALUES ({', '.join('?' * len(cols))}, ?, ?) "
-            f"ON CONFLICT (PatientID, IssuerOfPatientID) DO UPDATE SET {updates}, updated_at = excluded.updated_at "
-            "RETURNING id",
-            [values[c] for c in cols] + [stamp, stamp],
-        ).fetchone()
+        cols = tuple(c for c in PATIENT_COLUMNS if c in values)
+        row = conn.execute(_patient_upsert(cols), [values[c] for c in cols] + [stamp, stamp]).fetchone()
+        if row is None:  # stored already, nothing changed: only its updated_at
+            row = conn.execute(_TOUCH_PATIENT, (stamp, values["PatientID"], values["IssuerOfPatientID"])).fetchone()
         return int(row[0])
 
     def _upsert(self, conn: sqlite3.Connection, table: str, pk: str, values: Mapping[str, Any], stamp: str) -> None:
-        cols = list(values)
-        updates = ", ".join(f"{c} = COALESCE(excluded.{c}, {c})" for c in cols if c != pk and c != "source_ae")
-        conn.execute(
-            f"INSERT INTO {table} ({', '.join(cols)}, created_at, updated_at) "
-            f"VALUES ({', '.join('?' * len(cols))}, ?, ?) "
-            f"ON CONFLICT ({pk}) DO UPDATE SET {updates}, updated_at = excluded.updated_at",
-            [values[c] for c in cols] + [stamp, stamp],
-        )
+        upsert, touch = _upsert_sql(table, pk, tuple(values))
+        if conn.execute(upsert, [*values.values(), stamp, stamp]).rowcount == 0:  # stored, nothing changed
+            conn.execute(touch, (stamp, values[pk]))
 
     def delete_instance(self, conn: sqlite3.Connection, sop_uid: str) -> None:
         """Remove an instance row and any series, study and patient rows it leaves empty (inside ``write()``).
