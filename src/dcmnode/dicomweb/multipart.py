@@ -15,6 +15,7 @@ answer (``preread``). The Content-Length is sent when the caller asks for it and
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import email.message
 import os
@@ -61,7 +62,12 @@ class Part:
 
 @dataclass(slots=True)
 class PartSpooler:
-    """Feed it body chunks with ``write``; ``finish`` checks the body ended properly and returns the parts."""
+    """Feed it body chunks with ``write``; ``finish`` checks the body ended properly and returns the parts.
+
+    With ``fsync``, each part's file is fsynced in the background as soon as the part has ended (``FSYNC_THREADS``
+    at once: the file system groups concurrent fsyncs into fewer journal commits), while the next parts arrive;
+    ``finish`` returns once every part is durable. One after another at the end, the fsyncs of a 50-part request
+    were a third of its time."""
 
     boundary: str
     tmp_dir: Path
@@ -76,6 +82,8 @@ class PartSpooler:
     _headers: dict[str, str] = field(default_factory=dict)
     _ended: bool = False
     _parser: MultipartParser | None = None
+    _syncing: list[concurrent.futures.Future[None]] = field(default_factory=list)
+    _syncer: concurrent.futures.ThreadPoolExecutor | None = None
 
     def __post_init__(self) -> None:
         callbacks = {
@@ -99,20 +107,24 @@ class PartSpooler:
         except Exception as exc:  # python-multipart's MultipartParseError and friends
             raise InvalidRequest(f"malformed multipart body: {exc}") from exc
 
+    def write_all(self, chunks: Sequence[bytes]) -> None:
+        """``write`` each chunk (one worker-thread hop for several chunks of the body)."""
+        for chunk in chunks:
+            self.write(chunk)
+
     def finish(self) -> list[Part]:
         if not self._ended:
             raise InvalidRequest("the multipart body ended before its closing boundary (truncated upload?)")
-        if self.fsync:  # here, not as each part ends: a body refused half-way (too many parts...) costs no fsync
-            for part in self.parts:
-                fd = os.open(part.path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+        try:
+            for future in self._syncing:
+                future.result()  # an fsync that failed fails the request (the caller discards the parts)
+        finally:
+            self._stop_syncer(cancel=False)
         return self.parts
 
     def discard(self) -> None:
         """Remove every spooled file (the request failed as a whole)."""
+        self._stop_syncer(cancel=True)
         self._close_file()
         paths = [p.path for p in self.parts] + ([self._current.path] if self._current else [])
         for path in paths:
@@ -155,6 +167,10 @@ class PartSpooler:
         assert self._current is not None
         self._close_file()
         self.parts.append(self._current)
+        if self.fsync:
+            if self._syncer is None:
+                self._syncer = concurrent.futures.ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="stow-fsync")
+            self._syncing.append(self._syncer.submit(_fsync, self._current.path))
         self._current = None
 
     def _on_end(self) -> None:
@@ -164,6 +180,22 @@ class PartSpooler:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+    def _stop_syncer(self, cancel: bool) -> None:
+        if self._syncer is not None:
+            self._syncer.shutdown(wait=True, cancel_futures=cancel)
+            self._syncer = None
+
+
+FSYNC_THREADS = 4  # fsyncs of one request's parts at once
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # -- response bodies ---------------------------------------------------------------------------------------------
