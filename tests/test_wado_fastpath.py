@@ -25,11 +25,14 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 
 from dcmnode.core.access import Scope
 from dcmnode.dicomweb import multipart
-from dcmnode.dicomweb.fastpath import BytesFastPath
+from dcmnode.dicomweb import routes as dicomweb_routes
+from dcmnode.dicomweb.access import ROUTE_SCOPES, RouteTable
+from dcmnode.dicomweb.fastpath import BYTES_ENDPOINTS, FAST_ENDPOINTS, RENDERED_ENDS, BytesFastPath
 from dcmnode.model import Source, SourceKind
 from tests.conftest import LiveServer, stored_files
 from tests.factories import bundled, ct_series, part10
 from tests.test_audit import records
+from tests.test_auth_http import concrete
 from tests.test_wado import parts
 
 BUNDLED = {
@@ -379,3 +382,19 @@ def test_access_control_audit_and_hidden_studies(
     for record in new[:6]:  # the study and its patient, the principal as the requestor
         assert [(o["type"], o["id"]) for o in record["objects"]] == [(2, seen.StudyInstanceUID), (1, seen.PatientID)]
         assert [p["id"] for p in record["participants"] if p["requestor"]] == ["card"]
+
+
+def test_the_fast_paths_answer_only_read_routes_of_the_table(live: LiveServer) -> None:
+    """Every URL the byte fast path takes is a route of the app that ``ROUTE_SCOPES`` asks the read scope for (the
+    access check in front of it decides as for the routed request), and the rendered fast path's quick test of the
+    path's end lets each of its routes through."""
+    table = RouteTable(ROUTE_SCOPES)
+    fast = byte_path(live)
+    assert {endpoint for _, endpoint in fast.patterns} == set(BYTES_ENDPOINTS)
+    for pattern, _ in fast.patterns:
+        urls = [concrete(p) for (m, p) in ROUTE_SCOPES if m == "GET" and pattern.fullmatch(concrete(p))]
+        assert urls and all(table.decide("GET", u) == (True, Scope.READ) for u in urls), pattern.pattern
+        assert all(table.decide("HEAD", u) == (True, Scope.READ) for u in urls), pattern.pattern
+    for route in dicomweb_routes.routes():
+        if route.endpoint in FAST_ENDPOINTS:
+            assert route.path.endswith(RENDERED_ENDS), route.path

@@ -45,6 +45,9 @@ FAST_ENDPOINTS: dict[Callable[..., Any], bool] = {
 }
 
 
+RENDERED_ENDS = ("/rendered", "/thumbnail")  # how every path of FAST_ENDPOINTS ends (checked before the patterns)
+
+
 def fast_patterns(routes: Sequence[BaseRoute], prefix: str) -> list[tuple[re.Pattern[str], Callable[..., Any]]]:
     """The URL patterns of the instance- and frame-level rendered routes, taken from the route table (one URL
     grammar), under ``prefix``, with the endpoint each stands for."""
@@ -72,7 +75,7 @@ class RenderedFastPath:
 
     def match(self, scope: Scope) -> tuple[dict[str, str], bool] | None:
         """(the path's parameters, whether it is a thumbnail) when this path may answer the request."""
-        if scope["type"] != "http" or scope["method"] != "GET":
+        if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].endswith(RENDERED_ENDS):
             return None
         for pattern, endpoint in self.patterns:
             found = pattern.fullmatch(scope["path"])
