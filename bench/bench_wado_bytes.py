@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import statistics
 import sys
@@ -48,11 +49,13 @@ def ticks(pid: int | None) -> float:
 def stats(name: str, lats: list[float], cpu: float | None = None) -> dict[str, str]:
     lats = sorted(lats)
     p95 = lats[min(len(lats) - 1, int(round(0.95 * (len(lats) - 1))))]
+    p10 = lats[int(round(0.10 * (len(lats) - 1)))]
     row = {
         "request": name,
         "n": str(len(lats)),
         "median ms": f"{statistics.median(lats) * 1000:.2f}",
         "p95 ms": f"{p95 * 1000:.2f}",
+        "p10 ms": f"{p10 * 1000:.2f}",
         "min ms": f"{lats[0] * 1000:.2f}",
     }
     if cpu is not None:
@@ -100,7 +103,8 @@ def main() -> None:
     ap.add_argument("--stow-posts", type=int, default=6, help=f"STOW-RS POSTs of {STOW_BATCH} instances")
     ap.add_argument("--server-pid", type=int, default=None, help="report this process's CPU time per request")
     ap.add_argument("--label", default="node")
-    ap.add_argument("--out-md", type=Path, default=None)
+    ap.add_argument("--out-md", type=Path, default=None, help="append the table to this file")
+    ap.add_argument("--out-json", type=Path, default=None, help="write the rows (and the label) as JSON")
     args = ap.parse_args()
 
     files = sorted(args.source.rglob("*.dcm"))
@@ -187,8 +191,9 @@ def main() -> None:
     series: dict[str, list[bytes]] = {}
     for ids, data in stored:
         series.setdefault(url(ids, instance=False), []).append(data)
-    whole = list(series.items())
-    counts = {len(v) for _, v in whole}
+    largest = max(len(v) for v in series.values())
+    whole = [(k, v) for k, v in series.items() if len(v) == largest]  # whole series only (a POST may cut one)
+    counts = {largest}
 
     def check_series(r: httpx.Response, body: bytes, address: str) -> None:
         parts = multipart_parts(body, r.headers["content-type"])
@@ -198,7 +203,7 @@ def main() -> None:
     run(f"WADO-RS whole series ({'/'.join(map(str, sorted(counts)))} instances, multipart DICOM)", picks, check_series)
 
     columns = list(rows[0].keys() | rows[-1].keys())
-    order = ["request", "n", "median ms", "p95 ms", "min ms", "server CPU ms/request"]
+    order = ["request", "n", "median ms", "p95 ms", "p10 ms", "min ms", "server CPU ms/request"]
     columns = [c for c in order if c in columns]
     lines = [f"{args.label}: {base}, keep-alive httpx {httpx.__version__}, Accept-Encoding identity", ""]
     lines += ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
@@ -208,6 +213,8 @@ def main() -> None:
     if args.out_md:
         with args.out_md.open("a") as out:
             out.write(text + "\n\n")
+    if args.out_json:
+        args.out_json.write_text(json.dumps({"label": args.label, "base": base, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
