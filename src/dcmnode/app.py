@@ -34,7 +34,7 @@ from dcmnode.dicomweb import routes as dicomweb_routes
 from dcmnode.dicomweb.access import AccessControl
 from dcmnode.dicomweb.audit import AuditTrail
 from dcmnode.dicomweb.context import HttpServices
-from dcmnode.dicomweb.fastpath import RenderedFastPath
+from dcmnode.dicomweb.fastpath import BytesFastPath, RenderedFastPath
 from dcmnode.dicomweb.headers import SecurityHeaders
 from dcmnode.dicomweb.paths import RequestGuard
 from dcmnode.dimse import scp, tls
@@ -120,7 +120,8 @@ class Node:
         return self.scp
 
     def asgi(self) -> SecurityHeaders:
-        """The HTTP app (single rendered frames answered in front of it: ``dicomweb/fastpath.py``). With
+        """The HTTP app (single rendered frames and the WADO-RS byte routes answered in front of it:
+        ``dicomweb/fastpath.py``). With
         ``http.auth = "on"`` every request is checked before either (``dicomweb/access.py``); with ``"none"``
         nothing is in front, as before, and every request is the anonymous principal. Outermost, every response
         gets the security headers (``dicomweb/headers.py``: the viewer's a Content-Security-Policy). The process
@@ -148,7 +149,8 @@ class Node:
         app.state.services = http
         trail = AuditTrail(app, self.services.audit)  # one record per DICOMweb read (dicomweb/audit.py)
         cors = bool(self.settings.http.cors_origins)
-        fast = RenderedFastPath(trail, dicomweb, http, cross_origin_policy=cors, audit=trail)
+        wado_bytes = BytesFastPath(trail, dicomweb, http, cross_origin_policy=cors, audit=trail)  # WADO-RS bytes
+        fast = RenderedFastPath(wado_bytes, dicomweb, http, cross_origin_policy=cors, audit=trail)
         served: ASGIApp = fast
         if self.settings.http.auth == "on":
             served = AccessControl(fast, self.services.auth, dicomweb_middleware, self.services.audit)

@@ -201,10 +201,12 @@ def dataset(item: StoredFile, how: str = AS_STORED) -> Dataset:
 
 def decompress(ds: Dataset) -> Dataset:
     """Decompress pixel data in place to explicit VR little endian (pylibjpeg plugins: JPEG, JPEG-LS,
-    JPEG 2000, RLE). NotAcceptable when no codec can."""
+    JPEG 2000, RLE). NotAcceptable when no codec can. The instance keeps its SOP Instance UID: decoding the stored
+    bitstream is a change of transfer syntax, not a new instance (pydicom 3 makes a new UID by default, so each
+    WADO-RS retrieve or C-MOVE of a compressed instance to a peer that takes only native data got another one)."""
     source = UID(ds.file_meta.TransferSyntaxUID)
     try:
-        ds.decompress()
+        ds.decompress(generate_instance_uid=False)
     except Exception as exc:  # no plugin for this syntax, or a corrupt stream
         raise NotAcceptable(f"cannot decompress {source.name or source}: {exc}") from exc
     return ds
