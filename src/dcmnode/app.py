@@ -127,7 +127,8 @@ class Node:
         gets the security headers (``dicomweb/headers.py``: the viewer's a Content-Security-Policy). The process
         that serves it also keeps series metadata precomputed."""
         if not self.precomputer.started:
-            self.services.catalog.metadata.start_workers()
+            if self.settings.http.metadata_idle_seconds <= 0:  # else they start with the first large series
+                self.services.catalog.metadata.start_workers()
             self.precomputer.start()
         send = functools.partial(send_files, self.settings)  # de-identification jobs' output "send"
         self.http = http = HttpServices.build(self.services, self.dimse_port, self.dimse_tls_port, send)
