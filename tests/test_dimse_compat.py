@@ -221,7 +221,9 @@ def test_the_retrieve_patches_are_in_force() -> None:
     assert Association._bind_defaults is compat.bind_defaults_where_logged
     assert AssociationServer._bind_defaults is compat.bind_defaults_where_logged
     assert dimse_messages.encode is compat.encode_command_set  # type: ignore[attr-defined]
-    assert DIMSEServiceProvider.send_msg is compat.send_msg
+    # 14 is chained under 22 (each wraps the send_msg in force when applied): 22 -> 14 -> pynetdicom's
+    assert DIMSEServiceProvider.send_msg is compat.send_store_rsp
+    assert compat.NEXT_SEND_MSG_22 is compat.send_msg
 
 
 def test_the_pynetdicom_code_the_retrieve_patches_mirror_is_unchanged() -> None:
@@ -576,7 +578,8 @@ def test_an_association_with_data_recv_and_dimse_sent_handlers_sees_what_pynetdi
     finally:
         server.shutdown()
     assert status.Status == 0x0000
-    assert len(pdus) > 3 and all(type(p) is bytes for p in pdus)
+    assert len(pdus) >= 3 and all(type(p) is bytes for p in pdus)
+    assert any(p[0] == 0x04 for p in pdus)  # a P-DATA-TF (command and data set in one with patch 14)
     [rsp] = [m for m in sent if isinstance(m, C_STORE_RSP)]
     assert rsp.command_set.Status == 0x0000 and rsp.command_set.AffectedSOPInstanceUID == ds.SOPInstanceUID
     [data_set] = received
