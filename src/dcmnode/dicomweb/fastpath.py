@@ -178,7 +178,7 @@ def _first(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
 class BytesFastPath:
     """WADO-RS retrieve of a study, series or instance and ``/frames/{list}``, answered in front of Starlette with
     the same code as ``wado.py``: ``plan_retrieve`` / ``plan_frames`` look the files up, negotiate and plan the
-    answer in one worker-thread hop (reading the first 2 MB of the body in it), and the same
+    answer in one worker-thread hop (reading the first batch of the body in it), and the same
     ``multipart.PiecesResponse`` sends it, so both paths send the same bytes. The router, the DICOMweb middleware
     and their wrappers of every body message cost more than reading a 500 KB file.
 

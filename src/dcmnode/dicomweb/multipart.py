@@ -187,7 +187,7 @@ class PartSpooler:
             self._syncer = None
 
 
-FSYNC_THREADS = 4  # fsyncs of one request's parts at once
+FSYNC_THREADS = 8  # fsyncs of one request's parts at once
 
 
 def _fsync(path: Path) -> None:
