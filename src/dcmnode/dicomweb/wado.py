@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -343,7 +344,9 @@ def _frame_pieces(item: retrieve.StoredFile, numbers: list[int], choice: FrameCh
     layout = frame_io.from_summary(item.transfer_syntax, plain) if plain is not None else frame_io.layout(item.path)
     frame_io.check_numbers(numbers, layout)
     if not layout.encapsulated and not layout.swapped:
-        return [multipart.FileSpan(item.path, *frame_io.native_span(layout, n, item.size)) for n in numbers]
+        # the file's own size, not the index's: a stored header may promise more than the file holds (part10.limits)
+        size = os.stat(item.path).st_size
+        return [multipart.FileSpan(item.path, *frame_io.native_span(layout, n, size)) for n in numbers]
     read = frame_io.native_frame if choice.decode else frame_io.stored_frame
     return [read(item.path, layout, n) for n in numbers]
 
