@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -304,11 +305,41 @@ def start_writeback(fd: int) -> None:
         _SYNC_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
+DYING_WAIT = 5.0  # seconds ``_alive`` waits for a process killed by SIGKILL to be gone
+
+
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` may still write into the store: a zombie may not, and one with SIGKILL pending
+    (a node's DIMSE process killed with it by PR_SET_PDEATHSIG, still inside an fsync under load) is waited for,
+    up to ``DYING_WAIT`` seconds, so that a restart does not take its notes for a live process's and keep them."""
+    deadline = time.monotonic() + DYING_WAIT
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        state = _proc_state(pid)
+        if state is None:
+            return True  # no /proc: as before, a process that exists is alive
+        zombie, killed = state
+        if zombie:
+            return False
+        if not killed or time.monotonic() > deadline:
+            return not killed
+        time.sleep(0.01)
+
+
+def _proc_state(pid: int) -> tuple[bool, bool] | None:
+    """(zombie, SIGKILL pending) of ``pid`` from ``/proc/<pid>/status`` (Linux); None where it cannot be read."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fp:
+            fields = dict(line.split(":", 1) for line in fp if ":" in line)
+    except OSError:
+        return None
+    zombie = fields.get("State", "").strip()[:1] in ("Z", "X")
+    kill_bit = 1 << (9 - 1)  # SIGKILL in the pending masks (bit signo - 1)
+    killed = any(int(fields.get(k, "0").strip() or "0", 16) & kill_bit for k in ("SigPnd", "ShdPnd"))
+    return zombie, killed
     return True
