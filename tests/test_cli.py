@@ -53,7 +53,8 @@ def test_dimse_processes_share_the_port_and_die_with_the_node(
 ) -> None:
     server = cli_server_factory(tmp_path / "data", env={"DCMNODE_DIMSE_PROCESSES": "3"})
     workers = children_of(server.proc.pid)
-    assert len(workers) == 4  # three DIMSE processes and the SR worker
+    assert len(workers) == 3  # three DIMSE processes; no SR worker while there is no SR work (worker.OnDemand)
+    assert [comm(pid) for pid in workers] == ["dcmnode-dimse"] * 3
     associations = [associate(server.dimse_port) for _ in range(3)]  # three at once, over the shared socket
     assert all(a.is_established for a in associations)
     assert [a.send_c_store(ds).Status for a, ds in zip(associations, ct_series(3), strict=True)] == [0, 0, 0]
@@ -66,6 +67,14 @@ def test_dimse_processes_share_the_port_and_die_with_the_node(
     ):
         assert time.monotonic() < deadline, "DIMSE or SR processes outlived the node"
         time.sleep(0.05)
+
+
+def comm(pid: int) -> str:
+    """The process's name (``/proc/PID/comm``): dcmnode names its DIMSE processes and its SR worker."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def descendants(pid: int) -> dict[int, str]:
@@ -92,14 +101,22 @@ def alive(pid: int) -> bool:
 
 
 def test_kill_9_leaves_no_process_behind(tmp_path: Path, cli_server_factory: Callable[..., CliServer]) -> None:
-    """The forked DIMSE and SR children and the spawned /metadata workers all end with the node."""
-    server = cli_server_factory(tmp_path / "data")
+    """The forked DIMSE children, the SR worker and the spawned /metadata workers all end with the node. Both
+    helpers start on demand by default (test_memory.py); here they are told to start with the node."""
+    env = {"DCMNODE_SR_IDLE_EXIT_SECONDS": "0", "DCMNODE_HTTP_METADATA_IDLE_SECONDS": "0"}
+    server = cli_server_factory(tmp_path / "data", env=env)
     deadline = time.monotonic() + 20
-    while sum("multiprocessing.spawn" in c for c in descendants(server.proc.pid).values()) < 2:
-        assert time.monotonic() < deadline, f"the metadata workers did not start: {descendants(server.proc.pid)}"
+    while sum(
+        "multiprocessing.spawn" in c for c in descendants(server.proc.pid).values()
+    ) < 2 or "dcmnode-sr" not in map(comm, descendants(server.proc.pid)):
+        assert time.monotonic() < deadline, f"the helper processes did not start: {descendants(server.proc.pid)}"
         time.sleep(0.2)
     family = descendants(server.proc.pid)
-    assert sum("serve" in c for c in family.values()) >= 3  # 2 DIMSE processes and the SR worker
+    assert sorted(comm(pid) for pid in family if comm(pid).startswith("dcmnode-")) == [
+        "dcmnode-dimse",
+        "dcmnode-dimse",
+        "dcmnode-sr",
+    ]
     server.kill9()
     deadline = time.monotonic() + 15
     while left := {pid: c for pid, c in family.items() if alive(pid)}:

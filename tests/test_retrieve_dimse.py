@@ -3,6 +3,7 @@ as the move destination, and the decompression fallback for a receiver that refu
 
 from __future__ import annotations
 
+import io
 import logging
 import subprocess
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_role, evt
+from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     PatientRootQueryRetrieveInformationModelMove,
@@ -24,16 +26,23 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dcmnode.app import Node
+from dcmnode.config import Peer
+from dcmnode.dimse import send
+from dcmnode.dimse.send import Retry
 from dcmnode.model import Source, SourceKind
+from dcmnode.part10 import walk
 from tests.conftest import HOST
 from tests.factories import bundled, ct_series, part10
 
 
 class StorageScp:
-    """A pynetdicom storage SCP on a free port that records what it receives."""
+    """A pynetdicom storage SCP on a free port that records what it receives (decoded, and the data set bytes as
+    they came, in ``raw`` by SOP Instance UID); it refuses the SOP Instance UIDs in ``refuse`` with 0xA700."""
 
     def __init__(self, ae_title: str = "DEST", transfer_syntaxes: list[str] | None = None, port: int = 0) -> None:
         self.received: list[tuple[Dataset, str]] = []
+        self.raw: dict[str, bytes] = {}
+        self.refuse: set[str] = set()
         ae = AE(ae_title=ae_title)
         ae.add_supported_context(Verification)
         for context in StoragePresentationContexts:
@@ -42,10 +51,11 @@ class StorageScp:
         self.port = self.server.server_address[1]
 
     def _store(self, event: evt.Event) -> int:
+        self.raw[str(event.request.AffectedSOPInstanceUID)] = event.request.DataSet.getvalue()
         ds = event.dataset
         ds.file_meta = event.file_meta
         self.received.append((ds, str(event.context.transfer_syntax)))
-        return 0x0000
+        return 0xA700 if str(ds.SOPInstanceUID) in self.refuse else 0x0000
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -301,3 +311,128 @@ def test_cget_with_new_uids_is_not_confused_by_duplicates(node_factory: Callable
         assoc.release()
     assert statuses[-1] == 0x0000
     assert sorted(received) == sorted(ds.SOPInstanceUID for ds in second)
+
+
+def odd_instance() -> tuple[Dataset, bytes]:
+    """A CT instance as a scanner might send it, and its Part 10 bytes, with elements pydicom does not write back as
+    they were once it reads their values: the SOP Instance UID padded with a space instead of a NUL (pydicom strips
+    it and pads with a NUL: what the old send path did, since pynetdicom reads that UID), a private LO padded with
+    a NUL, Study Description as UN in explicit VR."""
+    while True:
+        [ds] = ct_series(1, rows=8, cols=8)
+        if len(ds.SOPInstanceUID) % 2:
+            break
+    ds.add_new(0x00090010, "LO", "DCMNODE TEST")
+    ds.add_new(0x00091001, "LO", "ODD")
+    ds.add_new(0x00081030, "UN", b"CT HEAD ")
+    raw = part10(ds)
+    uid = ds.SOPInstanceUID.encode() + b"\x00"
+    assert raw.count(uid) == 2 and raw.count(b"ODD ") == 1  # File Meta and data set; the private value
+    meta_end = raw.index(uid) + len(uid)
+    raw = raw[:meta_end] + raw[meta_end:].replace(uid, uid[:-1] + b" ")
+    return ds, raw.replace(b"ODD ", b"ODD\x00")
+
+
+def decoded_and_encoded(raw: bytes) -> bytes:
+    """What the send path did before patch 10: dcmread, pynetdicom reads the SOP Class and Instance UIDs, encodes."""
+    ds = pydicom.dcmread(io.BytesIO(raw))
+    assert ds.SOPClassUID and ds.SOPInstanceUID
+    data = encode(ds, False, True)
+    assert data is not None
+    return data
+
+
+def stored_data_set(node: Node, sop: str) -> bytes:
+    """The data set bytes of the stored file (after its File Meta), as on disk."""
+    path = node.services.catalog.instance_path(sop)
+    assert path is not None
+    raw = path.read_bytes()
+    _, offset = walk.file_meta(raw)
+    return raw[offset:]
+
+
+def test_move_sends_the_stored_file_undecoded(node_factory: Callable[..., Node], destinations: Any) -> None:
+    """A C-MOVE sends the stored data set byte for byte: what pydicom would write for it is different."""
+    dest = destinations()
+    node = node_factory(peers_toml=peers(("DEST", dest)))
+    ds, raw = odd_instance()
+    node.services.ingest.store_bytes(raw, Source(SourceKind.IMPORT))
+    stored = stored_data_set(node, ds.SOPInstanceUID)
+    assert decoded_and_encoded(raw) != stored  # a decode and encode would show
+    responses = move(node.dimse_port, study_identifier(ds.StudyInstanceUID), "DEST")
+    assert responses[-1][0].Status == 0x0000
+    [(_, syntax)] = dest.received
+    assert syntax == ExplicitVRLittleEndian and dest.raw[ds.SOPInstanceUID] == stored
+
+
+def test_cget_sends_the_stored_file_undecoded(node_factory: Callable[..., Node]) -> None:
+    node = node_factory()
+    ds, raw = odd_instance()
+    node.services.ingest.store_bytes(raw, Source(SourceKind.IMPORT))
+    received: dict[str, tuple[str, bytes]] = {}
+
+    def on_store(event: evt.Event) -> int:
+        received[str(event.request.AffectedSOPInstanceUID)] = (
+            str(event.context.transfer_syntax),
+            event.request.DataSet.getvalue(),
+        )
+        return 0x0000
+
+    ae = AE(ae_title="GETSCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+    assoc = ae.associate(
+        HOST,
+        node.dimse_port,
+        ae_title="DCMNODE",
+        ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    try:
+        statuses = [s.Status for s, _ in assoc.send_c_get(study_identifier(ds.StudyInstanceUID), ae_get())]
+    finally:
+        assoc.release()
+    assert statuses[-1] == 0x0000
+    # the node accepts explicit VR first, so the file goes as stored, byte for byte
+    assert received[ds.SOPInstanceUID] == (ExplicitVRLittleEndian, stored_data_set(node, ds.SOPInstanceUID))
+
+
+def test_send_sends_the_stored_file_undecoded(node_factory: Callable[..., Node], destinations: Any) -> None:
+    dest = destinations()
+    node = node_factory()
+    ds, raw = odd_instance()
+    node.services.ingest.store_bytes(raw, Source(SourceKind.IMPORT))
+    peer = Peer(host=HOST, port=dest.port, ae_title="DEST")
+    [outcome] = send.send(node.services.catalog.resource(ds.StudyInstanceUID), peer, "DCMNODE", Retry(attempts=1))
+    assert outcome.status == "sent"
+    assert dest.raw[ds.SOPInstanceUID] == stored_data_set(node, ds.SOPInstanceUID)
+
+
+def test_a_receiver_that_accepts_only_another_uncompressed_syntax_gets_it_re_encoded(
+    node_factory: Callable[..., Node], destinations: Any
+) -> None:
+    """Stored explicit VR, the receiver takes implicit VR only: the file is read and re-encoded (not sent as is)."""
+    dest = destinations("IMPLICIT", [ImplicitVRLittleEndian])
+    node = node_factory(peers_toml=peers(("IMPLICIT", dest)))
+    series = ct_series(2, rows=8, cols=8)
+    fill(node, series)
+    assert move(node.dimse_port, study_identifier(series[0].StudyInstanceUID), "IMPLICIT")[-1][0].Status == 0x0000
+    for got, syntax in dest.received:
+        assert syntax == ImplicitVRLittleEndian
+        original = next(ds for ds in series if ds.SOPInstanceUID == got.SOPInstanceUID)
+        assert dest.raw[got.SOPInstanceUID] == encode(original, True, True)
+
+
+def test_an_instance_the_destination_refuses_lands_in_the_failed_list(
+    node_factory: Callable[..., Node], destinations: Any
+) -> None:
+    dest = destinations()
+    node = node_factory(peers_toml=peers(("DEST", dest)))
+    series = ct_series(3, rows=8, cols=8)
+    fill(node, series)
+    dest.refuse = {series[1].SOPInstanceUID}
+    responses = move(node.dimse_port, study_identifier(series[0].StudyInstanceUID), "DEST")
+    final, identifier = responses[-1]
+    assert final.Status == 0xB000 and final.NumberOfFailedSuboperations == 1
+    assert final.NumberOfCompletedSuboperations == 2
+    assert identifier.FailedSOPInstanceUIDList == series[1].SOPInstanceUID  # one UID: VM 1

@@ -34,7 +34,7 @@ from dcmnode.dicomweb import routes as dicomweb_routes
 from dcmnode.dicomweb.access import AccessControl
 from dcmnode.dicomweb.audit import AuditTrail
 from dcmnode.dicomweb.context import HttpServices
-from dcmnode.dicomweb.fastpath import RenderedFastPath
+from dcmnode.dicomweb.fastpath import BytesFastPath, RenderedFastPath
 from dcmnode.dicomweb.headers import SecurityHeaders
 from dcmnode.dicomweb.paths import RequestGuard
 from dcmnode.dimse import scp, tls
@@ -100,6 +100,8 @@ class Node:
     def start_dimse(self, sock: socket.socket | None = None, tls_sock: socket.socket | None = None) -> scp.Scp:
         """Serve DIMSE in this process (threads), on ``sock`` and ``tls_sock`` (``dcmnode serve`` shares them
         with its DIMSE processes), else on new sockets from the settings (``listen_dimse``)."""
+        # sockets handed in with dimse.processes > 1: this is one of the DIMSE processes sharing them
+        shared = (sock is not None or tls_sock is not None) and self.settings.dimse.processes > 1
         if sock is None and tls_sock is None:
             sock, tls_sock = listen_dimse(self.settings)
         services = self.services
@@ -112,18 +114,21 @@ class Node:
             authenticator=services.auth,
             associations=services.associations,
             tls_sock=tls_sock,
+            shared=shared,
         )
         self.dimse_port, self.dimse_tls_port = self.scp.port, self.scp.tls_port
         return self.scp
 
     def asgi(self) -> SecurityHeaders:
-        """The HTTP app (single rendered frames answered in front of it: ``dicomweb/fastpath.py``). With
+        """The HTTP app (single rendered frames and the WADO-RS byte routes answered in front of it:
+        ``dicomweb/fastpath.py``). With
         ``http.auth = "on"`` every request is checked before either (``dicomweb/access.py``); with ``"none"``
         nothing is in front, as before, and every request is the anonymous principal. Outermost, every response
         gets the security headers (``dicomweb/headers.py``: the viewer's a Content-Security-Policy). The process
         that serves it also keeps series metadata precomputed."""
         if not self.precomputer.started:
-            self.services.catalog.metadata.start_workers()
+            if self.settings.http.metadata_idle_seconds <= 0:  # else they start with the first large series
+                self.services.catalog.metadata.start_workers()
             self.precomputer.start()
         send = functools.partial(send_files, self.settings)  # de-identification jobs' output "send"
         self.http = http = HttpServices.build(self.services, self.dimse_port, self.dimse_tls_port, send)
@@ -145,7 +150,8 @@ class Node:
         app.state.services = http
         trail = AuditTrail(app, self.services.audit)  # one record per DICOMweb read (dicomweb/audit.py)
         cors = bool(self.settings.http.cors_origins)
-        fast = RenderedFastPath(trail, dicomweb, http, cross_origin_policy=cors, audit=trail)
+        wado_bytes = BytesFastPath(trail, dicomweb, http, cross_origin_policy=cors, audit=trail)  # WADO-RS bytes
+        fast = RenderedFastPath(wado_bytes, dicomweb, http, cross_origin_policy=cors, audit=trail)
         served: ASGIApp = fast
         if self.settings.http.auth == "on":
             served = AccessControl(fast, self.services.auth, dicomweb_middleware, self.services.audit)

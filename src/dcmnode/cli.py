@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = _settings(args)
-        _logging(settings.node.log_level)
+        config.configure_logging(settings.node.log_level)
         return int(args.func(args, settings))
     except DcmnodeError as err:
         print(f"dcmnode: {err.reason}", file=sys.stderr)
@@ -291,13 +291,6 @@ def _settings(args: argparse.Namespace) -> config.Settings:
         "http": {"port": getattr(args, "http_port", None), "host": host},
     }
     return config.load(path, os.environ, overrides)
-
-
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s [%(process)d %(threadName)s] %(name)s: %(message)s"
-    )
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING if level.upper() != "DEBUG" else logging.DEBUG)
 
 
 def cmd_serve(args: argparse.Namespace, settings: config.Settings) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
 import re
 import tomllib
 from collections.abc import Mapping
@@ -92,6 +93,11 @@ class HttpSettings:
     )
     metadata_workers: int = _default(
         2, "processes that build series /metadata (large series, off the HTTP process); 0 = build in the HTTP process"
+    )
+    metadata_idle_seconds: float = _default(
+        120.0,
+        "the /metadata worker processes start when a large series is first built (that build runs in the HTTP "
+        "process meanwhile) and exit after this many seconds without a build; 0 = they start with the node and stay",
     )
     render_cache_mb: int = _default(1024, "disk kept for rendered images (/rendered, /thumbnail); oldest go first")
     import_abandoned_seconds: float = _default(
@@ -182,6 +188,11 @@ class SrSettings:
     quiet_seconds: float = _default(30.0, "a series counts as complete this long after its last instance (rules)")
     rule_lookback_hours: float = _default(24.0, "rules look at series received this recently (not the whole store)")
     poll_seconds: float = _default(1.0, "how often an idle worker looks for queued jobs and complete series")
+    idle_exit_seconds: float = _default(
+        60.0,
+        'worker = "process": the worker process starts when there is SR work (a queued job, a rule to fire) and '
+        "exits after this many seconds without a job; 0 = it starts with the node and runs as long as it does",
+    )
     send_attempts: int = _default(5, "associations tried when sending a derived series back")
     send_backoff: float = _default(2.0, "seconds before the second send attempt; doubled each time")
     send_backoff_max: float = _default(60.0, "longest wait between send attempts")
@@ -580,6 +591,8 @@ def _validate(settings: Settings) -> None:
         ("http.max_imports_per_client", settings.http.max_imports_per_client),
         ("sr.max_running", settings.sr.max_running),
         ("sr.max_jobs_per_client", settings.sr.max_jobs_per_client),
+        ("sr.idle_exit_seconds", settings.sr.idle_exit_seconds),
+        ("http.metadata_idle_seconds", settings.http.metadata_idle_seconds),
     ):
         if value < 0:
             raise ConfigError(f"{name} must be 0 or more, not {value}")
@@ -658,3 +671,11 @@ def describe() -> list[tuple[str, str, Any, str]]:
                 )
             )
     return rows
+
+
+def configure_logging(level: str) -> None:
+    """The log format of every process of the node (``node.log_level``; pynetdicom's own at WARNING unless DEBUG)."""
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s [%(process)d %(threadName)s] %(name)s: %(message)s"
+    )
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING if level.upper() != "DEBUG" else logging.DEBUG)

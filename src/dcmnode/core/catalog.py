@@ -18,9 +18,9 @@ from dcmnode.store import Store, labels
 
 
 class Catalog:
-    def __init__(self, store: Store, metadata_workers: int = 0) -> None:
+    def __init__(self, store: Store, metadata_workers: int = 0, metadata_idle_seconds: float = 0.0) -> None:
         self.store = store
-        self.metadata = metadata.MetadataCache(store, metadata_workers)
+        self.metadata = metadata.MetadataCache(store, metadata_workers, metadata_idle_seconds)
 
     def close(self) -> None:
         self.metadata.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-import nibabel
 import numpy as np
 import pydicom
 
@@ -73,6 +72,8 @@ def volume(items: list[StoredFile]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_nifti(items: list[StoredFile], out: Path) -> None:
+    import nibabel  # here, not at the top: it brings scipy, which no other request needs (issue 19: memory)
+
     data, affine = volume(items)
     image = nibabel.Nifti1Image(data, affine)
     image.header.set_xyzt_units("mm")

@@ -110,10 +110,20 @@ def _build_chunk(job: tuple[str, str, list[tuple[str, str]]]) -> str:
 
 
 class MetadataCache:
-    def __init__(self, store: Store, workers: int = 0) -> None:
+    """Series metadata built once per version of the series and kept in ``cache/metadata/``. A large series is
+    built by ``workers`` processes, started when the first such build comes (that build runs in this process
+    while they start) and stopped after ``idle_seconds`` without one (``http.metadata_idle_seconds``; 0: they stay
+    once started, and ``start_workers`` starts them with the node)."""
+
+    def __init__(self, store: Store, workers: int = 0, idle_seconds: float = 0.0) -> None:
         self.store = store
         self.workers = workers
+        self.idle_seconds = idle_seconds
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._warm: list[concurrent.futures.Future[str]] = []  # the pool's first tasks: done once workers are up
+        self._in_use = 0  # builds running on the pool now (it is not stopped under them)
+        self._last_used = 0.0
+        self._closed = threading.Event()
         self.folder = store.root / "cache" / "metadata"
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -183,47 +193,93 @@ class MetadataCache:
         rows = [
             (sop, str(self.store.files.absolute(rel))) for sop, rel in self.store.index.series_instances(stamp.series)
         ]
-        pool = self._workers() if len(rows) >= POOL_MIN_INSTANCES and not inline else None
+        pool = self._acquire() if len(rows) >= POOL_MIN_INSTANCES and not inline else None
         if pool is None:
             parts = [_build_chunk((stamp.study, stamp.series, rows))]
         else:  # in worker processes, in as many chunks as there are workers: off this process's GIL, on every core
-            size = -(-len(rows) // self.workers)
-            chunks = [(stamp.study, stamp.series, rows[i : i + size]) for i in range(0, len(rows), size)]
-            parts = list(pool.map(_build_chunk, chunks))
+            try:
+                size = -(-len(rows) // self.workers)
+                chunks = [(stamp.study, stamp.series, rows[i : i + size]) for i in range(0, len(rows), size)]
+                parts = list(pool.map(_build_chunk, chunks))
+            finally:
+                self._release()
         data = ("[" + ",".join(p for p in parts if p) + "]").encode("utf-8")
         log.info(
-            "metadata of series %s: %d instances, %d KB in %.2f s",
+            "metadata of series %s: %d instances, %d KB in %.2f s%s",
             stamp.series,
             len(rows),
             len(data) // 1024,
             time.perf_counter() - started,
+            "" if pool is None else f" on {self.workers} worker processes",
         )
         return data
 
-    def _workers(self) -> concurrent.futures.ProcessPoolExecutor | None:
+    def _acquire(self) -> concurrent.futures.ProcessPoolExecutor | None:
+        """The worker pool, counted in use until ``_release``, once its processes are up; None when there are no
+        workers, or while they start (started now if they were not: a spawned interpreter needs ~0.5 s to import
+        pydicom, so this build runs here and the next ones there)."""
         if self.workers <= 0:
             return None
         with self._lock:
-            if self._pool is None:
-                context = multiprocessing.get_context("spawn")  # never fork a process that runs threads
-                self._pool = concurrent.futures.ProcessPoolExecutor(
-                    self.workers, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
-                )
-            return self._pool
+            if self._closed.is_set():
+                return None
+            pool = self._start_locked()
+            if not all(f.done() for f in self._warm):
+                return None
+            self._in_use += 1
+            return pool
+
+    @property
+    def workers_ready(self) -> bool:
+        """Whether the worker processes are up: a large series is built on them now, not in this process."""
+        with self._lock:
+            return self._pool is not None and all(f.done() for f in self._warm)
+
+    def _release(self) -> None:
+        with self._lock:
+            self._in_use -= 1
+            self._last_used = time.monotonic()
+
+    def _start_locked(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._pool is None:
+            context = multiprocessing.get_context("spawn")  # never fork a process that runs threads
+            self._pool = pool = concurrent.futures.ProcessPoolExecutor(
+                self.workers, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
+            )
+            self._warm = [pool.submit(_build_chunk, ("", "", [])) for _ in range(self.workers)]  # one per worker
+            for future in self._warm:  # idle from the moment they are up (the lock may be held here: no lock)
+                future.add_done_callback(lambda done: setattr(self, "_last_used", time.monotonic()))
+            self._last_used = time.monotonic()
+            if self.idle_seconds > 0:
+                threading.Thread(target=self._stop_when_idle, args=(pool,), name="metadata-idle", daemon=True).start()
+        return self._pool
+
+    def _stop_when_idle(self, pool: concurrent.futures.ProcessPoolExecutor) -> None:
+        while not self._closed.wait(min(self.idle_seconds, 5.0)):
+            with self._lock:
+                if self._pool is not pool:
+                    return
+                starting = not all(f.done() for f in self._warm)
+                if starting or self._in_use or time.monotonic() - self._last_used < self.idle_seconds:
+                    continue
+                self._pool, self._warm = None, []
+            pool.shutdown(wait=True)
+            log.info("metadata workers stopped after %.0f s without a large series to build", self.idle_seconds)
+            return
 
     def start_workers(self) -> None:
-        """Start the worker processes now (a spawned interpreter needs ~0.5 s to import pydicom), so that the
-        first large /metadata request does not wait for them."""
-        pool = self._workers()
-        if pool is not None:
-            for _ in range(self.workers):
-                pool.submit(_build_chunk, ("", "", []))
+        """Start the worker processes now, so that the first large /metadata request does not wait for them
+        (``http.metadata_idle_seconds = 0``: they start with the node and stay)."""
+        if self.workers > 0:
+            with self._lock:
+                self._start_locked()
 
     def close(self) -> None:
+        self._closed.set()
         with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True, cancel_futures=True)
-                self._pool = None
+            pool, self._pool, self._warm = self._pool, None, []
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def precompute_changed(self, since: str, quiet: float = QUIET_SECONDS, stop: threading.Event | None = None) -> str:
         """Build the cache of every series changed after ``since`` that has been quiet for ``quiet`` seconds

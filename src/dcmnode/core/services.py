@@ -47,7 +47,7 @@ class Services:
         coercion.check(settings)  # [peers.X] deidentify: an unknown option stops the node before it serves
         store = Store.open(settings.data_dir, fsync=settings.store.fsync)
         renderer = Renderer(store.root / "cache" / "rendered", store.files.tmp_dir, settings.http.render_cache_mb * MIB)
-        catalog = Catalog(store, settings.http.metadata_workers)
+        catalog = Catalog(store, settings.http.metadata_workers, settings.http.metadata_idle_seconds)
         audit = Audit(store.root / "audit", settings.audit, settings.node.ae_title, _patient_of(catalog))
         return cls(
             settings=settings,

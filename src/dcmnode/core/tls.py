@@ -19,15 +19,14 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from typing import TYPE_CHECKING, Literal
 
 from dcmnode.config import Settings
 from dcmnode.errors import ConfigError
+
+if TYPE_CHECKING:  # the PKI half imports cryptography when it runs (`dcmnode tls init`), not a serving node
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 # PS3.15 B.9 (Non-downgrading BCP 195): ECDHE/DHE key exchange, AES-GCM only, in OpenSSL's names.
 BCP195_CIPHERS = ":".join(
@@ -119,6 +118,9 @@ class Issued:
 
 
 def _name(common_name: str) -> x509.Name:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     return x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "dcmnode site"),
@@ -132,11 +134,16 @@ def _now() -> dt.datetime:
 
 
 def _key() -> rsa.RSAPrivateKey:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 def make_ca(common_name: str = "dcmnode local CA", days: int = 3650) -> Issued:
     """A self-signed CA that may sign end-entity certificates only (path length 0)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
     key = _key()
     name = _name(common_name)
     now = _now()
@@ -170,6 +177,8 @@ def make_ca(common_name: str = "dcmnode local CA", days: int = 3650) -> Issued:
 
 
 def _alt_name(host: str) -> x509.GeneralName:
+    from cryptography import x509
+
     try:
         return x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
@@ -188,6 +197,10 @@ def issue(
     """An end-entity certificate signed by `ca`: a server's names in subjectAltName (RFC 6125: clients check those,
     not the common name), the extended key usage of its `kind`. `not_before` (and `days` after it) lets a test
     make an expired certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
     key = _key()
     start = not_before or _now() - dt.timedelta(minutes=5)
     usage = ExtendedKeyUsageOID.SERVER_AUTH if kind == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
@@ -210,12 +223,16 @@ def issue(
 
 
 def write_cert(path: Path, cert: x509.Certificate) -> None:
+    from cryptography.hazmat.primitives import serialization
+
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     path.chmod(0o644)
 
 
 def _write_private(path: Path, key: rsa.RSAPrivateKey) -> None:
+    from cryptography.hazmat.primitives import serialization
+
     path.parent.mkdir(parents=True, exist_ok=True)
     data = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()

@@ -18,7 +18,6 @@ A header the wrapped app already set is left as it is.
 
 from __future__ import annotations
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CONTENT_SECURITY_POLICY = "; ".join(
@@ -33,6 +32,8 @@ CONTENT_SECURITY_POLICY = "; ".join(
 )
 EVERY_RESPONSE = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 VIEWER_RESPONSE = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Frame-Options": "DENY"}
+_EVERY_RAW = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in EVERY_RESPONSE.items()]
+_VIEWER_RAW = _EVERY_RAW + [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in VIEWER_RESPONSE.items()]
 
 
 class SecurityHeaders:
@@ -49,14 +50,13 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        wanted = EVERY_RESPONSE | VIEWER_RESPONSE if self.viewer(scope["path"]) else EVERY_RESPONSE
+        wanted = _VIEWER_RAW if self.viewer(scope["path"]) else _EVERY_RAW
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in wanted.items():
-                    if name not in headers:
-                        headers[name] = value
+                raw = message.get("headers") or []
+                present = {name.lower() for name, _ in raw}
+                message["headers"] = [*raw, *(item for item in wanted if item[0] not in present)]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

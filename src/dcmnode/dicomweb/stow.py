@@ -88,16 +88,30 @@ def _check_content_type(header: str | None) -> str:
     return boundary
 
 
+SPOOL_BATCH = 1024 * 1024  # body bytes handed to the spooler per worker-thread hop
+
+
 async def _spool(request: Request, boundary: str, ingest: Ingest, limits: StowLimits) -> list[Part]:
+    """The body's parts in temp files: chunks go to the spooler's parser about a megabyte per worker-thread hop
+    (a hop per chunk the server hands over was ~100 hops for a 25 MB request); the parts are durable when this
+    returns (``PartSpooler``: fsynced in the background as they end)."""
     spooler = PartSpooler(boundary, ingest.tmp_dir, limits.max_part_bytes, limits.fsync, limits.max_parts)
     received = 0
+    pending: list[bytes] = []
+    size = 0
     try:
         async for chunk in request.stream():
             received += len(chunk)
             if received > limits.max_request_bytes:
                 raise PayloadTooLarge(f"request body exceeds the limit of {limits.max_request_bytes} bytes")
             if chunk:
-                await anyio.to_thread.run_sync(spooler.write, chunk)
+                pending.append(chunk)
+                size += len(chunk)
+            if size >= SPOOL_BATCH:
+                await anyio.to_thread.run_sync(spooler.write_all, pending)
+                pending, size = [], 0
+        if pending:
+            await anyio.to_thread.run_sync(spooler.write_all, pending)
         return await anyio.to_thread.run_sync(spooler.finish)
     except ClientDisconnect:
         await anyio.to_thread.run_sync(spooler.discard)

@@ -1,8 +1,10 @@
 """WADO-RS (PS3.18 §10.4) and WADO-URI (§9).
 
-- Instances, series and studies as ``multipart/related; type="application/dicom"``, streamed file by file from
-  a worker thread (a 2 GB study never sits in memory). ``transfer-syntax=*`` sends every file as stored;
-  explicit or implicit VR little endian on request (decompressing where needed); anything else is 406.
+- Instances, series and studies as ``multipart/related; type="application/dicom"``, each stored file sent as its
+  bytes (``multipart.PiecesResponse``: read in batches of 4 MB in worker threads, no parse; one instance with a
+  Content-Length, a study or series chunked; a 2 GB study never sits in memory). ``transfer-syntax=*`` sends
+  every file as stored; explicit or implicit VR little endian on request (decompressing where needed); anything
+  else is 406.
   Without a transfer-syntax parameter the default is explicit VR little endian (Table 8.7.3-2).
 - ``/metadata`` at study, series and instance level from the per-series cache (``core.metadata``), gzip
   prepared once per series version.
@@ -15,35 +17,36 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from dcmnode.core import metadata as meta
 from dcmnode.core import retrieve
 from dcmnode.core.catalog import Catalog
-from dcmnode.dicomweb import accept, rendered
+from dcmnode.dicomweb import accept, multipart, rendered
 from dcmnode.dicomweb.context import groups, services
 from dcmnode.dicomweb.paths import base_url, etag_matches, path_uid, resource_uids
 from dcmnode.errors import InvalidRequest, NotAcceptable
 from dcmnode.part10 import frames as frame_io
+from dcmnode.part10 import pixel_header
 
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
 OCTET = "application/octet-stream"
 ANY = "*"
-CHUNK = 1024 * 1024
 INSTANCE_CACHE = "private, max-age=3600"
 COLLECTION_CACHE = "private, no-cache"  # a series can grow: always revalidate (cheap with the ETag)
 _REENCODE = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
+NATIVE = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}  # where an index render summary locates the frames
 
 
 # -- negotiation -------------------------------------------------------------------------------------------------
@@ -95,49 +98,80 @@ async def retrieve_instance(request: Request) -> Response:
 
 
 async def _retrieve(request: Request, uids: tuple[str, str | None, str | None]) -> Response:
-    catalog = services(request).catalog
-    files = await run_in_threadpool(catalog.resource, *uids, groups=groups(request))
+    answer = await run_in_threadpool(
+        plan_retrieve,
+        services(request).catalog,
+        uids,
+        request.headers.get("accept"),
+        request.headers.get("if-none-match"),
+        groups(request),
+        request.method != "HEAD",
+    )
+    return answer.response()
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A WADO-RS answer as planned (in a worker thread, by the Starlette handler or ``dicomweb/fastpath.py``, so
+    that both send the same bytes): 304 without a body, or 200 with its pieces (``multipart.Body``)."""
+
+    status: int
+    headers: dict[str, str]
+    media_type: str | None = None
+    body: multipart.Body | None = None
+
+    def response(self) -> Response:
+        if self.body is None:
+            return Response(status_code=self.status, headers=self.headers)
+        return multipart.PiecesResponse(self.body, self.status, self.headers, self.media_type)
+
+
+def plan_retrieve(
+    catalog: Catalog,
+    uids: tuple[str, str | None, str | None],
+    accept_header: str | None,
+    if_none_match: str | None,
+    seen_by: frozenset[str] | None,
+    preread: bool = True,
+) -> Answer:
+    """A study, series or instance as DICOM: one lookup in the index, files sent as stored straight from their
+    bytes (no parse), transcoded ones made as the body reaches them. NotFound (also for a study outside
+    ``seen_by``), NotAcceptable; ``preread``: read the first files now (the caller is in a worker thread)."""
+    files = catalog.resource(*uids, groups=seen_by)
     single = uids[2] is not None
-    choice = negotiate_dicom(request.headers.get("accept"), {f.transfer_syntax for f in files}, single)
+    choice = negotiate_dicom(accept_header, {f.transfer_syntax for f in files}, single)
     etag = _etag(*(f"{f.sop}:{f.size}:{f.transfer_syntax}" for f in files), choice.syntax)
-    cache = INSTANCE_CACHE if single else COLLECTION_CACHE
-    if _not_modified(request, etag):
-        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": cache})
-    headers = {"ETag": etag, "Cache-Control": cache}
+    headers = {"ETag": etag, "Cache-Control": INSTANCE_CACHE if single else COLLECTION_CACHE}
+    if etag_matches(if_none_match, etag):
+        return Answer(304, headers)
     if not choice.multipart:
         item = files[0]
         syntax = _syntax_for(item, choice.syntax)
-        body = await run_in_threadpool(_instance_bytes, item, syntax)
-        return Response(body, media_type=f"{DICOM}; transfer-syntax={syntax}", headers=headers)
+        piece = _as_stored(item) if syntax == item.transfer_syntax else _instance_bytes(item, syntax)
+        body = multipart.Body.of([piece], preread)
+        return Answer(200, headers, f"{DICOM}; transfer-syntax={syntax}", body)
     boundary = secrets.token_hex(16)
+    pieces: list[multipart.Piece] = []
+    for item in files:
+        syntax = _syntax_for(item, choice.syntax)
+        pieces.append(multipart.part_head(boundary, f"{DICOM}; transfer-syntax={syntax}"))
+        if syntax == item.transfer_syntax:
+            pieces.append(_as_stored(item))
+        else:
+            pieces.append(multipart.Lazy(functools.partial(_instance_bytes, item, syntax)))
+        pieces.append(b"\r\n")
+    pieces.append(multipart.closing(boundary))
     media_type = f'multipart/related; type="{DICOM}"; boundary={boundary}'
-    return StreamingResponse(_dicom_parts(files, choice.syntax, boundary), media_type=media_type, headers=headers)
+    # a study or series is streamed without a Content-Length (chunked), as before; one instance announces its size
+    return Answer(200, headers, media_type, multipart.Body.of(pieces, preread, sized=single))
+
+
+def _as_stored(item: retrieve.StoredFile) -> multipart.FileSpan:
+    return multipart.FileSpan(item.path, 0, item.size, whole=True)
 
 
 def _syntax_for(item: retrieve.StoredFile, requested: str) -> str:
     return item.transfer_syntax if requested in (ANY, item.transfer_syntax) else requested
-
-
-def _dicom_parts(files: list[retrieve.StoredFile], requested: str, boundary: str) -> Iterator[bytes]:
-    """Runs in a worker thread (StreamingResponse iterates a sync generator there), one file at a time."""
-    for item in files:
-        syntax = _syntax_for(item, requested)
-        yield _part_header(boundary, f"{DICOM}; transfer-syntax={syntax}")
-        if syntax == item.transfer_syntax:
-            with open(item.path, "rb") as fp:
-                while chunk := fp.read(CHUNK):
-                    yield chunk
-        else:
-            yield _instance_bytes(item, syntax)
-        yield b"\r\n"
-    yield f"--{boundary}--\r\n".encode()
-
-
-def _part_header(boundary: str, content_type: str, location: str | None = None) -> bytes:
-    lines = [f"--{boundary}", f"Content-Type: {content_type}"]
-    if location:
-        lines.append(f"Content-Location: {location}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 def _instance_bytes(item: retrieve.StoredFile, syntax: str) -> bytes:
@@ -253,32 +287,63 @@ def frame_list(text: str) -> list[int]:
 
 
 async def frames(request: Request) -> Response:
-    study, series, sop = resource_uids(request)
+    uids = resource_uids(request)
     numbers = frame_list(request.path_params["frames"])
-    catalog = services(request).catalog
-    [item] = await run_in_threadpool(catalog.resource, study, series, sop, groups=groups(request))
-    choice = negotiate_frames(request.headers.get("accept"), item.transfer_syntax)
+    answer = await run_in_threadpool(
+        plan_frames,
+        services(request).catalog,
+        uids,
+        numbers,
+        request.headers.get("accept"),
+        request.headers.get("if-none-match"),
+        groups(request),
+        base_url(request),
+        request.method != "HEAD",
+    )
+    return answer.response()
+
+
+def plan_frames(
+    catalog: Catalog,
+    uids: tuple[str, str | None, str | None],
+    numbers: list[int],
+    accept_header: str | None,
+    if_none_match: str | None,
+    seen_by: frozenset[str] | None,
+    base: str,
+    preread: bool = True,
+) -> Answer:
+    """Frames of one instance, one part each (``base``: the DICOMweb root as the client addressed it, for each
+    part's Content-Location). Native little-endian frames are byte ranges of the file, located from the index's
+    render summary when it has one (no read of the header), else from the header (read once per file:
+    ``part10.frames.layout``)."""
+    study, series, sop = uids
+    [item] = catalog.resource(study, series, sop, groups=seen_by)
+    choice = negotiate_frames(accept_header, item.transfer_syntax)
     etag = _etag(item.sop, str(item.size), item.transfer_syntax, ",".join(map(str, numbers)), choice.syntax)
-    if _not_modified(request, etag):
-        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": INSTANCE_CACHE})
-    payloads = await run_in_threadpool(_read_frames, item, numbers, choice)
+    headers = {"ETag": etag, "Cache-Control": INSTANCE_CACHE}
+    if etag_matches(if_none_match, etag):
+        return Answer(304, headers)
+    payloads = _frame_pieces(item, numbers, choice)
     boundary = secrets.token_hex(16)
     content_type = f"{choice.media_type}; transfer-syntax={choice.syntax}"
-    base = f"{base_url(request)}/studies/{study}/series/{series}/instances/{sop}/frames/"
-    body = (
-        b"".join(
-            _part_header(boundary, content_type, base + str(n)) + payload + b"\r\n"
-            for n, payload in zip(numbers, payloads, strict=True)
-        )
-        + f"--{boundary}--\r\n".encode()
-    )
+    location = f"{base}/studies/{study}/series/{series}/instances/{sop}/frames/"
+    pieces: list[multipart.Piece] = []
+    for number, payload in zip(numbers, payloads, strict=True):
+        pieces += [multipart.part_head(boundary, content_type, location + str(number)), payload, b"\r\n"]
+    pieces.append(multipart.closing(boundary))
     media_type = f'multipart/related; type="{choice.media_type}"; boundary={boundary}'
-    return Response(body, media_type=media_type, headers={"ETag": etag, "Cache-Control": INSTANCE_CACHE})
+    return Answer(200, headers, media_type, multipart.Body.of(pieces, preread))
 
 
-def _read_frames(item: retrieve.StoredFile, numbers: list[int], choice: FrameChoice) -> list[bytes]:
-    layout = frame_io.layout(item.path)
+def _frame_pieces(item: retrieve.StoredFile, numbers: list[int], choice: FrameChoice) -> list[multipart.Piece]:
+    """Each frame asked for: a byte range of the file (native little endian), else its bytes (a compressed
+    bitstream, a decoded or byte-swapped frame)."""
+    plain = pixel_header.PlainImage.from_text(item.render) if item.transfer_syntax in NATIVE else None
+    layout = frame_io.from_summary(item.transfer_syntax, plain) if plain is not None else frame_io.layout(item.path)
     frame_io.check_numbers(numbers, layout)
+    if not layout.encapsulated and not layout.swapped:
+        return [multipart.FileSpan(item.path, *frame_io.native_span(layout, n, item.size)) for n in numbers]
     read = frame_io.native_frame if choice.decode else frame_io.stored_frame
     return [read(item.path, layout, n) for n in numbers]
 
@@ -301,7 +366,7 @@ async def bulkdata(request: Request) -> Response:
     if single:
         return Response(value, media_type=OCTET, headers=headers)
     boundary = secrets.token_hex(16)
-    body = _part_header(boundary, f"{OCTET}; transfer-syntax={item.transfer_syntax}") + value
+    body = multipart.part_head(boundary, f"{OCTET}; transfer-syntax={item.transfer_syntax}") + value
     body += f"\r\n--{boundary}--\r\n".encode()
     return Response(body, media_type=f'multipart/related; type="{OCTET}"; boundary={boundary}', headers=headers)
 

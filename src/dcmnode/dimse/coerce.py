@@ -1,6 +1,11 @@
 """The instance a C-STORE (C-MOVE and C-GET sub-operations, ``dimse/send.py``) sends: as stored, decompressed, or
 de-identified for a peer declared with ``deidentify`` (``core/coercion.py``), one at a time.
 
+An instance the receiver accepted in its stored transfer syntax, for a peer without ``deidentify``, is sent as its
+stored file: a ``compat.SendAsStored`` that pynetdicom sends from the data set's offset in the file, byte for byte,
+never decoded (patch 10). Only what must change is read into a pydicom Dataset: decompression, re-encoding between
+uncompressed syntaxes (the receiver accepted another one), de-identification.
+
 A de-identified instance may come out in another transfer syntax than the stored one (Clean Pixel Data decodes and
 stores losslessly), so it is planned again against what the receiver accepted. Whatever goes wrong while
 de-identifying, the instance is not sent (a research PACS never receives identity): the profile's refusal keeps
@@ -17,6 +22,7 @@ from pydicom.uid import UID
 
 from dcmnode.core import retrieve
 from dcmnode.core.coercion import Coercion
+from dcmnode.dimse.compat import SendAsStored
 from dcmnode.errors import DcmnodeError, NotAcceptable
 
 log = logging.getLogger(__name__)
@@ -25,6 +31,10 @@ log = logging.getLogger(__name__)
 def outgoing(item: retrieve.StoredFile, how: str, accepted: Sequence[str], coercion: Coercion | None) -> Dataset:
     """The data set to send for ``item`` (``how``: ``retrieve.plan``'s answer for it); DcmnodeError or OSError
     when it cannot be sent (``DeidentificationRefused`` with the profile's reason)."""
+    if coercion is None and how == retrieve.AS_STORED and item.transfer_syntax in accepted:
+        stored = as_stored(item)
+        if stored is not None:
+            return stored
     ds = retrieve.dataset(item, how)
     if coercion is None:
         return ds
@@ -42,3 +52,12 @@ def outgoing(item: retrieve.StoredFile, how: str, accepted: Sequence[str], coerc
     if again == retrieve.DECOMPRESS and UID(syntax).is_compressed:
         retrieve.decompress(out)
     return out
+
+
+def as_stored(item: retrieve.StoredFile) -> SendAsStored | None:
+    """The stored file as pynetdicom sends it undecoded; None when its File Meta does not say what the index does
+    (the file is then read with pydicom, which has the last word)."""
+    head = retrieve.stored_head(item.path)
+    if head is None or head.transfer_syntax != item.transfer_syntax:
+        return None
+    return SendAsStored(item.path, head.offset, item.sop_class, item.sop, item.transfer_syntax)

@@ -21,9 +21,9 @@ import logging
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
-from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -34,7 +34,8 @@ from dcmnode.core import access, coercion, retrieve
 from dcmnode.core import query as q
 from dcmnode.core.audit import Actor, Audit
 from dcmnode.core.catalog import Catalog
-from dcmnode.dimse import audit, coerce, send, tls
+from dcmnode.dimse import audit, coerce, identifier, send, tls
+from dcmnode.dimse.compat import EncodedIdentifier
 from dcmnode.errors import AuditUnavailable, DcmnodeError, InvalidRequest
 from dcmnode.status import CANCEL, MOVE_DESTINATION_UNKNOWN, PENDING, SUB_OPERATIONS_WARNING, SUCCESS, Service
 
@@ -45,7 +46,7 @@ PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 INTERNAL_ERROR = "internal error; see the node's log"
 _SKIP = {0x00080005, 0x00080052, 0x00080054, 0x00080056}  # charset, level, retrieve AE, availability
 
-Response = tuple[int | Dataset, Dataset | None]
+Response = tuple[int | Dataset, Dataset | EncodedIdentifier | None]
 """(Status, data set): a status code or a status data set (Status, Error Comment), with the C-FIND match or the
 instance a C-MOVE/C-GET sub-operation sends (None with a final status)."""
 Destination = tuple[None, None] | tuple[str, int, dict[str, Any]]
@@ -85,13 +86,15 @@ def _text(value: Any) -> str:
 
 
 def row_to_dataset(row: dict[str, Any], level: q.Level, unknown: list[int], ae_title: str) -> Dataset:
+    """A match as a Dataset: the row's keys, Query/Retrieve Level, Retrieve AE Title, the unknown keys empty
+    (``identifier.Identifiers`` encodes the same bytes without building it)."""
     ds = Dataset()
     ds.QueryRetrieveLevel = str(level)
     ds.RetrieveAETitle = ae_title
     for attr, value in q.keyword_values(row):
         ds.add_new(attr.tag, attr.vr, _dicom_value(attr.vr, value))
     for tag in unknown:
-        ds.add_new(tag, _vr_of(tag), None)
+        ds.add_new(tag, identifier.vr_of(tag), None)
     if any(isinstance(v, str) and not v.isascii() for v in row.values()):
         ds.SpecificCharacterSet = "ISO_IR 192"
     return ds
@@ -104,13 +107,6 @@ def _dicom_value(vr: str, value: Any) -> Any:
         return value
     text = str(value)
     return text.split("\\") if "\\" in text else text
-
-
-def _vr_of(tag: int) -> str:
-    try:
-        return dictionary_VR(tag)
-    except KeyError:
-        return "UN"
 
 
 def handle_find(
@@ -172,6 +168,7 @@ def _matches(
     requestor = event.assoc.requestor
     query, unknown = identifier_to_query(event.identifier, str(event.context.abstract_syntax))
     query.groups = caller_groups(event, settings, principal)
+    matches = _Matches(query, unknown, settings.node.ae_title, UID(str(event.context.transfer_syntax)))
     count = 0
     for row in catalog.iterate(query):
         if event.is_cancelled:
@@ -179,9 +176,30 @@ def _matches(
             yield CANCEL, None
             return CANCEL
         count += 1
-        yield PENDING, row_to_dataset(row, query.level, unknown, settings.node.ae_title)
+        yield PENDING, matches.identifier(row)
     log.info("C-FIND %s from %s: %d matches", query.level, requestor.ae_title, count)
     return SUCCESS
+
+
+class _Matches:
+    """The identifiers of one C-FIND's matches: encoded from the row where the context is little endian
+    (``identifier.Identifiers``, handed to pynetdicom as ``EncodedIdentifier``), else, and for a row that encoder
+    leaves to pydicom, the Dataset ``row_to_dataset`` builds."""
+
+    def __init__(self, query: q.Query, unknown: list[int], ae_title: str, syntax: UID) -> None:
+        self.level, self.unknown, self.ae_title = query.level, unknown, ae_title
+        self.implicit = syntax.is_implicit_VR and not syntax.is_deflated
+        self.encoder: identifier.Identifiers | None = None
+        if syntax.is_little_endian:
+            self.encoder = identifier.Identifiers(query.returned(), unknown, str(query.level), ae_title, self.implicit)
+
+    def identifier(self, row: dict[str, Any]) -> Dataset | EncodedIdentifier:
+        data = self.encoder.encode(row) if self.encoder is not None else None
+        if data is None:
+            return row_to_dataset(row, self.level, self.unknown, self.ae_title)
+        return EncodedIdentifier(
+            data, self.implicit, lambda: row_to_dataset(row, self.level, self.unknown, self.ae_title)
+        )
 
 
 def _study_key(identifier: Dataset) -> str:
@@ -364,15 +382,18 @@ def _sub_operations(
     accepted: dict[str, list[str]],
     coerced: coercion.Coercion | None = None,
 ) -> Generator[Response, None, int]:
-    """The sub-operations, one data set at a time (de-identified with ``coerced``); returns the final status as
-    far as this side knows (0xFE00 on a cancel, 0xB000 when an instance could not be offered, e.g. one the
-    profile refused: it lands in FailedSOPInstanceUIDList; the destination's own refusals are counted by
-    pynetdicom)."""
+    """The sub-operations, one instance at a time: its stored file as stored where the receiver accepted its
+    transfer syntax (``coerce.outgoing``: never decoded), else decompressed or de-identified with ``coerced``,
+    while the next file is read in (``retrieve.READAHEAD``). Returns the final status as far as this side knows
+    (0xFE00 on a cancel, 0xB000 when an instance could not be offered, e.g. one the profile refused: it lands in
+    FailedSOPInstanceUIDList; the destination's own refusals are counted by pynetdicom)."""
     final = SUCCESS
-    for item in files:
+    for n, item in enumerate(files):
         if event.is_cancelled:
             yield CANCEL, None
             return CANCEL
+        if n + 1 < len(files):
+            retrieve.READAHEAD.ahead(files[n + 1].path)  # read in while this one is sent
         how = retrieve.plan(item.transfer_syntax, accepted.get(item.sop_class, []))
         if how is None:
             log.warning("no accepted transfer syntax for %s (%s)", item.sop, item.sop_class)

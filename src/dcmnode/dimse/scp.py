@@ -19,6 +19,7 @@ from io import BytesIO
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -41,10 +42,9 @@ from dcmnode.core.ingest import Ingest
 from dcmnode.core.limits import Slots
 from dcmnode.core.parse import Expected
 from dcmnode.core.query import study_filter
-from dcmnode.dimse import audit, query_retrieve, tls
+from dcmnode.dimse import audit, compat, query_retrieve, tls
 from dcmnode.dimse.access import Gate
 from dcmnode.dimse.file_meta import head as part10_head
-from dcmnode.dimse.pacer import Pacer
 from dcmnode.errors import AuditUnavailable, DcmnodeError, InvalidInstance
 from dcmnode.model import Source, SourceKind
 from dcmnode.status import SUCCESS, Service
@@ -60,7 +60,8 @@ QUERY_RETRIEVE = (
     StudyRootQueryRetrieveInformationModelGet,
 )
 
-ACCEPT_YIELD = 0.002  # seconds a process waits per association it already serves before accepting another
+STORAGE_SYNTAXES = [ExplicitVRLittleEndian, *(ts for ts in ALL_TRANSFER_SYNTAXES if ts != ExplicitVRLittleEndian)]
+ACCEPT_YIELD = 0.002  # seconds a process sharing the listener waits per association it serves before accepting
 INTERNAL_ERROR = "internal error while storing; see the node's log"
 
 
@@ -76,8 +77,10 @@ def build_ae(settings: Settings, gate: Gate) -> AE:
     ae.add_supported_context(Verification)
     # Every storage SOP class, every transfer syntax pynetdicom knows: stored as received, never transcoded.
     # Both roles accepted in SCP/SCU role selection: a C-GET requestor acts as storage SCP (PS3.4 C.4.3).
+    # The acceptor's order picks a context's syntax: explicit VR little endian first (the VRs kept; what C-GET
+    # sends most files in as stored, query_retrieve), then pynetdicom's order.
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+        ae.add_supported_context(str(context.abstract_syntax), STORAGE_SYNTAXES, scu_role=True, scp_role=True)
     for sop_class in QUERY_RETRIEVE:
         ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
     return ae
@@ -88,6 +91,7 @@ class SharedSocketServer(ThreadedAssociationServer):
     processes (``dimse.processes``): the kernel hands each new association to one process that accepts."""
 
     listening: socket.socket
+    shared: bool  # other processes accept on the same socket: yield to an idler one
 
     def server_bind(self) -> None:
         if self.socket is not None:
@@ -102,9 +106,10 @@ class SharedSocketServer(ThreadedAssociationServer):
         # Least-loaded first: every process sharing the socket wakes for a new connection; one that already
         # serves associations yields for a moment so that an idler process accepts it (the loser of the race
         # gets BlockingIOError, which socketserver ignores).
-        busy = len(self.active_associations)
-        if busy:
-            time.sleep(min(busy, 8) * ACCEPT_YIELD)
+        if self.shared:
+            busy = len(self.active_associations)
+            if busy:
+                time.sleep(min(busy, 8) * ACCEPT_YIELD)
         return super().get_request()
 
     def shutdown(self) -> None:
@@ -115,9 +120,13 @@ class SharedSocketServer(ThreadedAssociationServer):
 
 def listen(host: str, port: int, backlog: int = 128) -> socket.socket:
     """The DIMSE listening socket. Non-blocking, so that a process that loses the race for a new connection
-    to another process gets BlockingIOError (ignored by socketserver) instead of hanging in accept()."""
+    to another process gets BlockingIOError (ignored by socketserver) instead of hanging in accept(); the sockets
+    it accepts are blocking all the same (accept4 does not pass O_NONBLOCK on, and Python gives them the default
+    timeout, None). Nagle's algorithm is off on it, and so on every connection it accepts (Linux and the BSDs
+    copy TCP_NODELAY to the accepted socket): no per-association setsockopt, and nothing sent before it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(backlog)
@@ -127,13 +136,10 @@ def listen(host: str, port: int, backlog: int = 128) -> socket.socket:
 
 class Scp:
     """The running SCP: pynetdicom's threaded servers (one thread per association), one per listener (plain,
-    TLS), with one gate and one pacer."""
+    TLS), with one gate."""
 
-    def __init__(
-        self, servers: list[tuple[ThreadedAssociationServer, threading.Thread, bool]], pacer: Pacer, gate: Gate
-    ) -> None:
+    def __init__(self, servers: list[tuple[ThreadedAssociationServer, threading.Thread, bool]], gate: Gate) -> None:
         self.servers = servers  # (server, its thread, whether it is the TLS listener)
-        self.pacer = pacer
         self.gate = gate  # access decisions; gate.principal_of(event) is who made a request
 
     @property
@@ -155,7 +161,6 @@ class Scp:
         for server, thread, _ in self.servers:
             server.shutdown()
             thread.join(10)
-        self.pacer.stop()
 
 
 def start(
@@ -167,6 +172,7 @@ def start(
     authenticator: Authenticator | None = None,
     tls_sock: socket.socket | None = None,
     associations: Slots | None = None,
+    shared: bool = False,
 ) -> Scp:
     """Serve C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET on ``sock`` (from ``listen``; None with ``tls_only``)
     and, when given, over TLS on ``tls_sock`` (``dimse/tls.py``, ``[dimse] tls_*``), in background threads,
@@ -174,22 +180,21 @@ def start(
     0x0124 refusals too, ``dimse/access.py``). ``authenticator`` checks User Identity
     (``dimse.access``); without one, an identity sent is ignored, as pynetdicom does, and
     ``dimse.require_user_identity`` is a ConfigError. ``associations`` counts the associations of each calling
-    AE title across the node's processes (``dimse.max_associations_per_ae``; none: no such limit)."""
+    AE title across the node's processes (``dimse.max_associations_per_ae``; none: no such limit). ``shared``:
+    other processes accept on the same sockets (``dimse.processes`` > 1), so this one yields new connections to
+    an idler one (``ACCEPT_YIELD``)."""
     gate = Gate(settings, authenticator, trail, associations)
     ae = build_ae(settings, gate)
-    pacer = Pacer()
     stores = audit.Associations(trail) if trail is not None else None
     handlers: list[Any] = [
         *gate.handlers(),
-        (evt.EVT_CONN_OPEN, handle_open),
         (evt.EVT_C_ECHO, gate.echo(handle_echo)),
-        (evt.EVT_C_STORE, gate.store(handle_store), [ingest, pacer, settings, stores]),
+        (evt.EVT_C_STORE, gate.store(handle_store), [ingest, settings, stores]),
         (evt.EVT_C_FIND, gate.find(query_retrieve.handle_find), [catalog, settings, trail]),
         (evt.EVT_C_MOVE, gate.move(query_retrieve.handle_move), [catalog, settings, trail]),
         (evt.EVT_C_GET, gate.get(query_retrieve.handle_get), [catalog, settings, trail]),
         (evt.EVT_ESTABLISHED, handle_established),
         (evt.EVT_REJECTED, handle_rejected),
-        *pacer.handlers(),
         *(stores.handlers() if stores is not None else []),
     ]
     servers = []
@@ -197,7 +202,7 @@ def start(
         if listening is None:
             continue
         bases: tuple[type, ...] = (SharedSocketServer,)
-        attributes: dict[str, Any] = {"listening": listening}
+        attributes: dict[str, Any] = {"listening": listening, "shared": shared}
         if secure:
             bases = (tls.TlsHandshake, SharedSocketServer)
             attributes |= {
@@ -207,11 +212,12 @@ def start(
             }
         server_class = type("TlsServer" if secure else "Server", bases, attributes)
         server = ae.make_server(listening.getsockname(), evt_handlers=handlers, server_class=server_class)
+        compat.share_supported_contexts(server)
         name = "dimse-tls-server" if secure else "dimse-server"
         thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
         thread.start()
         servers.append((server, thread, secure))
-    return Scp(servers, pacer, gate)
+    return Scp(servers, gate)
 
 
 def _tls_refused(trail: Audit | None, address: str, reason: str) -> None:
@@ -221,20 +227,6 @@ def _tls_refused(trail: Audit | None, address: str, reason: str) -> None:
             trail.security_alert(f"TLS connection refused: {reason}", "TLS client", address)
         except AuditUnavailable:
             pass  # logged and counted by the trail; the connection is refused anyway
-
-
-def handle_open(event: evt.Event) -> None:
-    """``evt.EVT_CONN_OPEN``: turn Nagle's algorithm off on the new connection's socket.
-
-    Parameters
-    ----------
-    event : pynetdicom.events.Event
-        The connection just accepted (``assoc.dul.socket``).
-    """
-    # Nagle + delayed ACK add ~40 ms to every DIMSE round trip (what stock Orthanc suffers, shared/bench).
-    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def handle_established(event: evt.Event) -> None:
@@ -290,7 +282,6 @@ def _refuse_file_meta(data_set: memoryview) -> None:
 def handle_store(
     event: evt.Event,
     ingest: Ingest,
-    pacer: Pacer,
     settings: Settings | None = None,
     stores: audit.Associations | None = None,
     principal: Principal | None = None,
@@ -304,8 +295,6 @@ def handle_store(
         SOP class and the request's Affected SOP Instance UID, which the data set must agree with.
     ingest : Ingest
         Where the instance goes; it returns only once the instance is durable.
-    pacer : Pacer
-        Told of the activity, so that the association's reactor polls fast while instances arrive.
     settings : Settings, optional
         The node's settings: a calling AE declared under ``[peers]`` with ``labels`` has its studies labelled.
     stores : dimse.audit.Associations, optional
@@ -322,7 +311,6 @@ def handle_store(
         0x0000 once stored; else a status data set with Status and Error Comment (``status.failure``): the
         domain error's ``err.status`` (0xA700, 0xA900, 0xC000, 0x0110, 0x0111), 0x0110 for an unexpected error.
     """
-    pacer.touch(event.assoc)
     requestor = event.assoc.requestor
     peer = settings.peers.get(requestor.ae_title) if settings is not None else None
     labels = peer.labels if peer is not None else ()

@@ -48,19 +48,25 @@ class Retry:
 
 
 def proposal(files: Sequence[retrieve.StoredFile]) -> list[PresentationContext]:
-    """Per SOP class: one context per stored compressed syntax, and one with the uncompressed syntaxes, so that
-    the peer can refuse compression and still receive."""
+    """Per SOP class: one context per stored transfer syntax, alone, so that a peer accepting it receives the
+    files as stored (an acceptor picks one syntax per context by its own preference: offered explicit and implicit
+    VR together, pynetdicom's SCP takes implicit, and each file would be decoded and re-encoded); then one with the
+    uncompressed syntaxes, so that a peer refusing a stored syntax still receives (decompressed or re-encoded).
+    When that needs more contexts than an association holds, stored uncompressed syntaxes share the fallback
+    context instead."""
     stored: dict[str, set[str]] = {}
     for f in files:
         stored.setdefault(f.sop_class, set()).add(f.transfer_syntax)
-    contexts = []
-    for sop_class, syntaxes in sorted(stored.items()):
-        for syntax in sorted(s for s in syntaxes if s not in retrieve.UNCOMPRESSED):
-            contexts.append(build_context(sop_class, [syntax]))
-        contexts.append(build_context(sop_class, [str(s) for s in retrieve.UNCOMPRESSED[:3]]))
-    if len(contexts) > MAX_CONTEXTS:
-        raise InvalidRequest(f"{len(contexts)} presentation contexts needed; one association holds {MAX_CONTEXTS}")
-    return contexts
+    fallback = [str(s) for s in retrieve.UNCOMPRESSED[:3]]
+    for alone in (set(), set(retrieve.UNCOMPRESSED)):  # stored syntaxes not given a context of their own
+        contexts = []
+        for sop_class, syntaxes in sorted(stored.items()):
+            for syntax in sorted(s for s in syntaxes if s not in alone):
+                contexts.append(build_context(sop_class, [syntax]))
+            contexts.append(build_context(sop_class, fallback))
+        if len(contexts) <= MAX_CONTEXTS:
+            return contexts
+    raise InvalidRequest(f"{len(contexts)} presentation contexts needed; one association holds {MAX_CONTEXTS}")
 
 
 def send(

@@ -8,6 +8,7 @@ happens when the client cannot take the stored encoding.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from dataclasses import dataclass
@@ -15,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 
 from dcmnode.errors import NotAcceptable, NotFound
+from dcmnode.part10.pixel_header import PlainImage
 
 PIXEL_DATA = 0x7FE00010
 MAX_DECODED_FRAME = 512 * 1024 * 1024  # a frame decoded for a client that cannot take the stored encoding
@@ -51,14 +52,42 @@ class PixelLayout:
     number_of_frames: int
     offset: int  # file offset of the Pixel Data value
     frame_bytes: int  # native: bytes per frame
-    header: Dataset  # the data set up to Pixel Data (values over 1 KiB deferred)
+    bits_allocated: int
 
     @property
     def encapsulated(self) -> bool:
         return UID(self.transfer_syntax).is_compressed
 
+    @property
+    def swapped(self) -> bool:
+        """Native big-endian words: a frame is byte-swapped before it is sent (little endian on the wire)."""
+        return self.transfer_syntax == ExplicitVRBigEndian and self.bits_allocated > 8
+
+
+def from_summary(transfer_syntax: str, plain: PlainImage) -> PixelLayout:
+    """The layout of a plain grey image from its ingest summary (``part10.pixel_header``, kept in the index): no
+    read of the file's header. A plain image is native little endian with one sample per pixel."""
+    return PixelLayout(
+        transfer_syntax, plain.frames, plain.offset, plain.rows * plain.cols * plain.bits // 8, plain.bits
+    )
+
+
+LAYOUT_CACHE = 64  # compact layouts (a few numbers each) of the files whose header was read last
+
+
+@functools.lru_cache(maxsize=LAYOUT_CACHE)
+def _cached_layout(path: Path, inode: int, size: int, mtime_ns: int) -> PixelLayout:
+    return _read_layout(path)
+
 
 def layout(path: Path) -> PixelLayout:
+    """The pixel data layout of a stored file, read from its header (pydicom) once per file version: a viewer
+    asking a multi-frame instance for its frames one by one reads the header once, not per frame."""
+    st = os.stat(path)
+    return _cached_layout(path, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _read_layout(path: Path) -> PixelLayout:
     ds = pydicom.dcmread(path, defer_size=1024)
     syntax = str(ds.file_meta.TransferSyntaxUID)
     if syntax == DeflatedExplicitVRLittleEndian:
@@ -76,7 +105,7 @@ def layout(path: Path) -> PixelLayout:
     offset = getattr(elem, "value_tell", None)  # a raw (deferred) element knows where its value starts
     if offset is None:
         raise NotAcceptable("the pixel data was read in full: cannot locate it in the file")
-    return PixelLayout(syntax, frames, int(offset), frame_bytes, ds)
+    return PixelLayout(syntax, frames, int(offset), frame_bytes, bits)
 
 
 def check_numbers(numbers: list[int], layout_: PixelLayout) -> None:
@@ -85,20 +114,24 @@ def check_numbers(numbers: list[int], layout_: PixelLayout) -> None:
             raise NotFound(f"frame {number} does not exist: the instance has {layout_.number_of_frames} frame(s)")
 
 
+def native_span(layout_: PixelLayout, number: int, file_size: int) -> tuple[int, int]:
+    """(file offset, length) of native frame ``number`` (1-based), checked against the file's size: the header
+    may promise more than the file holds (``part10.limits``)."""
+    if file_size < layout_.offset + number * layout_.frame_bytes:
+        raise NotFound(f"frame {number} lies beyond the end of the stored pixel data")
+    return layout_.offset + (number - 1) * layout_.frame_bytes, layout_.frame_bytes
+
+
 def stored_frame(path: Path, layout_: PixelLayout, number: int) -> bytes:
     """Frame ``number`` (1-based) exactly as stored: native bytes, or the compressed bitstream."""
     with open(path, "rb") as fp:
         if not layout_.encapsulated:
-            # The header may promise more than the file holds (part10.limits): check before read() allocates it.
-            if os.fstat(fp.fileno()).st_size < layout_.offset + number * layout_.frame_bytes:
+            start, length = native_span(layout_, number, os.fstat(fp.fileno()).st_size)
+            data = os.pread(fp.fileno(), length, start)
+            if len(data) != length:
                 raise NotFound(f"frame {number} lies beyond the end of the stored pixel data")
-            fp.seek(layout_.offset + (number - 1) * layout_.frame_bytes)
-            data = fp.read(layout_.frame_bytes)
-            if len(data) != layout_.frame_bytes:
-                raise NotFound(f"frame {number} lies beyond the end of the stored pixel data")
-            if layout_.transfer_syntax == ExplicitVRBigEndian and layout_.header.BitsAllocated > 8:
-                dtype = f">u{layout_.header.BitsAllocated // 8}"
-                data = np.frombuffer(data, dtype=dtype).byteswap().tobytes()
+            if layout_.swapped:
+                data = np.frombuffer(data, dtype=f">u{layout_.bits_allocated // 8}").byteswap().tobytes()
             return data
         fp.seek(layout_.offset)
         reader = _Window(fp)
@@ -152,7 +185,7 @@ def native_frame(path: Path, layout_: PixelLayout, number: int) -> bytes:
         array = pixel_array(str(path), index=number - 1)
     except Exception as exc:
         raise NotAcceptable(f"cannot decode {UID(layout_.transfer_syntax).name}: {exc}") from exc
-    bits = int(layout_.header.BitsAllocated)
+    bits = layout_.bits_allocated
     if bits > 8 and array.dtype.itemsize * 8 != bits:
         array = array.astype(f"{'i' if array.dtype.kind == 'i' else 'u'}{bits // 8}")
     return np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()

@@ -22,8 +22,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import jwt
-
 from dcmnode.config import OidcSettings
 from dcmnode.core.access import ALL_GROUPS, Kind, Principal, Scope
 
@@ -131,6 +129,8 @@ class OidcVerifier:
 
     def verify(self, token: str) -> tuple[Principal, float]:
         """The principal and its ``exp`` (a UNIX time), or InvalidToken with the reason."""
+        import jwt  # PyJWT brings cryptography: only a node that verifies OIDC tokens loads them (issue 19)
+
         s = self.settings
         try:
             header = jwt.get_unverified_header(token)

@@ -13,17 +13,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import highdicom as hd
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes
-from pydicom.sr.coding import Code
 
+# highdicom and pydicom.sr (its code dictionaries: ~20 MiB) are imported where a report is made, in the SR
+# worker: the HTTP and DIMSE processes import this module's package but never make a report (issue 19: memory).
 SCHEME = "99DCMNODE"
-UNITS = {
-    "dB": Code("dB", "UCUM", "decibel"),
-    "s": Code("s", "UCUM", "second"),
-    "HU": Code("[hnsf'U]", "UCUM", "Hounsfield unit"),
-    "1": Code("1", "UCUM", "no units"),
+UNITS = {  # (code value, scheme, meaning): pydicom Codes when a report is made
+    "dB": ("dB", "UCUM", "decibel"),
+    "s": ("s", "UCUM", "second"),
+    "HU": ("[hnsf'U]", "UCUM", "Hounsfield unit"),
+    "1": ("1", "UCUM", "no units"),
 }
 # (key in the run report, code value, meaning, unit)
 FIGURES = (
@@ -47,6 +46,10 @@ def document(
     modality_unit: str = "1",
 ) -> Dataset:
     """The SR document for one run over ``sources`` (headers are enough) giving ``derived``."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.sr.coding import Code
+
     algorithm = hd.sr.AlgorithmIdentification(
         name="dcmnode-sr", version=software_version, parameters=_parameters(run), manufacturer="dcmnode"
     )
@@ -55,7 +58,7 @@ def document(
         value = run.get(key)
         if value is None:
             continue
-        unit_code = UNITS[unit or ("HU" if modality_unit == "HU" else "1")]
+        unit_code = Code(*UNITS[unit or ("HU" if modality_unit == "HU" else "1")])
         measurements.append(
             hd.sr.Measurement(name=Code(value_code, SCHEME, meaning), value=float(value), unit=unit_code)
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from dcmnode.config import Peer, Settings
@@ -51,15 +51,22 @@ class Worker:
         return queue.worker_id()
 
     # -- the loop ----------------------------------------------------------------------------------------------
-    def run_forever(self) -> None:
+    def run_forever(self, idle_exit: float = 0.0) -> None:
+        """Run jobs until stopped; with ``idle_exit`` > 0, also return once no job ran for that many seconds (the
+        on-demand worker process of ``dcmnode serve``: ``sr.idle_exit_seconds``)."""
         log.info("SR worker %s started (%d rule(s))", self.worker_id, len(self.settings.sr_rules))
+        busy = time.monotonic()
         while not self.stopping.is_set():
             try:
-                if not self.step():
-                    self.stopping.wait(self.settings.sr.poll_seconds)
+                if self.step():
+                    busy = time.monotonic()
+                    continue
             except Exception:
                 log.exception("SR worker: unexpected error; going on")
-                self.stopping.wait(self.settings.sr.poll_seconds)
+            if idle_exit > 0 and time.monotonic() - busy >= idle_exit:
+                log.info("SR worker %s: no job for %.0f s, exiting", self.worker_id, idle_exit)
+                break
+            self.stopping.wait(self.settings.sr.poll_seconds)
         log.info("SR worker %s stopped", self.worker_id)
 
     def step(self) -> bool:
@@ -151,6 +158,21 @@ class Worker:
         status = "sent" if sent == len(outcomes) else ("partial" if sent else "failed")
         self.jobs.record_send(job.id, status, [{"to": peer.ae_title, **o.to_json()} for o in outcomes])
         log.info("SR job %d: %d of %d instance(s) sent to %s", job.id, sent, len(outcomes), peer.ae_title)
+
+
+def has_work(settings: Settings, jobs: queue.Jobs, alive: Callable[[str], bool] = queue.worker_alive) -> bool:
+    """Whether a worker started now would find something to do (read-only: the process that asks starts a worker,
+    the worker does the work): a job left ``running`` by a worker that is gone (``Jobs.recover`` requeues it), a
+    queued job it may claim (fewer than ``sr.max_running`` running), or a complete series a rule fires on."""
+    running = jobs.table.with_status(queue.Status.RUNNING)
+    if any(not alive(row["worker"]) for row in running):
+        return True
+    if jobs.table.with_status(queue.Status.QUEUED) and (jobs.max_running <= 0 or len(running) < jobs.max_running):
+        return True
+    if settings.sr_rules:
+        series = rules.complete_series(jobs.table, settings.sr)
+        return any(rules.rule_for(settings.sr_rules, s) is not None for s in series)
+    return False
 
 
 class _CancelWatch:
