@@ -170,7 +170,9 @@ class OidcSettings:
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
     on_duplicate: str = _default("keep", "an already-stored SOP Instance UID: keep (report success), replace, reject")
-    fsync: bool = _default(True, "fsync each file and its folder before acknowledging (durable across power loss)")
+    fsync: bool = _default(
+        True, "fsync each file, its folder and the index COMMIT before acknowledging (durable across power loss)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
