@@ -59,11 +59,15 @@ def test_only_processes_sharing_the_socket_yield_new_connections(
 
 def serving_pid(client: Association, pids: list[int]) -> int:
     """Which of ``pids`` holds the server end of ``client``'s TCP connection (/proc/net/tcp and each fd)."""
-    local_port = client.dul.socket.socket.getsockname()[1]  # type: ignore[union-attr]
+    client_port, server_port = (
+        client.dul.socket.socket.getsockname()[1],  # type: ignore[union-attr]
+        client.dul.socket.socket.getpeername()[1],  # type: ignore[union-attr]
+    )
     inode = ""
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        if int(fields[2].split(":")[1], 16) == local_port:  # rem_address: the client's port
+        local, remote, state = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16), fields[3]
+        if (local, remote, state) == (server_port, client_port, "01") and fields[9] != "0":  # 01: ESTABLISHED
             inode = fields[9]
     assert inode, "the server's end of the connection was not found"
     for pid in pids:

@@ -4,6 +4,7 @@ Written for pynetdicom ``PYNETDICOM_VERSION``; tests/test_dimse_compat.py pins t
 replaced by a patched copy, the source they were copied from), so that an upgrade makes someone re-check each
 patch (and drop those upstream made unnecessary). ``apply`` puts them in force once, when ``dcmnode.dimse`` is
 imported, for every association of the process, SCP and SCU alike (C-MOVE sub-associations, send jobs).
+Patches 4-6 written natively, as they would go upstream: docs/upstream/pynetdicom-3.0.4-event-driven-reactors.patch.
 
 1. **Socket close** (``apply``). pynetdicom 3.0.4 calls ``close()`` in the same ``try`` as ``shutdown()``
    (``AssociationSocket._shutdown_socket``): when the peer has gone first, ``shutdown`` raises ENOTCONN and the
@@ -21,32 +22,32 @@ imported, for every association of the process, SCP and SCU alike (C-MOVE sub-as
    ``RequestHandler._create_association`` (transport.py, ``assoc.acceptor.supported_contexts =
    deepcopy(self.server.contexts)``) deep-copies every supported presentation context for each new association.
    dcmnode supports 177 abstract syntaxes with every transfer syntax (7,924 UIDs, each re-validated by pydicom's
-   ``UID.__new__`` on copy): 35-75 ms of one core per association, most of the difference between dcmnode's
+   ``UID.__new__`` on copy): 43-75 ms of one core per association, most of the difference between dcmnode's
    association set-up and a bare pynetdicom SCP's. Negotiation only reads them
    (``presentation.negotiate_as_acceptor`` builds new result contexts), so the server copies them once, when it
    is made, and gives every association that copy: ``SharedContexts.__deepcopy__`` returns itself.
-   *Upstream:* copy once in ``AssociationServer.__init__`` (``self.contexts = deepcopy(contexts)``) and hand
-   the acceptor that list (or a shallow ``list()`` of it) in ``_create_association``.
+   *Upstream:* hand the acceptor a shallow ``list(self.server.contexts)`` in ``_create_association``.
 5. **Event-driven DUL reactor** (``DULServiceProvider.run_reactor``, ``kill_dul``, ``stop_dul``; the queues of
    patch 6's ``Association.__init__``). pynetdicom's DUL thread polls: each loop that finds nothing to do sleeps
    ``_run_loop_delay`` (1 ms; dul.py ``time.sleep(self._run_loop_delay)``, "TODO: try and make this event
    based"), so every PDU received and every primitive queued waits up to 1 ms to be noticed (each C-ECHO pays that
    three times on the SCP: the request read, the response sent, plus patch 6's wait), and an idle association
-   still wakes 1000 times a second (~8 % of a core here; the pacer's trade-off). The replacement is pynetdicom's
+   still wakes 1000 times a second (with patch 6's thread, ~3.5 % of a core per idle association here; the
+   pacer's trade-off). The replacement is pynetdicom's
    loop with the sleep turned into a wait: ``poll`` on the association's socket and a wake-up descriptor
    (``_Wakeup``: an eventfd, or a socket pair) that ``to_provider_queue.put``, ``event_queue.put``,
    ``kill_dul`` and ``stop_dul`` write, with the ARTIM timer's remaining time as the timeout (at most
    ``WAIT_CAP``). It does not wait while a queue holds work or an SSL socket holds decrypted bytes (``pending``,
    invisible to ``poll``). ``stop_dul`` joins the thread instead of polling ``is_alive``.
-   *Upstream:* the same, in ``DULServiceProvider``: a wake-up socket pair made in ``run_reactor``, written by
-   ``send_pdu``/``kill_dul``, and ``select`` on both instead of ``time.sleep(self._run_loop_delay)``.
+   *Upstream:* the same, in ``DULServiceProvider``: the wake-up made in ``run_reactor``, written by the queues'
+   ``put``, ``kill_dul`` and ``stop_dul``, and ``select`` on it and the socket instead of ``time.sleep``.
 6. **Event-driven association reactor** (``Association.__init__``, ``_run_reactor``, ``kill``). The association
    thread polls too: ``_run_reactor`` sleeps 1 ms (``time.sleep(0.001)``) per loop before looking for a DIMSE
    message, an A-RELEASE or A-ABORT, and ``kill`` waits for the DUL in 10 ms sleeps (``time.sleep(0.01)``: the
    SCP's association thread lives ~10 ms past each release, counted as busy by ``scp``'s least-loaded accept).
    The replacement waits on a ``threading.Event`` that the DIMSE message queue and the DUL's to-user queue set
-   on ``put`` and the DUL sets when it changes state or ends, with the network (idle) timer's remaining time as
-   the timeout (at most ``WAIT_CAP``); ``kill`` waits on the DUL's state changes. It also closes a race in
+   on ``put`` and the DUL sets when it ends, with the network (idle) timer's remaining time as the timeout (at
+   most ``WAIT_CAP``); ``kill`` waits on the DUL's state changes (``Wakes.dul_changed``). It also closes a race in
    pynetdicom's pause handshake (``send_*`` clears ``_reactor_checkpoint`` and waits for ``_is_paused``; the
    reactor set ``_is_paused = True``, passed ``_reactor_checkpoint.wait()`` and only then set it False, so a
    sender that cleared in between went ahead while the reactor took the sender's response off the DIMSE queue:
